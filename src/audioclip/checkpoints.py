@@ -1,0 +1,501 @@
+"""Pretrained weights: a registry of named checkpoints, a local cache, and
+downloading, loading and saving of state dicts.
+
+Errors are reported as :class:`CheckpointError` with a single message that
+names the file or URL involved, so callers (and the CLI) can show it as is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import platformdirs
+
+if TYPE_CHECKING:  # torch is imported lazily so that the CLI starts fast
+    import torch
+
+__all__ = [
+    "CheckpointError",
+    "PretrainedWeights",
+    "REGISTRY",
+    "cache_dir",
+    "offline_mode",
+    "cached_path",
+    "download",
+    "resolve",
+    "load_state_dict",
+    "check_state_dict",
+    "save_state_dict",
+]
+
+CACHE_ENV = "AUDIOCLIP_CACHE"
+OFFLINE_ENV = "AUDIOCLIP_OFFLINE"
+BASE_URL_ENV = "AUDIOCLIP_BASE_URL"
+
+_CHUNK = 1 << 20
+_LIST_LIMIT = 10
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be found, downloaded, verified, read or matched."""
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A named checkpoint file that can be downloaded and verified."""
+
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    size: int  # bytes
+    kind: str  # "audioclip", "clip" or "esresnext"
+    description: str
+
+
+_RELEASE_URL = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1/"
+
+
+def _release(name: str, filename: str, size: int, sha256: str, kind: str, description: str):
+    return PretrainedWeights(name, filename, _RELEASE_URL + filename, sha256, size, kind, description)
+
+
+REGISTRY: dict[str, PretrainedWeights] = {
+    w.name: w
+    for w in (
+        _release(
+            "full",
+            "AudioCLIP-Full-Training.pt",
+            537302068,
+            "2441d35b353352c8b1bbfb8f7c687f46314c3d2909e940eaf763b8c17f632c44",
+            "audioclip",
+            "AudioCLIP with text, image and audio heads trained together on AudioSet",
+        ),
+        _release(
+            "partial",
+            "AudioCLIP-Partial-Training.pt",
+            537302068,
+            "1921885b6c3b5de0619f2ef4a9700ecbade758a398b34eb064230c30baef0c75",
+            "audioclip",
+            "AudioCLIP with the audio head trained under a frozen CLIP; "
+            "audio embeddings are compatible with vanilla CLIP RN50",
+        ),
+        # The release URLs of the two entries below are assumed: the original
+        # README only names the two AudioCLIP checkpoints above.
+        _release(
+            "clip",
+            "CLIP.pt",
+            408415159,
+            "124e6d59d54c0837c456c953b3147adf438a21570d5c5b01ad83f6ad3e78d15e",
+            "clip",
+            "OpenAI CLIP RN50 text and image state dict (no audio weights)",
+        ),
+        _release(
+            "esrnxfbsp",
+            "ESRNXFBSP.pt",
+            124795647,
+            "acfcc6b0a0f07025cc660ed6dcf9b5a05fbd7c8ebf65edaa0a81d88a92ff6834",
+            "esresnext",
+            "standalone ESResNeXt-fbsp audio classifier trained on AudioSet (527 classes)",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------
+# Cache and environment
+# --------------------------------------------------------------------------
+
+
+def _cache_folder(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        path = os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("audioclip")
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create cache folder {folder}: {e.strerror or e}") from e
+    return folder
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Return the cache folder (argument, else ``$AUDIOCLIP_CACHE``, else the
+    user cache folder), creating it if needed."""
+    return _cache_folder(path)
+
+
+def offline_mode(offline: bool | None = None) -> bool:
+    """Return ``offline`` if given, else whether ``$AUDIOCLIP_OFFLINE`` is truthy."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _weights_url(weights: PretrainedWeights) -> str:
+    base = os.environ.get(BASE_URL_ENV)
+    return f"{base.rstrip('/')}/{weights.filename}" if base else weights.url
+
+
+def cached_path(
+    weights: PretrainedWeights, cache_dir: str | os.PathLike | None = None
+) -> Path | None:
+    """Return the cached file of ``weights`` if present with the expected size.
+
+    Only the size is compared: hashing half a gigabyte on every load is too
+    slow, and the full sha256 check already happened when it was downloaded.
+    """
+    path = _cache_folder(cache_dir) / weights.filename
+    if path.is_file() and (not weights.size or path.stat().st_size == weights.size):
+        return path
+    return None
+
+
+# --------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    timeout: float = 60,
+) -> Path:
+    """Download ``url`` to ``dest`` and return ``dest``.
+
+    Data goes to ``dest + ".part"`` first; an existing part file is resumed
+    with an HTTP Range request. The file is checked against ``size`` and
+    ``sha256`` (when given) before being renamed into place, so ``dest``
+    never holds partial or unverified data.
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    offset = part.stat().st_size if part.is_file() else 0
+    if size is not None and offset > size:
+        part.unlink()  # longer than the real file: cannot be a prefix of it
+        offset = 0
+
+    request = urllib.request.Request(url, headers={"User-Agent": "audioclip"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    expected_total = size
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if offset and response.status != 206:
+                offset = 0  # the server ignored the Range header: start over
+            length = response.headers.get("Content-Length")
+            if expected_total is None and length and length.isdigit():
+                expected_total = offset + int(length)
+            with open(part, "ab" if offset else "wb") as f, tqdm(
+                total=expected_total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=None if progress else True,  # None: only on a terminal
+                leave=False,
+            ) as bar:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        # 416: nothing left to send, the part file is (probably) complete
+        if not (e.code == 416 and offset):
+            raise CheckpointError(f"cannot download {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise CheckpointError(
+            f"cannot download {url}: {reason} "
+            f"(the partial download {part} is kept; run again to resume)"
+        ) from e
+
+    got = part.stat().st_size if part.is_file() else 0
+    if expected_total is not None and got < expected_total:
+        # A dropped connection can end the body early without any exception
+        raise CheckpointError(
+            f"cannot download {url}: connection closed after {got} of {expected_total} bytes "
+            f"(the partial download {part} is kept; run again to resume)"
+        )
+    if size is not None and got != size:
+        part.unlink()
+        raise CheckpointError(f"download of {url} has {got} bytes, expected {size}; deleted it")
+    if sha256 is not None:
+        actual = _sha256(part)
+        if actual != sha256.lower():
+            part.unlink()
+            raise CheckpointError(
+                f"download of {url} is corrupt: sha256 is {actual}, expected {sha256}; deleted it"
+            )
+    os.replace(part, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------
+# Name resolution
+# --------------------------------------------------------------------------
+
+
+def _lookup(name: str, registry: Mapping[str, PretrainedWeights]) -> PretrainedWeights | None:
+    key = name.lower()
+    return next((w for n, w in registry.items() if n.lower() == key), None)
+
+
+def _lookup_filename(name: str, registry: Mapping[str, PretrainedWeights]) -> PretrainedWeights | None:
+    key = Path(name).name.lower()
+    if key != name.lower():  # only a bare filename is an alias, not a path
+        return None
+    return next((w for w in registry.values() if w.filename.lower() == key), None)
+
+
+def resolve(
+    name_or_path: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+    registry: Mapping[str, PretrainedWeights] | None = None,
+    verify: bool = False,
+) -> tuple[Path, PretrainedWeights | None]:
+    """Turn a registry name or a file path into a local checkpoint file.
+
+    A registry name (case-insensitive) gives its file in the cache folder,
+    downloaded first if absent (unless offline). A registry file name such as
+    ``"AudioCLIP-Full-Training.pt"`` is accepted as an alias when no such file
+    exists. An existing path is returned as is, with ``None`` for the
+    weights. ``verify=True`` hashes an already cached file instead of only
+    comparing its size.
+    """
+    registry = REGISTRY if registry is None else registry
+    text = os.fspath(name_or_path)
+    weights = _lookup(text, registry)
+    if weights is None:
+        path = Path(text).expanduser()
+        if path.exists():
+            return path, None
+        weights = _lookup_filename(text, registry)
+    if weights is None:
+        known = ", ".join(registry) or "(none)"
+        raise CheckpointError(
+            f"{text!r} is neither an existing file nor a known checkpoint name; known names: {known}"
+        )
+
+    folder = _cache_folder(cache_dir)
+    target = folder / weights.filename
+    cached = cached_path(weights, folder)
+    if cached is not None and (not verify or _sha256(cached) == weights.sha256):
+        return cached, weights
+
+    url = _weights_url(weights)
+    if offline_mode(offline):
+        problem = "is not in" if not target.exists() else "is incomplete or corrupt in"
+        raise CheckpointError(
+            f"checkpoint {weights.name!r} ({weights.filename}) {problem} the cache folder {folder} "
+            f"and offline mode is on. Download it from {url} into that folder, set {CACHE_ENV} "
+            f"to a folder that has it, or unset {OFFLINE_ENV}."
+        )
+    # A wrong cached file is only replaced once the new download is verified
+    download(url, target, sha256=weights.sha256, size=weights.size or None, progress=progress)
+    return target, weights
+
+
+# --------------------------------------------------------------------------
+# Loading, checking and saving state dicts
+# --------------------------------------------------------------------------
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc)
+    # torch's weights_only errors bury the actual cause after this marker
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = line.split(". ", 1)[0].rstrip(".")
+    if len(line) > 160:
+        line = line[:157] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _describe(value: object) -> str:
+    return type(value).__name__
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict (parameter name -> tensor) from a checkpoint file.
+
+    Only plain tensors and containers are unpickled (``weights_only=True``).
+    A state dict wrapped under ``"state_dict"`` or ``"model"`` is unwrapped,
+    and a ``"module."`` prefix shared by all keys (DDP) is removed.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes); delete it and download it again")
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refused for safety: the file contains arbitrary Python objects "
+                f"that weights-only loading does not allow ({_short_reason(e)}); "
+                "only plain tensor state dicts are accepted"
+            ) from e
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_short_reason(e)}"
+        ) from e
+    except PermissionError as e:
+        raise CheckpointError(f"{path}: cannot read file: {e.strerror}") from e
+    except Exception as e:  # torch.load fails with many types on bad data
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_short_reason(e)}"
+        ) from e
+
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path}: contains a {_describe(obj)}, not a state dict (mapping of names to tensors)"
+        )
+    if not obj:
+        raise CheckpointError(f"{path}: state dict is empty")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        examples = ", ".join(f"{k!r} ({_describe(obj[k])})" for k in bad[:5])
+        raise CheckpointError(
+            f"{path}: not a state dict: {len(bad)} entries are not str -> tensor, e.g. {examples}"
+        )
+
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_LIST_LIMIT]
+    more = f", ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {len(items)} {title}: " + ", ".join(shown) + more
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[torch.Size, torch.dtype]] | Mapping[str, torch.Size],
+    source: str,
+    *,
+    ignore_missing: Iterable[str] = (),
+    ignore_unexpected: Iterable[str] = (),
+) -> None:
+    """Raise one :class:`CheckpointError` listing every missing key, unexpected
+    key and shape mismatch of ``state`` against ``expected``.
+
+    ``expected`` maps keys to shapes, or to ``(shape, dtype)`` pairs. The
+    ``ignore_*`` entries are keys or ``fnmatch`` patterns (``"audio.*"``).
+    Dtypes only count when one side is floating point and the other is not:
+    float16 vs float32 is converted on load and is not an error.
+    """
+    import torch
+
+    ignore_missing, ignore_unexpected = tuple(ignore_missing), tuple(ignore_unexpected)
+    missing = [k for k in expected if k not in state and not _matches(k, ignore_missing)]
+    unexpected = [k for k in state if k not in expected and not _matches(k, ignore_unexpected)]
+
+    mismatched = []
+    for key, spec in expected.items():
+        if key not in state:
+            continue
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], torch.dtype):
+            shape, dtype = spec
+        else:
+            shape, dtype = spec, None
+        value = state[key]
+        found_shape = tuple(getattr(value, "shape", ()))
+        if found_shape != tuple(shape):
+            mismatched.append(f"{key}: expected {list(shape)}, found {list(found_shape)}")
+        elif dtype is not None and isinstance(value, torch.Tensor):
+            if dtype.is_floating_point != value.dtype.is_floating_point:
+                mismatched.append(f"{key}: expected dtype {dtype}, found {value.dtype}")
+
+    if missing or unexpected or mismatched:
+        parts = [f"{source}: state dict does not match the model"]
+        if missing:
+            parts.append(_listing("missing keys", missing))
+        if unexpected:
+            parts.append(_listing("unexpected keys", unexpected))
+        if mismatched:
+            parts.append(_listing("mismatched", mismatched))
+        raise CheckpointError("\n".join(parts))
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Save ``state`` as a plain dict of CPU tensors, atomically, and return the path."""
+    import torch
+
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: cannot save entry {key!r} ({_describe(value)}): only str -> tensor is allowed"
+            )
+        tensor = value.detach().cpu().contiguous()
+        # torch.save writes a view's whole storage; copy views so the file
+        # holds only the tensor's own data
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        tensors[key] = tensor
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Temp file in the same folder so os.replace is an atomic rename
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(tensors, f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
+        raise
+    return path
