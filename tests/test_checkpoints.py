@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.server
 import os
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -34,74 +32,6 @@ from audioclip.cli import main
 # --------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``server.root`` with ``Range: bytes=N-`` support.
-
-    ``server.fail_after = N`` sends only N bytes of the next response body and
-    then closes the connection; ``server.ignore_range`` answers 200 to Range
-    requests. Every request is recorded in ``server.requests``.
-    """
-
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        server = self.server
-        range_header = self.headers.get("Range")
-        server.requests.append((self.path, range_header))
-        path = server.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404, "Not Found")
-            return
-        data = path.read_bytes()
-        start, status = 0, 200
-        if range_header and not server.ignore_range:
-            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        body = data[start:]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if server.fail_after is not None:
-            body, server.fail_after = body[: server.fail_after], None
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for var in ("AUDIOCLIP_CACHE", "AUDIOCLIP_OFFLINE", "AUDIOCLIP_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    # a proxy from the environment must not intercept 127.0.0.1
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setenv("NO_PROXY", "*")
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.root = root
-    httpd.requests = []
-    httpd.fail_after = None
-    httpd.ignore_range = False
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -146,11 +76,15 @@ def test_cache_dir_argument_env_and_default(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "env"))
     assert cache_dir() == tmp_path / "env"
     monkeypatch.delenv("AUDIOCLIP_CACHE")
-    monkeypatch.setattr(checkpoints.platformdirs, "user_cache_dir", lambda name: str(tmp_path / "user" / name))
+    monkeypatch.setattr(
+        checkpoints.platformdirs, "user_cache_dir", lambda name: str(tmp_path / "user" / name)
+    )
     assert cache_dir() == tmp_path / "user" / "audioclip"
 
 
-@pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("", False)])
+@pytest.mark.parametrize(
+    "value, expected", [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("", False)]
+)
 def test_offline_mode_env(monkeypatch, value, expected):
     monkeypatch.setenv("AUDIOCLIP_OFFLINE", value)
     assert offline_mode() is expected
@@ -243,6 +177,30 @@ def test_sha256_mismatch(served, tmp_path):
     assert not (cache / "tiny.pt.part").exists()
 
 
+def test_timeout_keeps_part_for_resume(served, tmp_path):
+    server, weights, _ = served
+    server.stall = True
+    dest = tmp_path / "out.pt"
+    with pytest.raises(CheckpointError, match="resume") as info:
+        download(weights.url, dest, size=weights.size, progress=False, timeout=0.3)
+    assert weights.url in str(info.value)
+    assert Path(str(dest) + ".part").stat().st_size == 100
+    server.stall = False
+    download(weights.url, dest, sha256=weights.sha256, size=weights.size, progress=False)
+    assert range_requests(server) == ["bytes=100-"]
+    assert dest.read_bytes() == (server.root / "tiny.pt").read_bytes()
+
+
+def test_verify_replaces_cached_file_with_wrong_hash(served, tmp_path):
+    server, weights, registry = served
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tiny.pt").write_bytes(b"x" * weights.size)  # right size, wrong content
+    assert resolve("tiny", cache_dir=cache, registry=registry)[0].read_bytes() == b"x" * weights.size
+    path, _ = resolve("tiny", cache_dir=cache, registry=registry, progress=False, verify=True)
+    assert path.read_bytes() == (server.root / "tiny.pt").read_bytes()
+
+
 def test_http_404_names_url(served, tmp_path):
     server, weights, _ = served
     url = f"{server.url}/missing.pt"
@@ -286,7 +244,8 @@ def test_offline_present_file_needs_no_network(served, tmp_path):
     (cache / "tiny.pt").write_bytes((server.root / "tiny.pt").read_bytes())
     path, found = resolve("tiny", cache_dir=cache, offline=True, registry={"tiny": unreachable})
     assert path == cache / "tiny.pt" and found == unreachable
-    assert resolve("tiny", cache_dir=cache, offline=True, registry={"tiny": unreachable}, verify=True)[0] == path
+    again, _ = resolve("tiny", cache_dir=cache, offline=True, registry={"tiny": unreachable}, verify=True)
+    assert again == path
 
 
 def test_cached_file_with_wrong_size_is_replaced(served, tmp_path):
@@ -441,7 +400,9 @@ def test_check_state_dict_reports_everything_at_once():
         "ignored.missing": torch.Size([4]),
     }
     with pytest.raises(CheckpointError) as info:
-        check_state_dict(state, expected, "model.pt", ignore_missing=["ignored.*"], ignore_unexpected=["ignored.*"])
+        check_state_dict(
+            state, expected, "model.pt", ignore_missing=["ignored.*"], ignore_unexpected=["ignored.*"]
+        )
     message = str(info.value)
     assert message.startswith("model.pt: ")
     assert "missing.weight" in message and "extra" in message
@@ -460,7 +421,7 @@ def test_check_state_dict_accepts_matching_and_dtypes():
 
 def test_check_state_dict_truncates_long_lists():
     expected = {f"k{i}": torch.Size([1]) for i in range(25)}
-    with pytest.raises(CheckpointError, match=r"25 missing keys: .*and 15 more"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(25\): .*and 15 more"):
         check_state_dict({}, expected, "src")
 
 
@@ -490,6 +451,15 @@ def test_cli_download(served, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(checkpoints, "REGISTRY", registry)
     assert main(["download", "tiny", "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "c" / "tiny.pt")
+
+
+def test_cli_download_reports_each_failure(served, tmp_path, capsys, monkeypatch):
+    server, weights, registry = served
+    monkeypatch.setattr(checkpoints, "REGISTRY", registry)
+    assert main(["download", "bogus", "tiny", "--cache-dir", str(tmp_path), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert "bogus" in captured.err and "Traceback" not in captured.err
+    assert captured.out.strip() == str(tmp_path / "tiny.pt")
 
 
 def test_cli_version(capsys):

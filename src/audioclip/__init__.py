@@ -1,6 +1,35 @@
 """AudioCLIP: text, images and sound in one embedding space (Guzhov et al., 2021)."""
 
-from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp
-from .tokenizer import tokenize
+from __future__ import annotations
 
-__all__ = ["AudioCLIP", "AudioCLIPOutput", "ESResNeXtFbsp", "tokenize"]
+import importlib
+from typing import TYPE_CHECKING
+
+# Public name -> defining module. Imported on first use, so that `audioclip --help`
+# and other light entry points don't pay for importing torch and open_clip.
+_EXPORTS = {
+    "AudioCLIP": "audioclip.model",
+    "AudioCLIPOutput": "audioclip.model",
+    "ESResNeXtFbsp": "audioclip.model",
+    "tokenize": "audioclip.tokenizer",
+    "CheckpointError": "audioclip.checkpoints",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointError
+    from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp
+    from .tokenizer import tokenize
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'audioclip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -173,6 +173,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _kept(part: Path) -> str:
+    return f" (partial download kept in {part}; run again to resume)" if part.is_file() else ""
+
+
 def download(
     url: str,
     dest: str | os.PathLike,
@@ -218,38 +222,40 @@ def download(
                 unit_divisor=1024,
                 desc=dest.name,
                 disable=None if progress else True,  # None: only on a terminal
-                leave=False,
             ) as bar:
-                while chunk := response.read(_CHUNK):
+                # read1 returns what has arrived, so a timeout or reset loses
+                # nothing that was already received
+                read = getattr(response, "read1", response.read)
+                while chunk := read(_CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         # 416: nothing left to send, the part file is (probably) complete
         if not (e.code == 416 and offset):
-            raise CheckpointError(f"cannot download {url}: HTTP {e.code} {e.reason}") from e
+            raise CheckpointError(f"cannot download {url}: HTTP {e.code} {e.reason}{_kept(part)}") from e
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise CheckpointError(
-            f"cannot download {url}: {reason} "
-            f"(the partial download {part} is kept; run again to resume)"
-        ) from e
+        raise CheckpointError(f"cannot download {url}: {reason}{_kept(part)}") from e
 
     got = part.stat().st_size if part.is_file() else 0
     if expected_total is not None and got < expected_total:
         # A dropped connection can end the body early without any exception
         raise CheckpointError(
-            f"cannot download {url}: connection closed after {got} of {expected_total} bytes "
-            f"(the partial download {part} is kept; run again to resume)"
+            f"cannot download {url}: connection closed after {got} of {expected_total} bytes"
+            f"{_kept(part)}"
         )
     if size is not None and got != size:
         part.unlink()
-        raise CheckpointError(f"download of {url} has {got} bytes, expected {size}; deleted it")
+        raise CheckpointError(
+            f"download of {url} has {got} bytes, expected {size} (the downloaded data was deleted)"
+        )
     if sha256 is not None:
         actual = _sha256(part)
         if actual != sha256.lower():
             part.unlink()
             raise CheckpointError(
-                f"download of {url} is corrupt: sha256 is {actual}, expected {sha256}; deleted it"
+                f"download of {url} is corrupt: sha256 is {actual}, expected {sha256} "
+                "(the downloaded data was deleted)"
             )
     os.replace(part, dest)
     return dest
@@ -395,7 +401,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: state dict is empty")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        examples = ", ".join(f"{k!r} ({_describe(obj[k])})" for k in bad[:5])
+        examples = ", ".join(
+            f"{k!r} ({_describe(obj[k])})" if isinstance(k, str) else f"key {k!r} (not a str)"
+            for k in bad[:5]
+        )
         raise CheckpointError(
             f"{path}: not a state dict: {len(bad)} entries are not str -> tensor, e.g. {examples}"
         )
@@ -409,7 +418,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _listing(title: str, items: list[str]) -> str:
     shown = items[:_LIST_LIMIT]
     more = f", ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-    return f"  {len(items)} {title}: " + ", ".join(shown) + more
+    return f"  {title} ({len(items)}): " + ", ".join(shown) + more
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
@@ -461,7 +470,7 @@ def check_state_dict(
         if unexpected:
             parts.append(_listing("unexpected keys", unexpected))
         if mismatched:
-            parts.append(_listing("mismatched", mismatched))
+            parts.append(_listing("shape or dtype mismatches", mismatched))
         raise CheckpointError("\n".join(parts))
 
 

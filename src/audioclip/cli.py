@@ -20,6 +20,10 @@ def _version() -> str:
         return "unknown"
 
 
+def _error(message: object) -> None:
+    print(f"audioclip: error: {message}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------
 # audioclip checkpoints
 # --------------------------------------------------------------------------
@@ -32,7 +36,8 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
     rows = [("NAME", "FILE", "SIZE (MB)", "CACHED", "KIND")]
     for name, weights in checkpoints.REGISTRY.items():
         cached = checkpoints.cached_path(weights, folder) is not None
-        rows.append((name, weights.filename, f"{weights.size / 1e6:.1f}", "yes" if cached else "no", weights.kind))
+        size_mb = f"{weights.size / 1e6:.1f}"
+        rows.append((name, weights.filename, size_mb, "yes" if cached else "no", weights.kind))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -54,12 +59,19 @@ def _register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
 def _run_download(args: argparse.Namespace) -> int:
     from audioclip import checkpoints
 
+    status = 0
     for name in args.names:
-        path, _ = checkpoints.resolve(
-            name, cache_dir=args.cache_dir, progress=not args.quiet, verify=True
-        )
-        print(path)
-    return 0
+        try:
+            path, _ = checkpoints.resolve(
+                name, cache_dir=args.cache_dir, progress=not args.quiet, verify=True
+            )
+        except checkpoints.CheckpointError as e:
+            # report it and go on with the other names
+            _error(e)
+            status = 1
+        else:
+            print(path)
+    return status
 
 
 def _register_download(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +81,9 @@ def _register_download(subparsers: argparse._SubParsersAction) -> None:
         description="Download named checkpoints into the cache folder (verifying their sha256) "
         "and print their paths. Already cached files are verified again.",
     )
-    parser.add_argument("names", nargs="+", metavar="NAME", help="checkpoint name (see 'audioclip checkpoints')")
+    parser.add_argument(
+        "names", nargs="+", metavar="NAME", help="checkpoint name (see 'audioclip checkpoints')"
+    )
     parser.add_argument("--cache-dir", help="cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_download)
@@ -82,7 +96,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audioclip", description="AudioCLIP: text, image and audio in one embedding space.")
+    parser = argparse.ArgumentParser(
+        prog="audioclip", description="AudioCLIP: text, image and audio in one embedding space."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in COMMANDS:
@@ -103,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CheckpointError as e:
-        print(f"audioclip: error: {e}", file=sys.stderr)
+        _error(e)
         return 1
     except KeyboardInterrupt:
         print("audioclip: interrupted", file=sys.stderr)
