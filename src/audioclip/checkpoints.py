@@ -36,6 +36,7 @@ __all__ = [
     "load_state_dict",
     "check_state_dict",
     "save_state_dict",
+    "checkpoint_id",
 ]
 
 CACHE_ENV = "AUDIOCLIP_CACHE"
@@ -508,3 +509,15 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
             raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
         raise
     return path
+
+
+def checkpoint_id(path: str | os.PathLike, weights: PretrainedWeights | None = None) -> str:
+    """A short identity for the weights in ``path``, stored beside embeddings made with them.
+
+    Registry files are named by their registry name and published hash;
+    other files by their name and content hash, so renaming a copy does not
+    fool the check but retraining does change the id.
+    """
+    if weights is not None:
+        return f"{weights.name}@{weights.sha256[:16]}"
+    return f"{Path(path).name}@{_sha256(Path(path))[:16]}"

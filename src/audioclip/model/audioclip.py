@@ -191,6 +191,23 @@ class AudioCLIP(CLIP):
             raise ValueError("encode_text: empty batch")
         return super().encode_text(text.to(self.device), normalize=normalize)
 
+    def classify(
+        self,
+        labels: Sequence[str],
+        audio: torch.Tensor | Sequence[str | Path] | None = None,
+        image: torch.Tensor | Sequence[str | Path] | None = None,
+        template: str | Sequence[str] = "{}",
+    ) -> torch.Tensor:
+        """Zero-shot label probabilities ``(batch, len(labels))`` for audio, images, or both.
+
+        ``audio``/``image`` are batches as the encoders take them, or lists of
+        file paths. ``template`` (one or several, ``"{}"`` marks the label)
+        builds the prompts. See :func:`audioclip.inference.classify`.
+        """
+        from ..inference import classify
+
+        return classify(self, labels, audio=audio, image=image, template=template)
+
     # -- the joint model --------------------------------------------------
 
     def logit_scales(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,421 @@
+"""Inference for people: many files in, embeddings and zero-shot labels out.
+
+:func:`embed_files` decodes files in DataLoader worker processes while the
+model embeds the previous batch, batches audio windows and images across
+files, and reports unreadable files without stopping. :func:`zero_shot`
+turns embeddings into label probabilities.
+
+Embeddings produced here are L2-normalised (cosine similarity is a dot
+product). A long recording gets one embedding per window plus a pooled one:
+the renormalised mean of its window embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .media import (
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    MediaError,
+    load_audio,
+    load_image,
+    load_video_frames,
+    sniff_modality,
+    split_windows,
+)
+from .model import AudioCLIP
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Embedding:
+    """One embedding of a file: an audio window, a pooled clip, an image or a video frame.
+
+    ``modality`` is the embedding's ("audio" or "image"); ``kind`` is
+    "window", "pooled", "image" or "frame"; ``start``/``end`` are seconds
+    into the file (a frame has ``start == end``; an image has neither).
+    """
+
+    modality: str
+    kind: str
+    start: float | None
+    end: float | None
+    vector: torch.Tensor  # (embed_dim,), float32, L2-normalised
+
+
+@dataclass
+class FileResult:
+    """Everything embedded from one file, or why it could not be."""
+
+    path: str
+    source: str | None  # "audio", "image" or "video"; None when unrecognised
+    embeddings: list[Embedding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def pooled(self, modality: str) -> torch.Tensor | None:
+        """The file's single vector for ``modality``: the pooled audio, or the image / mean frame."""
+        kinds = ("pooled",) if modality == "audio" else ("image", "frame")
+        vectors = [e.vector for e in self.embeddings if e.modality == modality and e.kind in kinds]
+        if not vectors:
+            return None
+        return F.normalize(torch.stack(vectors).mean(dim=0), dim=-1)
+
+
+# -- finding files ------------------------------------------------------------
+
+MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """Files named directly plus the media files found under directories, sorted, deduplicated.
+
+    Returns ``(files, ignored)``: ``ignored`` are files under the directories
+    whose extension is not a known media type. Names given directly are kept
+    whatever their type (a bad one is reported when it is read); a missing
+    path is kept too, to be reported.
+    """
+    files: dict[str, None] = {}
+    ignored: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if child.suffix.lower() in MEDIA_EXTENSIONS:
+                    files[str(child)] = None
+                else:
+                    ignored.append(str(child))
+        else:
+            files[str(path)] = None
+    return list(files), ignored
+
+
+def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
+    """The paths of shard ``index`` (0-based) of ``count``.
+
+    Assignment hashes each path, so it depends neither on the order of the
+    input nor on the other paths: N processes given the same inputs split
+    them without overlap or gap.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index + 1}/{count} does not exist")
+    return [p for p in paths if _stable_hash(p) % count == index]
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+
+
+# -- decoding, in worker processes ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How files become model inputs."""
+
+    window: float = 5.0  # seconds
+    hop: float | None = None  # seconds; default: the window (no overlap)
+    mono: bool = False
+    image_size: int = 224
+    video_frames: str = "central"  # or "all": the ten equally spaced frames
+    sample_rate: int = 44100
+
+
+class _DecodedFiles(Dataset):
+    def __init__(self, paths: Sequence[str], options: DecodeOptions):
+        self.paths = list(paths)
+        self.options = options
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        item = {"path": path, "source": None, "windows": [], "frames": [], "error": None}
+        try:
+            if not os.path.exists(path):
+                raise MediaError(path, "no such file or directory")
+            item["source"] = source = sniff_modality(path)
+            if source is None:
+                raise MediaError(path, "not a recognised audio, image or video file")
+            if source == "image":
+                item["frames"] = [(None, load_image(path, image_size=self.options.image_size))]
+            if source == "video":
+                item["frames"] = self._video_frames(path)
+            if source in ("audio", "video"):
+                item["windows"] = self._audio_windows(path, optional=source == "video")
+        except MediaError as err:
+            item["error"] = err.reason
+        except Exception as err:  # a worker must never die on one file
+            item["error"] = f"{type(err).__name__}: {err}"
+        return item
+
+    def _audio_windows(self, path: str, optional: bool) -> list[tuple[float, float, torch.Tensor]]:
+        o = self.options
+        try:
+            wave = load_audio(path, sample_rate=o.sample_rate, mono=o.mono)
+        except MediaError:
+            if optional:  # a video without sound still has pictures
+                return []
+            raise
+        windows = split_windows(wave, sample_rate=o.sample_rate, window=o.window, hop=o.hop)
+        return [(w.start, w.end, w.wave) for w in windows]
+
+    def _video_frames(self, path: str) -> list[tuple[float | None, torch.Tensor]]:
+        frames = load_video_frames(path, which=self.options.video_frames, image_size=self.options.image_size)
+        return [(None, frame) for frame in frames]
+
+
+def _keep_as_is(item):
+    return item
+
+
+# -- embedding -------------------------------------------------------------------
+
+
+def autocast(device: torch.device, precision: str):
+    """A context running the model in ``precision`` ("fp32", "bf16", "fp16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Batcher:
+    """Collects inputs of one modality and shape until a batch is full."""
+
+    def __init__(self, encode, batch_size: int):
+        self.encode = encode
+        self.batch_size = batch_size
+        self.queues: dict[tuple, list[tuple[FileResult, Embedding, torch.Tensor]]] = {}
+
+    def add(self, key: tuple, result: FileResult, slot: Embedding, tensor: torch.Tensor) -> None:
+        queue = self.queues.setdefault(key, [])
+        queue.append((result, slot, tensor))
+        if len(queue) >= self.batch_size:
+            self.flush(key)
+
+    def flush(self, key: tuple | None = None) -> None:
+        for k in [key] if key is not None else list(self.queues):
+            queue = self.queues.pop(k, [])
+            if queue:
+                self._run(queue)
+
+    def _run(self, queue) -> None:
+        try:
+            vectors = self.encode(torch.stack([t for _, _, t in queue]))
+        except (ValueError, RuntimeError) as err:
+            if len(queue) == 1:
+                result = queue[0][0]
+                result.error = result.error or f"model refused the input: {err}"
+                return
+            for entry in queue:  # isolate the item that broke the batch
+                self._run([entry])
+            return
+        for (_, slot, _), vector in zip(queue, vectors):
+            slot.vector = vector
+
+
+def embed_files(
+    model: AudioCLIP,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    options: DecodeOptions | None = None,
+) -> Iterator[FileResult]:
+    """Embed audio, image and video files; yield one :class:`FileResult` per path, in input order.
+
+    Files are decoded in ``workers`` DataLoader processes (0: in this one).
+    Audio is split into windows (``options.window`` seconds); every window is
+    embedded and pooled into one clip vector. Videos give their frame(s) and
+    their sound track. A file that cannot be read yields a result with
+    ``error`` set, and the rest go on.
+    """
+    options = options or DecodeOptions(image_size=model.visual.image_size)
+    device = torch.device(device) if device is not None else model.device
+    model.to(device).eval()
+
+    def encoder(encode):
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast(device, precision):
+                return F.normalize(encode(batch.to(device)).float(), dim=-1).cpu()
+
+        return run
+
+    audio = _Batcher(encoder(model.encode_audio), batch_size)
+    images = _Batcher(encoder(model.encode_image), batch_size)
+    loader = DataLoader(
+        _DecodedFiles(paths, options),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep_as_is,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+    pending: deque[FileResult] = deque()
+    for item in loader:
+        result = FileResult(item["path"], item["source"], error=item["error"])
+        pending.append(result)
+        if result.ok and not item["windows"] and not item["frames"]:
+            result.error = "nothing to embed"
+        if result.ok:
+            for time, frame in item["frames"]:
+                kind = "image" if result.source == "image" else "frame"
+                slot = Embedding("image", kind, time, time, vector=None)
+                result.embeddings.append(slot)
+                images.add(("image",), result, slot, frame)
+            for start, end, wave in item["windows"]:
+                slot = Embedding("audio", "window", start, end, vector=None)
+                result.embeddings.append(slot)
+                audio.add(("audio", wave.shape[0]), result, slot, wave)
+        # Yield finished files in input order; a file waits until its batch ran.
+        while pending and _finished(pending[0]):
+            yield _complete(pending.popleft())
+    audio.flush()
+    images.flush()
+    while pending:
+        yield _complete(pending.popleft())
+
+
+def _finished(result: FileResult) -> bool:
+    return not result.ok or all(e.vector is not None for e in result.embeddings)
+
+
+def _complete(result: FileResult) -> FileResult:
+    if not result.ok:
+        result.embeddings = []
+        return result
+    windows = [e for e in result.embeddings if e.kind == "window"]
+    if windows:
+        pooled = F.normalize(torch.stack([w.vector for w in windows]).mean(dim=0), dim=-1)
+        start, end = min(w.start for w in windows), max(w.end for w in windows)
+        result.embeddings.append(Embedding("audio", "pooled", start, end, pooled))
+    return result
+
+
+# -- zero-shot classification ------------------------------------------------------
+
+
+def read_list_file(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a text file, without ``#`` comments (labels or prompt templates)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    items = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not items:
+        raise ValueError(f"{path}: no entries (one per line expected)")
+    return items
+
+
+def text_classifier(model: AudioCLIP, labels: Sequence[str], templates: str | Sequence[str] = "{}") -> torch.Tensor:
+    """Normalised class vectors ``(len(labels), embed_dim)``.
+
+    Each label is put in every template (``"{}"`` marks where), the template
+    embeddings are averaged and renormalised (CLIP's prompt ensembling).
+    """
+    labels = list(labels)
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not labels:
+        raise ValueError("zero-shot classification needs at least one label")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must be distinct")
+    for template in templates:
+        if "{}" not in template:
+            raise ValueError(f"template {template!r} has no '{{}}' for the label")
+    with torch.inference_mode():
+        per_template = [
+            F.normalize(model.encode_text([t.format(label) for label in labels]).float(), dim=-1)
+            for t in templates
+        ]
+    return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1).cpu()
+
+
+def zero_shot(
+    model: AudioCLIP,
+    classes: torch.Tensor,
+    audio: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Label probabilities ``(batch, labels)`` from normalised embeddings.
+
+    ``classes`` comes from :func:`text_classifier`; ``audio`` and ``image``
+    are normalised embeddings ``(batch, embed_dim)``. Given both (row ``i`` of
+    each from the same clip, like a video's sound and frame), their logits
+    are added before the softmax, i.e. the modalities' evidence is combined
+    as independent.
+    """
+    if audio is None and image is None:
+        raise ValueError("zero_shot needs audio or image embeddings")
+    if audio is not None and image is not None and audio.shape[0] != image.shape[0]:
+        raise ValueError(f"audio and image batches differ: {audio.shape[0]} vs {image.shape[0]}")
+    scales = {k: v.detach().cpu() for k, v in model.logit_scales().items()}
+    logits = 0
+    if audio is not None:
+        logits = logits + scales["audio_text"] * audio.float().cpu() @ classes.T
+    if image is not None:
+        logits = logits + scales["image_text"] * image.float().cpu() @ classes.T
+    return logits.softmax(dim=-1)
+
+
+def classify(
+    model: AudioCLIP,
+    labels: Sequence[str],
+    audio: torch.Tensor | Sequence[str | os.PathLike] | None = None,
+    image: torch.Tensor | Sequence[str | os.PathLike] | None = None,
+    template: str | Sequence[str] = "{}",
+) -> torch.Tensor:
+    """Zero-shot label probabilities ``(batch, len(labels))``; rows sum to 1.
+
+    ``audio`` is a waveform batch (as :meth:`AudioCLIP.encode_audio` takes)
+    or a list of file paths (long files are windowed and pooled); ``image``
+    is an image batch or a list of paths. Either or both (paired row by row).
+    Raises ``MediaError`` for a file that cannot be read.
+    """
+    audio_vectors = _vectors(model, audio, "audio")
+    image_vectors = _vectors(model, image, "image")
+    return zero_shot(model, text_classifier(model, labels, template), audio_vectors, image_vectors)
+
+
+def _vectors(model: AudioCLIP, given, modality: str) -> torch.Tensor | None:
+    if given is None:
+        return None
+    if isinstance(given, torch.Tensor):
+        encode = model.encode_audio if modality == "audio" else model.encode_image
+        with torch.inference_mode():
+            return F.normalize(encode(given).float(), dim=-1).cpu()
+    if isinstance(given, (str, os.PathLike)):
+        given = [given]
+    vectors = []
+    for result in embed_files(model, [str(p) for p in given]):
+        if not result.ok:
+            raise MediaError(result.path, result.error)
+        vector = result.pooled(modality)
+        if vector is None:
+            raise MediaError(result.path, f"has no {modality} to classify")
+        vectors.append(vector)
+    return torch.stack(vectors)

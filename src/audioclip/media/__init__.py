@@ -1,0 +1,38 @@
+"""Reading real files into exactly what AudioCLIP's encoders take.
+
+- :func:`load_audio`: sound (or a video's sound) -> float32 ``(channels, samples)`` in
+  [-1, 1] at 44.1 kHz; :func:`split_windows` cuts it into fixed-length windows.
+- :func:`load_image`: picture -> float32 ``(3, 224, 224)``, CLIP-normalised.
+- :func:`load_video_frames`: video -> ``(k, 3, 224, 224)`` frames at equally spaced times.
+- :func:`sniff_modality`: which of the three a file holds.
+
+Every reader reports a bad file as one :class:`MediaError` (``"{path}: {reason}"``).
+"""
+
+from .audio import MAX_PEAK, SAMPLE_RATE, load_audio
+from .errors import MediaError
+from .image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, clip_preprocess, load_image, to_rgb
+from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff_modality
+from .video import frame_times, load_video_frames
+from .windows import AudioWindow, split_windows
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioWindow",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "MAX_PEAK",
+    "MediaError",
+    "SAMPLE_RATE",
+    "VIDEO_EXTENSIONS",
+    "clip_preprocess",
+    "frame_times",
+    "load_audio",
+    "load_image",
+    "load_video_frames",
+    "sniff_modality",
+    "split_windows",
+    "to_rgb",
+]

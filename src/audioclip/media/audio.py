@@ -1,0 +1,177 @@
+"""Sound files -> float32 ``(channels, samples)`` in [-1, 1] at 44.1 kHz, what the audio head takes.
+
+Decoding goes through libsndfile (via soundfile) for the formats it knows — WAV and
+the other PCM containers, FLAC, Ogg Vorbis/Opus, MP3 — and through FFmpeg (via PyAV)
+for everything else: the audio track of MP4/MOV/MKV/WebM, AAC/M4A, and any file
+libsndfile rejects. Resampling is soxr's "VHQ" (28-bit precision, above float32's).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile
+import soxr
+import torch
+
+from .errors import MediaError, check_file
+from .sniff import VIDEO_EXTENSIONS, sniff_content
+
+__all__ = ["SAMPLE_RATE", "MAX_PEAK", "load_audio"]
+
+SAMPLE_RATE = 44100  # Hz, the rate AudioCLIP's audio head was trained at
+MAX_PEAK = 2.0  # the model refuses input whose peak exceeds this (int16-scaled floats)
+
+# Containers libsndfile cannot read: skip straight to FFmpeg instead of failing first.
+_FFMPEG_ONLY = VIDEO_EXTENSIONS | {".m4a", ".aac", ".wma", ".mka", ".ac3", ".amr", ".weba"}
+_BLOCK = 1 << 18  # frames per read, so a lying header cannot make us allocate gigabytes
+_MARGIN = 0.1  # s decoded past max_duration, so resampling near the cut sees real signal
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    mono: bool = False,
+    max_duration: float | None = None,
+) -> torch.Tensor:
+    """Read a sound file (or a video's audio track) as float32 ``(channels, samples)``.
+
+    Every channel is kept unless ``mono=True``, which averages them into one.
+    ``max_duration`` (seconds) stops decoding after that much audio; the result then
+    has at most ``round(max_duration * sample_rate)`` samples.
+
+    Integer PCM maps to [-1, 1) by dividing by 2^(bits-1). Float files may overshoot:
+    a peak up to ``MAX_PEAK`` (2.0) is clipped to [-1, 1], a larger one is refused, as
+    it almost always means int-scaled samples stored as float. A truncated file
+    returns whatever prefix still decodes. Anything unreadable raises ``MediaError``.
+    """
+    if sample_rate <= 0 or int(sample_rate) != sample_rate:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if max_duration is not None and not max_duration > 0:
+        raise ValueError(f"max_duration must be positive seconds, got {max_duration!r}")
+    sample_rate = int(sample_rate)
+    path = check_file(path)
+
+    wave, rate = _decode(path, max_duration)  # float32 (frames, channels) at the file's rate
+    if wave.shape[0] == 0:
+        raise MediaError(path, "contains no audio samples (empty, truncated or corrupt)")
+    if not np.isfinite(wave).all():
+        raise MediaError(path, "contains NaN or infinite samples")
+    peak = float(np.abs(wave).max())
+    if peak > MAX_PEAK:
+        raise MediaError(path, f"samples far outside [-1, 1] (peak {peak:.5g})")
+
+    if mono and wave.shape[1] > 1:
+        wave = wave.mean(axis=1, keepdims=True, dtype=np.float32)
+    if rate != sample_rate:
+        wave = soxr.resample(wave, rate, sample_rate, quality="VHQ")
+    if max_duration is not None:
+        wave = wave[: round(max_duration * sample_rate)]
+    if wave.shape[0] == 0:
+        raise MediaError(path, f"too short to resample to {sample_rate} Hz")
+    # Overshoot from the file itself (peak <= MAX_PEAK) or from resampling ringing.
+    np.clip(wave, -1.0, 1.0, out=wave)
+    return torch.from_numpy(np.ascontiguousarray(wave.T))
+
+
+def _decode(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    """float32 ``(frames, channels)`` and the sample rate, by libsndfile, else FFmpeg."""
+    if path.suffix.lower() not in _FFMPEG_ONLY:
+        try:
+            wave, rate = _read_soundfile(path, max_duration)
+        except (soundfile.SoundFileError, RuntimeError):
+            pass  # not a format libsndfile knows (or it broke on it): FFmpeg may do better
+        else:
+            if wave.shape[0] > 0:
+                return wave, rate
+    return _read_ffmpeg(path, max_duration)
+
+
+def _frame_limit(max_duration: float | None, rate: int) -> int | None:
+    return None if max_duration is None else math.ceil((max_duration + _MARGIN) * rate)
+
+
+def _read_soundfile(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    blocks = []
+    with soundfile.SoundFile(path) as f:
+        rate, channels = f.samplerate, f.channels
+        limit = _frame_limit(max_duration, rate)
+        total = 0
+        while limit is None or total < limit:
+            want = _BLOCK if limit is None else min(_BLOCK, limit - total)
+            # dtype float32 maps integer PCM to [-1, 1) and leaves float samples as stored
+            block = f.read(want, dtype="float32", always_2d=True)
+            if len(block) == 0:
+                break
+            blocks.append(block)
+            total += len(block)
+    if not blocks:
+        return np.zeros((0, channels), np.float32), rate
+    return np.concatenate(blocks), rate
+
+
+def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise MediaError(path, f"not a readable audio file ({_ffmpeg_reason(e)})") from e
+    with container:
+        stream = _best_audio_stream(container)
+        if stream is None:
+            if sniff_content(path) == "image":
+                raise MediaError(path, "is an image, not audio")
+            if container.streams.audio:  # e.g. garbage that FFmpeg guessed a format for
+                raise MediaError(path, "not a readable audio file (no decodable audio stream)")
+            if container.streams.video:
+                raise MediaError(path, "has no audio stream (video only)")
+            if not container.streams:
+                raise MediaError(path, "not a readable audio file (FFmpeg finds no streams in it)")
+            raise MediaError(path, "has no audio stream")
+        # Decode to planar float at the stream's own rate and layout; the resampler is
+        # created at the first frame so that a mid-stream format change is converted.
+        resampler = None
+        chunks, total, limit, rate = [], 0, None, None
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    continue  # a corrupt packet: skip it, as ffmpeg itself does
+                for frame in frames:
+                    if resampler is None:
+                        rate = frame.sample_rate
+                        limit = _frame_limit(max_duration, rate)
+                        resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray())
+                        total += out.samples
+                if limit is not None and total >= limit:
+                    break
+        except av.FFmpegError:
+            pass  # the container breaks off (truncated): keep what decoded so far
+        if resampler is not None:
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    if not chunks:  # load_audio reports this; the shape only has to say "no frames"
+        return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
+    wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    return np.ascontiguousarray(wave.T), rate
+
+
+def _best_audio_stream(container):
+    """FFmpeg's pick of the audio streams (None if none has a usable rate and layout)."""
+    if not container.streams.audio:
+        return None
+    try:
+        return container.streams.best("audio")
+    except AttributeError:  # PyAV before 13
+        return container.streams.audio[0]
+
+
+def _ffmpeg_reason(error: av.FFmpegError) -> str:
+    # FFmpeg's message repeats the path; strerror is the reason alone.
+    reason = getattr(error, "strerror", None) or str(error)
+    return "FFmpeg: " + " ".join(reason.split())

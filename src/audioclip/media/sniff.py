@@ -1,0 +1,82 @@
+"""Which modality a file holds: by its extension, else by its first bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "sniff_modality", "sniff_content"]
+
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .snd .caf"
+    " .w64 .rf64 .wma .mka .ac3 .amr .mp2 .weba".split()
+)
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm"
+    " .tga .ico .avif".split()
+)
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .3gp .flv .wmv .ogv".split()
+)
+
+_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A "}  # ISO-BMFF brands used for audio-only files
+_IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"}
+
+
+def sniff_modality(path: str | os.PathLike) -> str | None:
+    """``"audio"``, ``"image"``, ``"video"`` or None (unknown, or not a readable file).
+
+    The extension decides when it is a known one (so an audio-only ``.mp4`` counts
+    as video); otherwise the first bytes are matched against common signatures.
+    Nothing is decoded, so a positive answer does not promise the file is intact.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    for modality, extensions in (
+        ("audio", AUDIO_EXTENSIONS),
+        ("image", IMAGE_EXTENSIONS),
+        ("video", VIDEO_EXTENSIONS),
+    ):
+        if suffix in extensions:
+            return modality
+    return sniff_content(path)
+
+
+def sniff_content(path: str | os.PathLike) -> str | None:
+    """Like :func:`sniff_modality` but from the first bytes only, whatever the name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:  # missing, a directory, unreadable
+        return None
+    return _modality_of_bytes(head)
+
+
+def _modality_of_bytes(head: bytes) -> str | None:
+    riff_kind = head[8:12] if head[:4] in (b"RIFF", b"RF64", b"BW64") else b""
+    if riff_kind == b"WAVE":
+        return "audio"
+    if riff_kind == b"WEBP":
+        return "image"
+    if riff_kind == b"AVI ":
+        return "video"
+    if head[:4] == b"OggS":  # Ogg carries Vorbis/Opus/FLAC, or Theora video
+        return "video" if b"\x80theora" in head else "audio"
+    if head[:4] in (b"fLaC", b".snd", b"caff") or head[:3] == b"ID3":
+        return "audio"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "audio"
+    # MPEG audio / ADTS AAC frame sync: 11 set bits (JPEG's FF D8 does not match)
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "audio"
+    if head[4:8] == b"ftyp":  # ISO base media (MP4, MOV, M4A, AVIF, HEIC)
+        brand = head[8:12]
+        if brand in _AUDIO_BRANDS:
+            return "audio"
+        return "image" if brand in _IMAGE_BRANDS else "video"
+    if head[:4] == b"\x1a\x45\xdf\xa3" or head[:4] == b"\x00\x00\x01\xba":  # Matroska/WebM, MPEG-PS
+        return "video"
+    image_magic = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+    if head.startswith(image_magic) or (head[:2] == b"BM" and len(head) >= 26):
+        return "image"
+    return None
