@@ -159,3 +159,22 @@ def test_bad_labels_and_templates(tiny_model, tmp_path):
         read_list_file(empty)
     (tmp_path / "ok.txt").write_text("dog\n# comment\n rain \n")
     assert read_list_file(tmp_path / "ok.txt") == ["dog", "rain"]
+
+
+def test_real_esc10_clips_with_a_bad_file_among_them(tiny_model, tmp_path):
+    from conftest import SHARED_DATA
+
+    esc50 = SHARED_DATA / "esc50"
+    if not (esc50 / "audio").is_dir():
+        pytest.skip(f"real ESC-10 clips not found at {esc50} (the shared data folder is absent)")
+    clips = sorted((esc50 / "audio").glob("*.flac"))[:3] + sorted((esc50 / "audio_16k").glob("*.flac"))[:2]
+    bad = tmp_path / "renamed.flac"
+    bad.write_bytes(b"ID3" + b"\x00" * 500)
+    paths = [str(p) for p in clips[:2]] + [str(bad)] + [str(p) for p in clips[2:]]
+    results = list(embed_files(tiny_model, paths, batch_size=4))
+    assert [r.path for r in results] == paths
+    assert not results[2].ok and "renamed.flac" not in results[2].error  # the reason, not the name again
+    for result in results[:2] + results[3:]:
+        assert result.ok, result.error
+        # a 5 s ESC-50 clip (either rate) is exactly one window
+        assert [(e.kind, e.start, e.end) for e in result.embeddings] == [("window", 0.0, 5.0), ("pooled", 0.0, 5.0)]

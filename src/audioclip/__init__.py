@@ -13,12 +13,19 @@ _EXPORTS = {
     "ESResNeXtFbsp": "audioclip.model",
     "tokenize": "audioclip.tokenizer",
     "CheckpointError": "audioclip.checkpoints",
+    "MediaError": "audioclip.media",
+    "load_audio": "audioclip.media",
+    "load_image": "audioclip.media",
+    "load_video_frames": "audioclip.media",
+    "embed_files": "audioclip.inference",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError
+    from .inference import embed_files
+    from .media import MediaError, load_audio, load_image, load_video_frames
     from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp
     from .tokenizer import tokenize
 
