@@ -391,12 +391,27 @@ def _register_similarity(subparsers: argparse._SubParsersAction) -> None:
 
 
 
+def _register_training(subparsers: argparse._SubParsersAction) -> None:
+    from audioclip.train.cli import add_parser, add_prepare_parser
+
+    add_parser(subparsers)
+    add_prepare_parser(subparsers)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from audioclip.evaluate.cli import register
+
+    register(subparsers)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_checkpoints,
     _register_download,
     _register_classify,
     _register_embed,
     _register_similarity,
+    _register_training,
+    _register_evaluate,
 ]
 
 

@@ -1,0 +1,64 @@
+"""The paper's evaluation (section 5): zero-shot, fine-tuned (supervised) and querying.
+
+- :func:`load_eval_set`: ESC-50, UrbanSound8K, AudioSet, ImageNet (validation
+  folder layout) or a custom folder, as items with audio and/or picture.
+- :func:`conventions_for`: how each dataset's audio is prepared; by default as
+  the original code did, since the published checkpoints saw that.
+- :func:`load_encoder`, :func:`embed_items`, :class:`EmbeddingStore`: embeddings
+  computed once per (checkpoint, dataset, modality) and cached on disk.
+- :func:`run_zeroshot`, :func:`run_supervised`, :func:`run_querying` -> :class:`Report`;
+  :func:`format_report` / :func:`write_outputs`: table, JSON, CSV, plots.
+- :mod:`audioclip.evaluate.metrics`: the metrics and their exact definitions.
+- :mod:`audioclip.evaluate.cli`: ``audioclip evaluate``.
+
+See docs/reproduction.md for the commands that regenerate the paper's tables.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public name -> defining submodule, imported on first use: `audioclip --help` registers the
+# `evaluate` command without importing torch.
+_EXPORTS = {
+    "AudioConventions": "conventions",
+    "conventions_for": "conventions",
+    "EvalItem": "datasets",
+    "EvalSet": "datasets",
+    "load_eval_set": "datasets",
+    "read_imagenet": "datasets",
+    "EmbeddingStore": "embed",
+    "Embeddings": "embed",
+    "Encoder": "embed",
+    "embed_items": "embed",
+    "load_encoder": "embed",
+    "format_report": "report",
+    "write_outputs": "report",
+    "Report": "tasks",
+    "RunOptions": "tasks",
+    "run_querying": "tasks",
+    "run_supervised": "tasks",
+    "run_zeroshot": "tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .conventions import AudioConventions, conventions_for
+    from .datasets import EvalItem, EvalSet, load_eval_set, read_imagenet
+    from .embed import EmbeddingStore, Embeddings, Encoder, embed_items, load_encoder
+    from .report import format_report, write_outputs
+    from .tasks import Report, RunOptions, run_querying, run_supervised, run_zeroshot
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

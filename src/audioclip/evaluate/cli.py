@@ -1,0 +1,275 @@
+"""The ``audioclip evaluate`` command.
+
+``register(subparsers)`` adds the ``evaluate`` parser (``func=run``) to the
+``audioclip`` command; ``python -m audioclip.evaluate ...`` runs it on its own.
+Examples::
+
+    audioclip evaluate --task zeroshot --dataset esc50 --root /data/ESC-50 --checkpoint full
+    audioclip evaluate --task supervised --dataset us8k --root /data/UrbanSound8K \\
+        --checkpoint runs/us8k-audioclip            # holds fold1/model.pt ... fold10/model.pt
+    audioclip evaluate --task querying --dataset audioset --root /data/audioset --frames-dir frames
+    audioclip evaluate --collect eval-results       # the paper-shaped summary of every run below
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["add_arguments", "build_parser", "main", "register", "run"]
+
+EXIT_OK, EXIT_NOTHING_DONE, EXIT_SOME_FAILED = 0, 1, 3
+PROMPT_SETS = ("label", "openai-imagenet")
+# the same as audioclip.evaluate.datasets.DATASETS / tasks.TASKS / tasks.PAIRS (a test checks),
+# spelled out so that building the parser imports neither torch nor the model
+DATASETS = ("esc50", "us8k", "audioset", "imagenet", "folder")
+TASKS = ("zeroshot", "supervised", "querying")
+PAIRS = ("text-image", "text-audio", "audio-image", "image-audio", "audio-audio")
+
+
+def _folds(text: str) -> list[int]:
+    try:
+        folds = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of fold numbers, got {text!r}") from None
+    if not folds:
+        raise argparse.ArgumentTypeError("no folds given")
+    return folds
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--task", choices=TASKS, help="zeroshot, supervised (fine-tuned checkpoints) or querying")
+    what.add_argument("--dataset", choices=DATASETS, help="which dataset layout --root holds")
+    what.add_argument("--root", metavar="PATH", help="the dataset folder (custom data: a CSV or a folder per class)")
+    what.add_argument("--folds", type=_folds, metavar="LIST", help="only these folds, e.g. 1,2 (default: all)")
+    what.add_argument("--modality", action="append", choices=("audio", "image", "both"),
+                      help="zeroshot: classify by audio, image or both (repeatable; default: all the dataset has)")
+    what.add_argument("--pairs", type=_list, metavar="LIST",
+                      help=f"querying: query-target pairs, e.g. text-audio,audio-image (default: all the dataset "
+                      f"allows of {', '.join(PAIRS)})")
+    what.add_argument("--relevance", choices=("exact", "overlap"), default="exact",
+                      help="querying: a result is relevant when its label set equals the query's (exact, default) "
+                      "or shares a label with it (overlap)")
+    what.add_argument("--keep-paired", action="store_true",
+                      help="querying: let an audio query retrieve its own clip's picture (and vice versa)")
+    what.add_argument("--collect", nargs="+", metavar="PATH",
+                      help="instead of evaluating: summarise the results.json files under these paths as the "
+                      "paper's tables")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", default="full", metavar="NAME|PATH",
+                       help="registry name or file (default: full). supervised: a folder with fold<K>/model.pt "
+                       "(the cross-validation output of 'audioclip train --cv'), or a path with {fold} in it")
+    model.add_argument("--config", default="AudioCLIP-RN50", metavar="NAME|JSON",
+                       help="model configuration of the checkpoint (default: AudioCLIP-RN50)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    model.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                       help="fp32 (default) reproduces the published numbers; bf16/fp16 are faster on a GPU")
+    model.add_argument("--cache-dir", help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
+    model.add_argument("--offline", action="store_true", default=None, help="never download")
+
+    prompts = parser.add_argument_group("prompts").add_mutually_exclusive_group()
+    prompts.add_argument("--template", action="append", metavar="TEXT",
+                         help="prompt with {} for the label (repeatable: averaged; default: {} — the bare label "
+                         "text, as the original's evaluation)")
+    prompts.add_argument("--templates-file", metavar="FILE", help="one prompt template per line")
+    prompts.add_argument("--prompt-set", choices=PROMPT_SETS,
+                         help="label: {}; openai-imagenet: CLIP's 80 ImageNet templates (open_clip)")
+
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--conventions", choices=("original", "consistent"), default="original",
+                        help="audio input conventions: original (default; those the published checkpoints were "
+                        "trained and evaluated with) or consistent (this package's own)")
+    inputs.add_argument("--audio-length", type=_positive_int, metavar="SAMPLES",
+                        help="centre crop / pad length (default: the dataset's: ESC-50 220500, UrbanSound8K 176400, "
+                        "AudioSet 441000)")
+    inputs.add_argument("--pad", choices=("zeros", "edge"),
+                        help="padding of short clips (default: edge with --conventions original, as the original "
+                        "code; zeros otherwise). Checkpoints fine-tuned with 'audioclip train "
+                        "--original-conventions' were padded with zeros")
+    inputs.add_argument("--audio-dir", help="ESC-50 / UrbanSound8K audio folder under --root (default: audio)")
+    inputs.add_argument("--subset", choices=("esc10",), help="ESC-50: only the ESC-10 classes")
+    inputs.add_argument("--split", choices=("eval", "train", "all"), help="AudioSet: which segments (default: eval)")
+    inputs.add_argument("--clips-dir", help="AudioSet: folder of clips under --root (default: clips)")
+    inputs.add_argument("--frames-dir", help="AudioSet: folder of extracted frames (<YTID>/*.jpg) under --root")
+    inputs.add_argument("--class-names", metavar="FILE",
+                        help="ImageNet: folder,name rows (default: CLIP's names for the 1000 WordNet-ID folders)")
+    inputs.add_argument("--batch-size", type=_positive_int, default=16, help="model batch size (default: 16)")
+    inputs.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", "-o", metavar="DIR",
+                     help="results folder (default: eval-results/<task>-<dataset>-<checkpoint>)")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    out.add_argument("--embedding-cache", metavar="DIR",
+                     help="where embeddings are kept between runs (default: $AUDIOCLIP_CACHE/eval-embeddings)")
+    out.add_argument("--no-embedding-cache", action="store_true", help="neither read nor write cached embeddings")
+    out.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand (sets ``func=run``)."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="the paper's evaluations: zero-shot, fine-tuned (supervised) and querying",
+        description="Reproduce the paper's evaluation tables on ESC-50, UrbanSound8K, AudioSet or ImageNet: "
+        "prints a table beside the paper's figures and writes results.json, results.csv and plots. "
+        "Audio is prepared as the original code did unless --conventions consistent. See docs/reproduction.md.",
+        epilog="exit status: 0 done; 1 nothing could be evaluated or bad arguments; 3 done, but some files "
+        "could not be read (each is reported)",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioclip evaluate",
+        description="The paper's evaluations (zero-shot, fine-tuned, querying); see docs/reproduction.md.")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _templates(args) -> list[str]:
+    from ..inference import read_list_file
+
+    if args.templates_file:
+        templates = read_list_file(args.templates_file)
+    elif args.prompt_set == "openai-imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    elif args.template:
+        templates = list(args.template)
+    else:
+        templates = ["{}"]
+    for t in templates:
+        if "{}" not in t:
+            raise ValueError(f"template {t!r} has no '{{}}' for the label")
+    return templates
+
+
+def _dataset_options(args) -> dict:
+    per_dataset = {
+        "esc50": {"audio_dir": args.audio_dir, "subset": args.subset},
+        "us8k": {"audio_dir": args.audio_dir},
+        "audioset": {"split": args.split, "clips_dir": args.clips_dir, "frames_dir": args.frames_dir},
+        "imagenet": {"class_names": args.class_names},
+        "folder": {},
+    }
+    return per_dataset[args.dataset]
+
+
+def fold_checkpoint(spec: str, fold: int | None) -> str:
+    """The checkpoint of ``fold``: ``spec`` with ``{fold}`` filled in, ``spec/fold<K>/model.pt``, or ``spec``."""
+    if "{fold}" in spec:
+        if fold is None:
+            raise ValueError(f"--checkpoint {spec} has {{fold}} but the dataset has no folds")
+        return spec.format(fold=fold)
+    path = Path(spec)
+    if path.is_dir():
+        if fold is None:
+            raise ValueError(f"--checkpoint {spec} is a folder; the dataset has no folds: give the checkpoint file")
+        for name in ("model.pt", "best.pt"):
+            candidate = path / f"fold{fold}" / name
+            if candidate.is_file():
+                return str(candidate)
+        raise ValueError(f"{spec}: no fold{fold}/model.pt (the layout 'audioclip train --cv' writes); "
+                         "or give --checkpoint with {fold} in the path")
+    return spec
+
+
+def _default_output(args) -> Path:
+    spec = args.checkpoint
+    name = Path(spec).name if Path(spec).is_dir() else Path(spec.replace("{fold}", "K")).stem
+    return Path("eval-results") / f"{args.task}-{args.dataset}-{name}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one evaluation (or ``--collect``); print the table; write the files. Returns the exit status."""
+    if args.collect:
+        from .collect import collect
+
+        print(collect(args.collect, output=args.output))
+        return EXIT_OK
+    missing = [f"--{n}" for n in ("task", "dataset", "root") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"evaluate needs {', '.join(missing)} (or --collect)")
+
+    from .conventions import conventions_for
+    from .datasets import load_eval_set
+    from .embed import EmbeddingStore, load_encoder
+    from .report import format_report, write_outputs
+    from .tasks import RunOptions, run_querying, run_supervised, run_zeroshot
+
+    templates = _templates(args)
+    data = load_eval_set(args.dataset, args.root, **_dataset_options(args))
+    data = data.select_folds(args.folds)
+    if not data.items:
+        print(f"audioclip: error: {data.title} at {args.root}: nothing to evaluate", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    conventions = conventions_for(args.dataset, args.conventions, args.audio_length, args.pad) if "audio" in data.modalities else None
+    options = RunOptions(store=EmbeddingStore(args.embedding_cache, enabled=not args.no_embedding_cache),
+                         batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"evaluating: {data.summary()}")
+    if conventions is not None:
+        log(f"audio input: {conventions.describe()}")
+
+    def encoder(spec):
+        log(f"loading checkpoint {spec}")
+        return load_encoder(spec, config=args.config, device=args.device, precision=args.precision,
+                            cache_dir=args.cache_dir, offline=args.offline)
+
+    common = dict(templates=templates, conventions=conventions, options=options)
+    if args.task == "zeroshot":
+        report = run_zeroshot(encoder(args.checkpoint), data, modalities=args.modality, **common)
+    elif args.task == "querying":
+        report = run_querying(encoder(args.checkpoint), data, pairs=args.pairs, relevance=args.relevance,
+                              keep_paired=args.keep_paired, **common)
+    else:
+        spec = args.checkpoint
+        if "{fold}" not in spec and not Path(spec).is_dir() and data.folds:
+            log(f"warning: the same checkpoint ({spec}) for every fold: a fine-tuned score needs, for each fold, "
+                "the checkpoint trained without it (a folder with fold<K>/model.pt, or a path with {fold})")
+        report = run_supervised(lambda fold: encoder(fold_checkpoint(spec, fold)), data,
+                                folds=args.folds, label=spec, **common)
+    print(format_report(report))
+    out = Path(args.output) if args.output else _default_output(args)
+    files = write_outputs(report, out, plots=not args.no_plots)
+    log(f"wrote {len(files)} files to {out}/ (results.json, results.csv, table.txt"
+        + (", plots" if not args.no_plots else "") + ")")
+    if not report.rows:
+        return EXIT_NOTHING_DONE
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..checkpoints import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"audioclip: error: {e}", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    except KeyboardInterrupt:
+        print("audioclip: interrupted (embeddings computed so far are kept in the cache)", file=sys.stderr)
+        return 130

@@ -1,0 +1,50 @@
+"""Training and fine-tuning AudioCLIP as in the paper (section 4), from a laptop to many GPUs.
+
+- :func:`load_config` / :data:`DEFAULTS`: configs; the paper's regimes are bundled
+  (``audioclip train --list-configs``).
+- :class:`Trainer`: one run (DDP under torchrun, AMP on GPU, atomic
+  checkpoints, ``--resume``, best epoch by validation, official-format export).
+- :func:`run_cross_validation`: all folds, mean ± std.
+- :mod:`audioclip.train.cli`: the ``train`` and ``prepare`` commands.
+
+See docs/training.md. Names are imported on first use, so that importing
+:mod:`audioclip.train.cli` (for ``audioclip --help``) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "DEFAULTS": "audioclip.train.config",
+    "ConfigError": "audioclip.train.config",
+    "apply_overrides": "audioclip.train.config",
+    "list_configs": "audioclip.train.config",
+    "load_config": "audioclip.train.config",
+    "format_table": "audioclip.train.cv",
+    "run_cross_validation": "audioclip.train.cv",
+    "Dist": "audioclip.train.distributed",
+    "setup_distributed": "audioclip.train.distributed",
+    "Trainer": "audioclip.train.engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .config import DEFAULTS, ConfigError, apply_overrides, list_configs, load_config
+    from .cv import format_table, run_cross_validation
+    from .distributed import Dist, setup_distributed
+    from .engine import Trainer
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'audioclip.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,7 @@
+"""``python -m audioclip.train [train|prepare] ...`` (also what torchrun launches)."""
+
+import sys
+
+from audioclip.train.cli import main
+
+sys.exit(main())
