@@ -18,12 +18,14 @@ _EXPORTS = {
     "load_image": "audioclip.media",
     "load_video_frames": "audioclip.media",
     "embed_files": "audioclip.inference",
+    "Index": "audioclip.index",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError
+    from .index import Index
     from .inference import embed_files
     from .media import MediaError, load_audio, load_image, load_video_frames
     from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp

@@ -398,6 +398,13 @@ def _register_training(subparsers: argparse._SubParsersAction) -> None:
     add_prepare_parser(subparsers)
 
 
+def _register_search(subparsers: argparse._SubParsersAction) -> None:
+    from audioclip.index.cli import COMMANDS as INDEX_COMMANDS
+
+    for register in INDEX_COMMANDS:
+        register(subparsers)
+
+
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     from audioclip.evaluate.cli import register
 
@@ -412,6 +419,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_similarity,
     _register_training,
     _register_evaluate,
+    _register_search,
 ]
 
 

@@ -1,0 +1,295 @@
+"""``audioclip.Index``: a searchable, incrementally updated index of media files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..inference import DecodeOptions, embed_files
+from .indexing import IndexReport, Progress, update_index
+from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
+from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
+
+__all__ = ["Index", "QueryError"]
+
+FORMAT = 1
+DEFAULT_CHECKPOINT = "full"
+DEFAULT_CONFIG = "AudioCLIP-RN50"
+_OPTION_KEYS = ("window", "hop", "mono", "video_frames")
+
+
+class QueryError(ValueError):
+    """A query that cannot be run: an unreadable query file, no query, a bad filter."""
+
+
+class Index:
+    """An index of audio, image and video files, searchable by text, sound or picture.
+
+    >>> index = Index.open("library.lance", checkpoint="full")   # created on first add
+    >>> index.add(["~/sounds", "~/pictures"])                    # again later: only what changed
+    >>> for hit in index.search("a dog barking in the rain", k=5, modality="audio"):
+    ...     print(f"{hit.score:.3f} {hit.path} {hit.start}-{hit.end}")
+
+    The model is loaded on first use (indexing, or a text/audio/image query),
+    from ``checkpoint``/``config``, by default those the index was built
+    with. An index holds one checkpoint's vectors: opening it with another
+    raises :class:`IndexStoreError`. ``store`` plugs in another
+    :class:`VectorStore` (``db`` is then only used in messages).
+    """
+
+    def __init__(self, store: VectorStore, *, db: str, checkpoint: str | None = None, config: str | None = None,
+                 model=None, model_id: str | None = None, device: str | None = None, precision: str = "fp32",
+                 cache_dir: str | None = None, offline: bool | None = None):
+        self.store = store
+        self.db = db
+        self._checkpoint, self._config = checkpoint, config
+        self._model, self._model_id = model, model_id
+        self._device, self._precision = device, precision
+        self._cache_dir, self._offline = cache_dir, offline
+        self._model_lock = threading.Lock()
+        self._model_path = None
+        self._source = None  # how to load the model again: a registry name or an absolute path
+        if model is not None and model_id is None and checkpoint is None:
+            raise ValueError("with model=, give checkpoint= (the file or name it was loaded from) or model_id= "
+                             "(a name for its weights): the index records which weights made its vectors")
+        meta = self.meta
+        if meta and model_id is not None and model_id != meta["checkpoint"]:
+            raise self._other_checkpoint(model_id)
+
+    @classmethod
+    def open(cls, db: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
+             config: str | None = None, create: bool = True, **kwargs) -> Index:
+        """Open the index in the folder ``db`` (made on first :meth:`add` when ``create``).
+
+        Other keyword arguments: ``model`` (an AudioCLIP already loaded from
+        ``checkpoint``, to skip loading it again; or, with ``model_id``, any
+        model, its vectors recorded under that name), ``device``,
+        ``precision``, ``cache_dir``, ``offline``, ``store``.
+        """
+        db = os.fspath(db)
+        store = kwargs.pop("store", None) or LanceStore(db, create=create)
+        index = cls(store, db=db, checkpoint=None if checkpoint is None else os.fspath(checkpoint), config=config,
+                    **kwargs)
+        if checkpoint is not None and index.meta:
+            index.model_id  # resolve and compare now: a clear error before any work
+        return index
+
+    # -- metadata and model ----------------------------------------------------------
+
+    @property
+    def meta(self) -> dict | None:
+        """What the index was built with: checkpoint id and source, config, decoding options."""
+        return self.store.read_meta()
+
+    def _other_checkpoint(self, model_id: str) -> IndexStoreError:
+        meta = self.meta
+        return IndexStoreError(
+            f"{self.db}: this index holds vectors of checkpoint {meta['checkpoint']} "
+            f"(from {meta.get('checkpoint_source')!r}); the model given is {model_id}. Vectors of different "
+            f"checkpoints cannot be compared: use the index's checkpoint, or build a new index (--db NEW).")
+
+    def _model_spec(self) -> tuple[str, str]:
+        meta = self.meta or {}
+        checkpoint = self._checkpoint or meta.get("checkpoint_source") or DEFAULT_CHECKPOINT
+        config = self._config or meta.get("config") or DEFAULT_CONFIG
+        return checkpoint, config
+
+    @property
+    def model_id(self) -> str:
+        if self._model_id is None:
+            from .. import checkpoints
+
+            checkpoint, _ = self._model_spec()
+            meta = self.meta
+            named = next((w for n, w in checkpoints.REGISTRY.items() if n.lower() == str(checkpoint).lower()), None)
+            if named is not None and meta and checkpoints.checkpoint_id("", named) != meta["checkpoint"]:
+                raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
+            try:
+                path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir, offline=self._offline)
+            except checkpoints.CheckpointError as err:
+                if self._checkpoint is None and self.meta:
+                    raise IndexStoreError(f"{self.db}: the index was built with checkpoint {checkpoint!r}, "
+                                          f"which cannot be loaded ({err}); pass --checkpoint") from None
+                raise
+            model_id = checkpoints.checkpoint_id(path, weights)
+            self._source = weights.name if weights is not None else str(Path(path).resolve())
+            if meta and model_id != meta["checkpoint"]:
+                raise self._other_checkpoint(model_id)
+            self._model_id, self._model_path = model_id, path
+        return self._model_id
+
+    @property
+    def model(self):
+        """The AudioCLIP model, loaded on first use."""
+        with self._model_lock:
+            if self._model is None:
+                import torch
+
+                from ..model import AudioCLIP
+
+                self.model_id  # checks the checkpoint before the (slow) load
+                _, config = self._model_spec()
+                device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+                self._model = AudioCLIP.from_pretrained(self._model_path, config=config, device=device)
+        return self._model
+
+    def _options(self, given: dict | None = None) -> DecodeOptions:
+        meta, given = self.meta or {}, dict(given or {})
+        stored = {k: meta[k] for k in _OPTION_KEYS if k in meta}
+        for key, value in given.items():
+            if value is not None and key in stored and stored[key] != value:
+                raise IndexStoreError(f"{self.db}: the index was built with {key}={stored[key]!r}; this run asks for "
+                                      f"{value!r}. Use the same, or build a new index (--db NEW).")
+        merged = {**{k: v for k, v in given.items() if v is not None}, **stored}
+        return DecodeOptions(image_size=self.model.visual.image_size, **merged)
+
+    # -- writing -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writer(self):
+        """One writer at a time (an advisory lock on a file in the index folder; released if killed)."""
+        lock_dir = getattr(self.store, "path", None)
+        if lock_dir is None:
+            yield
+            return
+        Path(lock_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(lock_dir) / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexStoreError(f"{self.db}: another indexing job is writing to this index; "
+                                      "wait for it to finish (searching meanwhile is fine)") from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def add(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int = 16,
+            workers: int = 0, flush_every: int = 32, retry_failed: bool = False, prune: bool = False,
+            window: float | None = None, hop: float | None = None, mono: bool | None = None,
+            video_frames: str | None = None, progress: Progress | None = None, on_plan=None) -> IndexReport:
+        """Bring the index up to date with ``paths`` (files and folders, searched recursively).
+
+        New files are embedded, changed ones embedded again, files under
+        ``paths`` that are gone are dropped (``prune``: gone files anywhere).
+        Files that failed before and have not changed are skipped unless
+        ``retry_failed``. Decoding options are fixed at the first add.
+        """
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [os.path.expanduser(os.fspath(p)) for p in paths]
+        with self._writer():
+            options = self._options(dict(window=window, hop=hop, mono=mono, video_frames=video_frames))
+            model, model_id = self.model, self.model_id
+            if self.meta is None:
+                _, config = self._model_spec()
+                self.store.write_meta({
+                    "format": FORMAT, "checkpoint": model_id, "checkpoint_source": self._source,
+                    "config": config if isinstance(config, str) else None, "dim": model.embed_dim,
+                    "window": options.window, "hop": options.hop, "mono": options.mono,
+                    "video_frames": options.video_frames,
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                })
+            report = update_index(self.store, model, paths, options=options, batch_size=batch_size,
+                                  workers=workers, precision=self._precision, flush_every=flush_every,
+                                  retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan)
+            self.store.optimize()
+            return report
+
+    update = add
+
+    def remove(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+        """Drop files (and everything under folders) from the index, whether or not they still exist."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        targets = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        prefixes = tuple(os.path.join(t, "") for t in targets)
+        with self._writer():
+            gone = [r for p, r in self.store.files().items() if p in targets or p.startswith(prefixes)]
+            self.store.delete_files([r.file_id for r in gone])
+            return [r.path for r in gone]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def files(self) -> list[FileRecord]:
+        return sorted(self.store.files().values(), key=lambda r: r.path)
+
+    def get(self, file_id: int) -> FileRecord | None:
+        """The indexed file with this id, or None."""
+        return self.store.get_file(int(file_id))
+
+    def __len__(self) -> int:
+        return len(self.store.files())
+
+    def stats(self) -> dict:
+        files = self.store.files()
+        by_source: dict[str, int] = {}
+        for r in files.values():
+            by_source[r.source] = by_source.get(r.source, 0) + 1
+        meta = self.meta or {}
+        return {"files": len(files), "vectors": self.store.count_rows(), "by_source": by_source,
+                "failed": len(self.store.failures()), "checkpoint": meta.get("checkpoint")}
+
+    def embed_query(self, text: str | None = None, *, audio: str | os.PathLike | None = None,
+                    image: str | os.PathLike | None = None) -> np.ndarray:
+        """The unit query vector of a text, a sound file or a picture file (exactly one)."""
+        given = [x for x in (text, audio, image) if x is not None]
+        if len(given) != 1:
+            raise QueryError("give exactly one query: a text, an audio file or an image file")
+        model = self.model
+        if text is not None:
+            if not str(text).strip():
+                raise QueryError("the text query is empty")
+            import torch
+
+            with self._model_lock, torch.inference_mode():
+                vector = torch.nn.functional.normalize(model.encode_text([str(text)]).float(), dim=-1)[0]
+            return vector.cpu().numpy()
+        modality, path = ("audio", audio) if audio is not None else ("image", image)
+        path = os.fspath(path)
+        options = self._options() if self.meta else DecodeOptions(image_size=model.visual.image_size)
+        with self._model_lock:
+            result = next(iter(embed_files(model, [path], precision=self._precision, options=options)))
+        if not result.ok:
+            raise QueryError(f"{path}: {result.error}")
+        vector = result.pooled(modality)
+        if vector is None:
+            other = "--image" if modality == "audio" else "--audio"
+            article = "an" if (result.source or "x")[0] in "aeiou" else "a"
+            raise QueryError(f"{path}: has no {'sound' if modality == 'audio' else 'picture'} "
+                             f"(it is {article} {result.source} file; try {other})")
+        return vector.numpy()
+
+    def search(self, text: str | None = None, *, audio: str | os.PathLike | None = None,
+               image: str | os.PathLike | None = None, vector: np.ndarray | None = None, k: int = 10,
+               modality: str | Sequence[str] | None = None, margin: float = DEFAULT_MARGIN,
+               exact: bool = False) -> list[SearchHit]:
+        """The ``k`` files that best match a text, a sound file, a picture file or a unit vector.
+
+        ``modality`` keeps only files of that kind ("audio", "image", "video",
+        or a list of them). Returns :class:`SearchHit` s, best first; an
+        empty index gives ``[]``. ``exact`` skips the ANN index (if any).
+        """
+        sources = [modality] if isinstance(modality, str) else list(modality) if modality else None
+        for s in sources or ():
+            if s not in SOURCES:
+                raise QueryError(f"modality must be one of {', '.join(SOURCES)}, got {s!r}")
+        if vector is None:
+            vector = self.embed_query(text, audio=audio, image=image)
+        elif any(x is not None for x in (text, audio, image)):
+            raise QueryError("give either vector= or a text/audio/image query, not both")
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        meta = self.meta
+        if meta and vector.shape[0] != meta["dim"]:
+            raise QueryError(f"query vector has {vector.shape[0]} dimensions; the index has {meta['dim']}")
+        return rank(self.store, vector, k=k, sources=sources, margin=margin, exact=exact)
+
+    def __repr__(self) -> str:
+        return f"Index({self.db!r})"

@@ -1,0 +1,296 @@
+"""``audioclip index``, ``audioclip search`` and ``audioclip serve``.
+
+:data:`COMMANDS` holds their ``register(subparsers)`` functions, as in
+:mod:`audioclip.cli`; each sets ``func(args) -> int``. Heavy modules are
+imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable
+
+EXIT_OK, EXIT_NOTHING_DONE, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+_INDEX_EPILOG = ("exit status: 0 all files indexed (or nothing to do); 1 nothing could be indexed, or the index "
+                 "cannot be used; 2 usage error; 3 some files failed (each is reported on stderr)")
+
+
+def _error(message: object) -> None:
+    print(f"audioclip: error: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, metavar="PATH", help="the index folder (LanceDB)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (default: the one the index was built with)")
+    group.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
+                       help="registry name (see 'audioclip checkpoints') or file; a new index defaults to 'full'")
+    group.add_argument("--config", default=None, metavar="NAME|JSON",
+                       help="model configuration of the checkpoint; a new index defaults to AudioCLIP-RN50")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                       help="fp32 is exact; bf16/fp16 are faster on a GPU")
+    group.add_argument("--cache-dir", help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
+    group.add_argument("--offline", action="store_true", default=None, help="never download")
+
+
+def _open(args: argparse.Namespace, create: bool = False):
+    from audioclip.index import Index
+
+    return Index.open(args.db, checkpoint=args.checkpoint, config=args.config, create=create, device=args.device,
+                      precision=args.precision, cache_dir=args.cache_dir, offline=args.offline)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+# --------------------------------------------------------------------------
+# audioclip index
+# --------------------------------------------------------------------------
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from audioclip.index import IndexStoreError
+
+    if not args.inputs:
+        return _print_stats(args)
+    try:
+        index = _open(args, create=True)
+    except IndexStoreError as err:
+        _error(err)
+        return EXIT_NOTHING_DONE
+    bar = tqdm(total=0, unit="file", dynamic_ncols=True, disable=None, file=sys.stderr)
+
+    def progress(event: str, path: str, detail: str | None) -> None:
+        if event == "failed":
+            bar.write(f"audioclip: skipped {path}: {detail}", file=sys.stderr)
+        elif event == "changed":
+            bar.write(f"audioclip: {path}: {detail}", file=sys.stderr)
+        if event in ("embedded", "failed", "changed"):
+            bar.update()
+
+    def planned(count: int) -> None:
+        bar.total = count
+        bar.refresh()
+
+    def terminate(signum, frame):  # SIGTERM: stop like Ctrl-C, keeping the finished files
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        report = index.add(args.inputs, batch_size=args.batch_size, workers=args.workers,
+                           flush_every=args.flush_every, retry_failed=args.retry_failed, prune=args.prune,
+                           window=args.window, hop=args.hop, mono=True if args.mono else None,
+                           video_frames=args.video_frames, progress=progress, on_plan=planned)
+    except IndexStoreError as err:
+        bar.close()
+        _error(err)
+        return EXIT_NOTHING_DONE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bar.close()
+    parts = [f"{len(report.added)} added", f"{len(report.updated)} updated", f"{report.unchanged} unchanged",
+             f"{len(report.removed)} removed", f"{len(report.failed)} failed"]
+    if report.touched:
+        parts.insert(2, f"{len(report.touched)} touched (same content)")
+    if report.reused:
+        parts.insert(2, f"{len(report.reused)} reused (copies of indexed files)")
+    if report.skipped_failed:
+        parts.append(f"{len(report.skipped_failed)} skipped (failed before, unchanged; --retry-failed)")
+    if report.changed_during:
+        parts.append(f"{len(report.changed_during)} changed while indexing (run again)")
+    if report.ignored:
+        parts.append(f"{len(report.ignored)} non-media file(s) ignored")
+    print(f"{args.db}: {', '.join(parts)}; the index has {report.files} file(s), {report.rows} vector(s)",
+          file=sys.stderr)
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    if report.failed and report.indexed_now == 0 and not report.unchanged:
+        return EXIT_NOTHING_DONE
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _print_stats(args: argparse.Namespace) -> int:
+    from audioclip.index import Index, IndexStoreError
+
+    try:
+        index = Index.open(args.db, create=False)
+        stats, meta = index.stats(), index.meta or {}
+    except IndexStoreError as err:
+        _error(err)
+        return EXIT_NOTHING_DONE
+    sources = ", ".join(f"{n} {s}" for s, n in sorted(stats["by_source"].items())) or "empty"
+    print(f"{args.db}: {stats['files']} file(s) ({sources}), {stats['vectors']} vector(s), "
+          f"{stats['failed']} failed file(s) remembered")
+    print(f"checkpoint {meta.get('checkpoint')} from {meta.get('checkpoint_source')} "
+          f"(config {meta.get('config')}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
+    return EXIT_OK
+
+
+def _register_index(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index", help="index folders of sounds, pictures and videos for search (incremental)",
+        description="Embed every audio, image and video file under the given folders into a search index. "
+        "Run it again to bring the index up to date: only new or changed files are embedded and files that "
+        "are gone are dropped. A killed run keeps the files it finished. Without PATHs, describe the index.",
+        epilog=_INDEX_EPILOG)
+    parser.add_argument("inputs", nargs="*", metavar="PATH", help="files or folders")
+    _add_db(parser)
+    parser.add_argument("--prune", action="store_true", help="also drop indexed files that are gone from anywhere")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="try again files that failed before even if they have not changed")
+    parser.add_argument("--flush-every", type=_positive_int, default=32, metavar="FILES",
+                        help="commit finished files every this many (default: 32; also every 10 s)")
+    _add_model_options(parser)
+    group = parser.add_argument_group("input (fixed when the index is created)")
+    group.add_argument("--batch-size", type=_positive_int, default=16, help="model batch size (default: 16)")
+    group.add_argument("--workers", type=_non_negative_int, default=0,
+                       help="decoding processes (default: 0, decode in the main process)")
+    group.add_argument("--window", type=_positive_float, default=None,
+                       help="audio window in seconds (default: 5)")
+    group.add_argument("--hop", type=_positive_float, default=None,
+                       help="seconds between window starts (default: the window)")
+    group.add_argument("--mono", action="store_true", help="down-mix audio to one channel first")
+    group.add_argument("--video-frames", choices=("central", "all"), default=None,
+                       help="video: the central one of ten equally spaced frames (default), or all ten")
+    parser.set_defaults(func=_run_index)
+
+
+# --------------------------------------------------------------------------
+# audioclip search
+# --------------------------------------------------------------------------
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from audioclip.index import IndexStoreError, QueryError
+    from audioclip.media import MediaError
+
+    given = [x for x in (args.text, args.audio, args.image) if x]
+    if len(given) != 1:
+        _error("give exactly one query: TEXT, --audio FILE or --image FILE")
+        return EXIT_USAGE
+    try:
+        index = _open(args)
+        if index.store.count_rows() == 0:
+            _error(f"{args.db}: the index is empty; add files with 'audioclip index FOLDER --db {args.db}'")
+            return EXIT_NOTHING_DONE
+        hits = index.search(args.text, audio=args.audio, image=args.image, k=args.k, modality=args.modality,
+                            margin=args.merge_margin, exact=args.exact)
+    except (IndexStoreError, QueryError, MediaError) as err:
+        _error(err)
+        return EXIT_NOTHING_DONE
+    if not hits:
+        print(f"no {args.modality or 'indexed'} files to search", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    for rank, hit in enumerate(hits, 1):
+        if args.json:
+            print(json.dumps({"rank": rank, **hit.to_dict()}))
+            continue
+        span = f"{_clock(hit.start)}-{_clock(hit.end)}" if hit.start is not None else "picture"
+        print(f"{rank:3d}  {hit.score:7.4f}  {hit.source:<5}  {span:<17}  {hit.path}")
+    return EXIT_OK
+
+
+def _register_search(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "search", help="search an index by text, by a sound or by a picture",
+        description="Rank the indexed files by cosine similarity to a text, a sound file or a picture. "
+        "A recording is ranked by its best-matching window, reported with its time range, merged with the "
+        "adjacent windows that match nearly as well (--merge-margin).",
+        epilog="exit status: 0 results printed; 1 no results, the index is empty or unusable, or the query "
+        "file cannot be read; 2 usage error")
+    parser.add_argument("text", nargs="?", help="a text query, e.g. 'a dog barking in the rain'")
+    _add_db(parser)
+    parser.add_argument("--audio", metavar="FILE", help="query by this sound (or a video's sound)")
+    parser.add_argument("--image", metavar="FILE", help="query by this picture (or a video's frame)")
+    parser.add_argument("--modality", choices=("audio", "image", "video"),
+                        help="only files of this kind (default: all)")
+    parser.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="results (default: 10)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per result")
+    parser.add_argument("--merge-margin", type=_non_negative_float, default=0.02, metavar="COSINE",
+                        help="adjacent windows scoring within this of the best are merged into its range "
+                        "(default: 0.02)")
+    parser.add_argument("--exact", action="store_true", help="exhaustive search even when an ANN index exists")
+    _add_model_options(parser)
+    parser.set_defaults(func=_run_search)
+
+
+# --------------------------------------------------------------------------
+# audioclip serve
+# --------------------------------------------------------------------------
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from audioclip.index import IndexStoreError
+
+    from .server import serve
+
+    try:
+        index = _open(args)
+    except IndexStoreError as err:
+        _error(err)
+        return EXIT_NOTHING_DONE
+    return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6))
+
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="a web page to search an index (text, uploaded sound or picture)",
+        description="Serve a search page for the index: a search box, sound and picture uploads, results with "
+        "players starting at the matching time and thumbnails. Only indexed files are served. Uploads are "
+        "kept in a temporary folder for the duration of the query.")
+    _add_db(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                        "machine only; the page serves your indexed files to anyone who can reach it)")
+    parser.add_argument("--port", type=_non_negative_int, default=8000, help="port (default: 8000; 0: any free)")
+    parser.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB",
+                        help="largest query upload (default: 20 MB)")
+    _add_model_options(parser)
+    parser.set_defaults(func=_run_serve)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_index, _register_search, _register_serve]

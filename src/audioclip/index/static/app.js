@@ -1,0 +1,198 @@
+// audioclip search page. Results are built with DOM calls (textContent), never from HTML strings.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const statusLine = $("status");
+const list = $("results");
+let maxUpload = 0;
+
+function clock(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const m = Math.floor(seconds / 60);
+  const s = seconds - 60 * m;
+  return `${m}:${s < 10 ? "0" : ""}${s.toFixed(1)}`;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function player(hit) {
+  const tag = hit.source === "video" ? "video" : "audio";
+  const media = el(tag, "player");
+  media.controls = true;
+  media.preload = "metadata";
+  const start = hit.start || 0;
+  // Media fragment: the player starts at the matching time (and stops at its end).
+  media.src = hit.start !== null ? `${hit.media}#t=${start.toFixed(2)},${hit.end.toFixed(2)}` : hit.media;
+  media.addEventListener("loadedmetadata", () => {
+    if (start && Math.abs(media.currentTime - start) > 0.5) media.currentTime = start;
+  }, { once: true });
+  return media;
+}
+
+function card(hit, best) {
+  const item = el("li", `hit ${hit.source}`);
+  item.dataset.id = hit.id;
+  item.appendChild(el("div", "rank", String(hit.rank)));
+
+  const visual = el("div", "visual");
+  if (hit.thumb) {
+    const link = el("a");
+    link.href = hit.media;
+    link.target = "_blank";
+    link.rel = "noopener";
+    const img = el("img", "thumb");
+    img.src = hit.thumb;
+    img.alt = hit.name;
+    img.loading = "lazy";
+    link.appendChild(img);
+    visual.appendChild(link);
+  } else {
+    visual.appendChild(el("div", `icon ${hit.source}`, hit.source === "video" ? "\u25B6" : "\u266A"));
+  }
+  item.appendChild(visual);
+
+  const info = el("div", "info");
+  info.appendChild(el("div", "name", hit.name));
+  const where = el("div", "path", hit.path.length > 96 ? `\u2026${hit.path.slice(-95)}` : hit.path);
+  where.title = hit.path;
+  info.appendChild(where);
+  const meta = el("div", "meta");
+  meta.appendChild(el("span", `badge ${hit.source}`, hit.source));
+  if (hit.start !== null) {
+    const whole = hit.start < 0.05 && hit.duration && hit.end > hit.duration - 0.05;
+    const span = `${clock(hit.start)} \u2013 ${clock(hit.end)}`;
+    const of = hit.duration ? ` of ${clock(hit.duration)}` : "";
+    const merged = hit.windows > 1 ? ` \u00b7 ${hit.windows} windows` : "";
+    const text = whole ? `matches the whole recording (${clock(hit.duration)})` : `matches ${span}${of}${merged}`;
+    meta.appendChild(el("span", "range", text));
+  } else if (hit.source === "video") {
+    meta.appendChild(el("span", "range", "matches its picture"));
+  }
+  info.appendChild(meta);
+  if (hit.source !== "image") info.appendChild(player(hit));
+  item.appendChild(info);
+
+  const score = el("div", "score");
+  score.title = "cosine similarity";
+  score.appendChild(el("span", "value", hit.score.toFixed(3)));
+  const bar = el("div", "bar");
+  const fill = el("div", "fill");
+  // relative to the best result: the ranking at a glance (cosines of real matches are small, ~0.2-0.35)
+  const share = best > 0 ? Math.max(0, hit.score) / best : 0;
+  fill.style.width = `${Math.max(3, Math.min(100, 100 * share)).toFixed(1)}%`;
+  bar.appendChild(fill);
+  score.appendChild(bar);
+  item.appendChild(score);
+  return item;
+}
+
+function show(answer, label) {
+  const best = Math.max(0, ...answer.results.map((hit) => hit.score));
+  list.replaceChildren(...answer.results.map((hit) => card(hit, best)));
+  if (answer.empty_index) {
+    statusLine.textContent = "The index is empty: add files with \u2018audioclip index FOLDER --db \u2026\u2019.";
+  } else if (!answer.results.length) {
+    statusLine.textContent = `No files of that kind for ${label}.`;
+  } else {
+    statusLine.textContent = `${answer.results.length} result(s) for ${label} \u00b7 ${answer.took_ms} ms`;
+  }
+  document.body.dataset.state = "done";
+}
+
+function failed(message) {
+  list.replaceChildren();
+  statusLine.textContent = message;
+  statusLine.classList.add("error");
+  document.body.dataset.state = "error";
+}
+
+async function answerOf(response) {
+  let answer;
+  try {
+    answer = await response.json();
+  } catch (err) {
+    throw new Error(`the server answered ${response.status}`);
+  }
+  if (!response.ok) throw new Error(answer.error || `the server answered ${response.status}`);
+  return answer;
+}
+
+function options() {
+  const params = new URLSearchParams({ k: $("k").value });
+  if ($("modality").value) params.set("modality", $("modality").value);
+  return params;
+}
+
+function busy(label) {
+  statusLine.classList.remove("error");
+  statusLine.textContent = `Searching for ${label}\u2026`;
+  document.body.dataset.state = "busy";
+}
+
+async function searchText(event) {
+  event.preventDefault();
+  const text = $("q").value.trim();
+  if (!text) return;
+  const label = `\u201c${text}\u201d`;
+  busy(label);
+  const params = options();
+  params.set("q", text);
+  history.replaceState(null, "", `?${params}`);
+  try {
+    show(await answerOf(await fetch(`/api/search?${params}`)), label);
+  } catch (err) {
+    failed(err.message);
+  }
+}
+
+async function searchFile(kind, input) {
+  const file = input.files[0];
+  if (!file) return;
+  const label = `the ${kind === "audio" ? "sound" : "picture"} \u201c${file.name}\u201d`;
+  if (maxUpload && file.size > maxUpload) {
+    failed(`${file.name} is too large (${(file.size / 1e6).toFixed(1)} MB; at most ${(maxUpload / 1e6).toFixed(1)} MB)`);
+    input.value = "";
+    return;
+  }
+  busy(label);
+  const params = options();
+  params.set("kind", kind);
+  params.set("name", file.name);
+  try {
+    const response = await fetch(`/api/search?${params}`, {
+      method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
+    });
+    show(await answerOf(response), label);
+  } catch (err) {
+    failed(err.message);
+  } finally {
+    input.value = "";
+  }
+}
+
+async function stats() {
+  try {
+    const s = await (await fetch("/api/stats")).json();
+    maxUpload = s.max_upload || 0;
+    const parts = Object.entries(s.by_source).map(([kind, n]) => `${n} ${kind}`);
+    $("stats").textContent = `${s.files} files indexed${parts.length ? ` (${parts.join(", ")})` : ""}`;
+  } catch (err) {
+    $("stats").textContent = "";
+  }
+}
+
+$("search-form").addEventListener("submit", searchText);
+$("audio-file").addEventListener("change", () => searchFile("audio", $("audio-file")));
+$("image-file").addEventListener("change", () => searchFile("image", $("image-file")));
+stats();
+const initial = new URLSearchParams(location.search);
+if (initial.get("q")) {
+  $("q").value = initial.get("q");
+  if (initial.get("modality")) $("modality").value = initial.get("modality");
+  $("search-form").requestSubmit();
+}

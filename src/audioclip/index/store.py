@@ -1,0 +1,405 @@
+"""Where the vectors live: a small storage interface and its LanceDB implementation.
+
+The search code talks to a :class:`VectorStore` only, so another vector
+database can replace LanceDB without touching indexing or search (see
+``docs/search.md``, "Other stores", for Milvus and Qdrant).
+
+One row per embedding: an audio window, an image or a video frame (a
+recording's pooled vector is the renormalised mean of its windows, so it is
+not stored: search ranks a recording by its best window), with the identity of the file it came from repeated on every row
+(``ROW_FIELDS``). Keeping a file's identity on its own rows is what makes a
+write of a file all-or-nothing: a file is indexed exactly when its rows are
+there, and rows arrive in one atomic commit per batch of files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "FailureRecord",
+    "FileRecord",
+    "IndexStoreError",
+    "LanceStore",
+    "ROW_FIELDS",
+    "VectorStore",
+    "file_id_of",
+    "row_schema",
+]
+
+# Name, Arrow type of each row's columns; "vector" (fixed-size float32 list) comes last.
+ROW_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("file_id", pa.int64()),  # file_id_of(path): the id the web page uses
+    ("path", pa.string()),  # absolute path of the file
+    ("source", pa.string()),  # the file: "audio", "image" or "video"
+    ("modality", pa.string()),  # the embedding: "audio" or "image"
+    ("kind", pa.string()),  # "window", "image" or "frame"
+    ("start", pa.float64()),  # seconds; null for images and frames
+    ("end", pa.float64()),
+    ("duration", pa.float64()),  # seconds of sound in the file; null without sound
+    ("size", pa.int64()),  # bytes, when indexed
+    ("mtime_ns", pa.int64()),  # modification time, when indexed
+    ("hash", pa.string()),  # blake2b-128 of the content, hex
+]
+FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "hash")
+
+
+class IndexStoreError(ValueError):
+    """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
+
+
+def row_schema(dim: int) -> pa.Schema:
+    return pa.schema([*ROW_FIELDS, ("vector", pa.list_(pa.float32(), dim))])
+
+
+def file_id_of(path: str) -> int:
+    """A stable signed 64-bit id for an (absolute) path."""
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """An indexed file, as it was when its vectors were computed."""
+
+    file_id: int
+    path: str
+    source: str
+    size: int
+    mtime_ns: int
+    hash: str
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """A file that could not be embedded, as it was when it failed."""
+
+    file_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    error: str
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """What :class:`audioclip.index.Index` needs from a vector database.
+
+    Writes are by whole files: ``add`` must commit all its rows or none, and
+    ``delete_files`` all of a file's rows or none; nothing else is needed for
+    the incremental, crash-safe indexing. Filters are structured (sources,
+    file ids), never backend query text.
+    """
+
+    def read_meta(self) -> dict | None: ...
+    def write_meta(self, meta: dict) -> None: ...
+    def files(self) -> dict[str, FileRecord]: ...
+    def get_file(self, file_id: int) -> FileRecord | None: ...
+    def add(self, rows: pa.Table) -> None: ...
+    def delete_files(self, file_ids: Sequence[int]) -> None: ...
+    def update_files(self, records: Sequence[FileRecord]) -> None: ...
+    def rows(self, file_ids: Sequence[int]) -> pa.Table: ...
+    def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
+               exact: bool = False) -> pa.Table: ...
+    def count_rows(self) -> int: ...
+    def failures(self) -> dict[str, FailureRecord]: ...
+    def set_failures(self, add: Sequence[FailureRecord], remove: Sequence[int]) -> None: ...
+    def optimize(self) -> None: ...
+
+
+# -- LanceDB -------------------------------------------------------------------------
+
+
+class LanceStore:
+    """A :class:`VectorStore` in a LanceDB folder (no server; Arrow/Lance files on disk).
+
+    Every ``add``, ``delete`` and ``update`` is one Lance commit: a new
+    manifest is written only after all data files are, so a crash leaves
+    either the previous version or the new one, never a part (stray data
+    files of an uncommitted write are invisible and removed by ``optimize``).
+    Readers see the latest committed version at each query.
+
+    The folder holds the tables ``media`` (vectors) and ``failures``, and
+    ``audioclip-index.json`` (checkpoint and decoding options).
+    """
+
+    TABLE = "media"
+    FAILURES = "failures"
+    META = "audioclip-index.json"
+    ANN_MIN_ROWS = 100_000  # below this an exact scan is fast enough (benchmarks/bench_index.py)
+    SCALAR_MIN_ROWS = 20_000
+    REFINE_FACTOR: int | None = None  # for a compressing index (ivf_pq): e.g. 10
+    REBUILD_FRACTION = 0.1
+    ANN_KIND = "ivf_sq"
+
+    def __init__(self, path: str | os.PathLike, create: bool = False):
+        os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger warns on stderr otherwise
+        import lancedb
+
+        self.path = Path(path)
+        if not create and not self.exists(self.path):
+            raise IndexStoreError(f"{self.path}: no index here (build one with 'audioclip index FOLDER --db {self.path}')")
+        if create and self.path.exists() and not self.exists(self.path):
+            if not self.path.is_dir() or any(self.path.iterdir()):
+                raise IndexStoreError(f"{self.path}: exists and is not an audioclip index; choose a new path")
+        self._lancedb = lancedb
+        self._connection = None  # connecting creates the folder: only when something is written or there
+        self._tables: dict[str, object] = {}
+
+    @property
+    def _db(self):
+        if self._connection is None:
+            self._connection = self._lancedb.connect(str(self.path), read_consistency_interval=datetime.timedelta(0))
+        return self._connection
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike) -> bool:
+        return (Path(path) / cls.META).is_file()
+
+    # -- metadata ------------------------------------------------------------------
+
+    def read_meta(self) -> dict | None:
+        try:
+            return json.loads((self.path / self.META).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
+
+    def write_meta(self, meta: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.path / self.META
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.META}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- tables ----------------------------------------------------------------------
+
+    def _table(self, name: str):
+        table = self._tables.get(name)
+        if table is None:
+            if not self.path.is_dir():
+                return None
+            try:
+                table = self._db.open_table(name)
+            except (ValueError, FileNotFoundError):
+                return None
+            self._tables[name] = table
+        return table
+
+    def _create_or_add(self, name: str, data: pa.Table) -> None:
+        table = self._table(name)
+        if table is None:
+            self._tables[name] = self._db.create_table(name, data=data)
+        else:
+            table.add(data)
+
+    def _scan(self, name: str, columns: Sequence[str], where: str | None = None) -> pa.Table | None:
+        table = self._table(name)
+        if table is None:
+            return None
+        query = table.search().select(list(columns)).limit(None)
+        if where:
+            query = query.where(where)
+        return query.to_arrow()
+
+    # -- files ---------------------------------------------------------------------------
+
+    def files(self) -> dict[str, FileRecord]:
+        data = self._scan(self.TABLE, FILE_FIELDS)
+        return {} if data is None else _records(data)
+
+    def get_file(self, file_id: int) -> FileRecord | None:
+        data = self._scan(self.TABLE, FILE_FIELDS, f"file_id = {int(file_id)}")
+        records = {} if data is None else _records(data)
+        return next(iter(records.values()), None)
+
+    def add(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self._create_or_add(self.TABLE, rows)
+
+    def delete_files(self, file_ids: Sequence[int]) -> None:
+        table = self._table(self.TABLE)
+        ids = [int(i) for i in file_ids]
+        if table is not None and ids:
+            table.delete(_in("file_id", ids))  # one commit, however many files
+
+    def update_files(self, records: Sequence[FileRecord]) -> None:
+        table = self._table(self.TABLE)
+        for r in records:  # one commit per file: a file's rows change together
+            table.update(where=f"file_id = {int(r.file_id)}",
+                         values={"size": r.size, "mtime_ns": r.mtime_ns, "hash": r.hash})
+
+    def rows(self, file_ids: Sequence[int]) -> pa.Table:
+        table = self._table(self.TABLE)
+        if table is None or not file_ids:
+            return row_schema(1).empty_table() if table is None else table.schema.empty_table()
+        parts = []
+        ids = [int(i) for i in file_ids]
+        for chunk in range(0, len(ids), 500):
+            where = _in("file_id", ids[chunk : chunk + 500])
+            parts.append(table.search().where(where).limit(None).to_arrow())
+        return pa.concat_tables(parts)
+
+    def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
+               exact: bool = False) -> pa.Table:
+        """The ``limit`` best rows: ``file_id``, ``kind``, ``start``, ``score`` (cosine), best first."""
+        table = self._table(self.TABLE)
+        if table is None:
+            return pa.table({"file_id": pa.array([], pa.int64()), "score": pa.array([], pa.float32())})
+        query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").distance_type("dot")
+        if sources:
+            query = query.where(_in("source", sources), prefilter=True)
+        if exact:
+            query = query.bypass_vector_index()
+        elif self.REFINE_FACTOR:  # with an ANN index: re-score more candidates exactly (none without)
+            query = query.refine_factor(self.REFINE_FACTOR)
+        found = query.select(["file_id", "kind", "start", "_distance"]).limit(limit).to_arrow()
+        # Lance's "dot" distance is 1 - x.y; vectors are unit length, so x.y is the cosine.
+        score = pc.subtract(pa.scalar(1.0, pa.float32()), found["_distance"])
+        return found.drop_columns(["_distance"]).append_column("score", score)
+
+    def count_rows(self) -> int:
+        table = self._table(self.TABLE)
+        return 0 if table is None else table.count_rows()
+
+    # -- failures --------------------------------------------------------------------------
+
+    def failures(self) -> dict[str, FailureRecord]:
+        data = self._scan(self.FAILURES, [f for f in FailureRecord.__dataclass_fields__])
+        if data is None:
+            return {}
+        return {row["path"]: FailureRecord(**row) for row in data.to_pylist()}
+
+    def set_failures(self, add: Sequence[FailureRecord], remove: Sequence[int]) -> None:
+        drop = {int(i) for i in remove} | {f.file_id for f in add}
+        table = self._table(self.FAILURES)
+        if table is not None and drop:
+            table.delete(_in("file_id", sorted(drop)))
+        if add:
+            schema = pa.schema([("file_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()),
+                                ("mtime_ns", pa.int64()), ("error", pa.string())])
+            self._create_or_add(self.FAILURES, pa.Table.from_pylist([asdict(f) for f in add], schema=schema))
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def optimize(self, ann: str = "auto", keep_versions: datetime.timedelta = datetime.timedelta(minutes=5)) -> None:
+        """Compact small commits, drop old versions, keep the ANN index useful.
+
+        ``ann``: "auto" builds an ANN index (``create_ann_index``) once the
+        table has ``ANN_MIN_ROWS`` rows, "off" never does, "rebuild" retrains
+        it now. Versions older than ``keep_versions`` are removed (a search
+        still reading one that old would fail; searches take milliseconds).
+
+        With an ANN index, rows added later are searched exactly beside it
+        until they are more than ``REBUILD_FRACTION`` of the table; then the
+        table is compacted and the index retrained. (LanceDB 0.40's
+        ``optimize()`` merges new rows into an IVF-SQ index in a way that makes
+        every later query scan all partitions, so it is not used to update it.)
+        """
+        table = self._table(self.TABLE)
+        if table is None:
+            return
+        indices = table.list_indices()
+        vector_index = next((i for i in indices if tuple(i.columns) == ("vector",)), None)
+        rows = table.count_rows()
+        if vector_index is not None and ann != "rebuild":
+            if vector_index.num_unindexed_rows <= self.REBUILD_FRACTION * rows:
+                return  # cheap: the few new rows are scanned exactly
+            ann = "rebuild"
+        # delete_unverified: stray files of a killed writer; safe, we hold the writer lock.
+        table.optimize(cleanup_older_than=keep_versions, delete_unverified=True)
+        failures = self._table(self.FAILURES)
+        if failures is not None:
+            failures.optimize(cleanup_older_than=keep_versions, delete_unverified=True)
+        indexed = {tuple(i.columns) for i in table.list_indices()}
+        if rows >= self.SCALAR_MIN_ROWS:  # look-ups by file id, filters by source
+            if ("file_id",) not in indexed:
+                table.create_scalar_index("file_id", index_type="BTREE")
+            if ("source",) not in indexed:
+                table.create_scalar_index("source", index_type="BITMAP")
+        if ann == "rebuild" or (ann == "auto" and rows >= self.ANN_MIN_ROWS):
+            create_ann_index(table, rows, self.ANN_KIND)
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+ANN_KINDS = ("ivf_sq", "ivf_pq", "ivf_hnsw_sq")
+
+
+def ann_partitions(rows: int) -> int:
+    """IVF partitions for ``rows`` vectors: about sqrt(rows) / 2, between 1 and 2048."""
+    return max(1, min(2048, round(rows**0.5 / 2)))
+
+
+def create_ann_index(table, rows: int, kind: str = "ivf_sq") -> None:
+    """An ANN index on the vectors (dot product), sized for ``rows``.
+
+    ``ivf_sq`` (the default; measurements in docs/search.md): vectors
+    clustered into about sqrt(rows)/2 IVF partitions and stored as 8-bit
+    scalars; a query scans the ``nprobes`` (LanceDB's default: 20)
+    partitions nearest to it. ``ivf_pq`` compresses 16 times more but builds
+    much more slowly here and ranks coarsely (``REFINE_FACTOR`` re-scores
+    candidates exactly); ``ivf_hnsw_sq`` builds slowest.
+    """
+    from lancedb.index import HnswSq, IvfPq, IvfSq
+
+    dim = table.schema.field("vector").type.list_size
+    common = dict(distance_type="dot", num_partitions=ann_partitions(rows), max_iterations=20, sample_rate=64)
+    if kind == "ivf_sq":
+        config = IvfSq(**common)
+    elif kind == "ivf_pq":
+        config = IvfPq(num_sub_vectors=_sub_vectors(dim), **common)
+    elif kind == "ivf_hnsw_sq":
+        config = HnswSq(**common)
+    else:
+        raise ValueError(f"unknown ANN index {kind!r}; choose from {', '.join(ANN_KINDS)}")
+    table.create_index("vector", config=config, replace=True)
+
+
+def _sub_vectors(dim: int) -> int:
+    for n in (dim // 16, dim // 8, dim // 4, dim // 2, 1):  # 16 dimensions per PQ code when possible
+        if n >= 1 and dim % n == 0:
+            return n
+    return 1
+
+
+def _records(data: pa.Table) -> dict[str, FileRecord]:
+    ids = data["file_id"].to_numpy()
+    _, first = np.unique(ids, return_index=True)
+    sub = data.take(pa.array(np.sort(first)))
+    records = {}
+    for row in sub.to_pylist():
+        records[row["path"]] = FileRecord(**{k: row[k] for k in FILE_FIELDS})
+    return records
+
+
+def _in(column: str, values: Iterable) -> str:
+    items = []
+    for v in values:
+        if isinstance(v, str):
+            items.append("'" + v.replace("'", "''") + "'")
+        else:
+            items.append(str(int(v)))
+    return f"{column} IN ({', '.join(items)})"
