@@ -13,34 +13,18 @@ import signal
 import sys
 from collections.abc import Callable
 
-EXIT_OK, EXIT_NOTHING_DONE, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+from audioclip.cli import (
+    EXIT_NOTHING_DONE,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    _error,
+    _non_negative_int,
+    _positive_float,
+    _positive_int,
+)
 _INDEX_EPILOG = ("exit status: 0 all files indexed (or nothing to do); 1 nothing could be indexed, or the index "
                  "cannot be used; 2 usage error; 3 some files failed (each is reported on stderr)")
-
-
-def _error(message: object) -> None:
-    print(f"audioclip: error: {message}", file=sys.stderr)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
