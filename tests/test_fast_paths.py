@@ -248,6 +248,30 @@ def test_train_eval_switch_clears_the_cache():
     assert head.fbsp._kernel_cache is None
 
 
+def test_trunk_chunks_give_the_whole_batch_result():
+    head = tiny_head()
+    x = tiny_wave(batch=5)
+    frames = head.log_power(x[:1]).shape[-1]
+    with torch.no_grad():
+        head.trunk_chunk_frames = None
+        whole = head(x)
+        head.trunk_chunk_frames = 2 * frames  # two items per chunk: 2 + 2 + 1
+        chunked = head(x)
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-5 * whole.abs().max().item())
+
+
+def test_training_never_chunks_the_batch():
+    # BatchNorm's batch statistics would change with the chunks
+    head = tiny_head().train()
+    x = tiny_wave(batch=4)
+    frames = head.log_power(x[:1]).shape[-1]
+    torch.manual_seed(0)
+    head.trunk_chunk_frames = None
+    whole = head(x)
+    head.trunk_chunk_frames = frames
+    assert torch.equal(head(x), whole)
+
+
 def test_front_end_stays_float32_under_autocast():
     head = tiny_head()
     x = tiny_wave()

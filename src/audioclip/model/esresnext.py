@@ -86,6 +86,23 @@ class AttentionGate(nn.Module):
         return stage_output * torch.sigmoid(gate)
 
 
+def run_in_chunks(trunk, x: torch.Tensor, chunk_frames: int | None) -> torch.Tensor:
+    """``trunk(x)`` over ``(n, bands, bins, frames)``, on the CPU in chunks of about ``chunk_frames`` frames.
+
+    On a CPU the trunk runs much faster on a clip or two at a time, whose
+    activations stay in cache, than on a large batch (1.2-1.6x on a 2-core
+    EPYC); each item's result is the same up to float32 rounding (the
+    convolutions may pick other algorithms for another batch size). GPUs get
+    the whole batch; ``chunk_frames=None`` always does.
+    """
+    if chunk_frames is None or x.device.type != "cpu" or x.shape[0] <= 1:
+        return trunk(x)
+    per_chunk = max(1, chunk_frames // x.shape[-1])
+    if per_chunk >= x.shape[0]:
+        return trunk(x)
+    return torch.cat([trunk(part) for part in x.split(per_chunk)])
+
+
 class ESResNeXtFbsp(ResNet):
     """Waveform ``(batch, channels, samples)`` -> ``(batch, num_classes)``.
 
@@ -95,6 +112,10 @@ class ESResNeXtFbsp(ResNet):
 
     Input samples are in [-1, 1] at 44.1 kHz.
     """
+
+    #: In inference on a CPU, the trunk runs on chunks of about this many frames
+    #: (one 5 s clip); ``None``: the whole batch at once. See :func:`run_in_chunks`.
+    trunk_chunk_frames: int | None = 512
 
     def __init__(self, num_classes: int = 527, config: AudioHeadConfig | None = None):
         config = config or AudioHeadConfig()
@@ -315,7 +336,8 @@ class ESResNeXtFbsp(ResNet):
         # Channels share the trunk; folding them into the batch runs them in one
         # pass. (In training, BatchNorm then sees all channels in one batch.)
         x = log_power.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        return self.trunk(x).view(batch, channels, -1).sum(dim=1)
+        features = run_in_chunks(self.trunk, x, None if self.training else self.trunk_chunk_frames)
+        return features.view(batch, channels, -1).sum(dim=1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """Waveform ``(batch, channels, samples)`` in [-1, 1] at 44.1 kHz -> ``(batch, num_classes)``."""

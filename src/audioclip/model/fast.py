@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import Bottleneck
 
+from .esresnext import run_in_chunks
 from .fbsp import frame_signal, int16_range_to_unit
 
 __all__ = ["FAST_MODES", "FastAudioHead", "build_fast_head", "check_options", "fold_batchnorms"]
@@ -138,9 +139,11 @@ class FastAudioHead(nn.Module):
         mode: str,
         sliced: bool,
         autocast_dtype: torch.dtype | None = None,
+        chunk_frames: int | None = 512,
     ):
         super().__init__()
         self.config = config
+        self.chunk_frames = chunk_frames  # see esresnext.run_in_chunks
         self.mode = mode
         self.sliced = sliced
         self.autocast_dtype = autocast_dtype
@@ -174,9 +177,9 @@ class FastAudioHead(nn.Module):
         x = log_power.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                features = self.trunk(x)
+                features = run_in_chunks(self.trunk, x, self.chunk_frames)
         else:
-            features = self.trunk(x)
+            features = run_in_chunks(self.trunk, x, self.chunk_frames)
         return features.float().view(batch, channels, -1).sum(dim=1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -242,7 +245,15 @@ def build_fast_head(
 
     autocast_dtype = torch.bfloat16 if mode == "bf16" else None
     fast = FastAudioHead(
-        cfg, kernel, window, trunk, fc, mode=mode, sliced=slice_kernel, autocast_dtype=autocast_dtype
+        cfg,
+        kernel,
+        window,
+        trunk,
+        fc,
+        mode=mode,
+        sliced=slice_kernel,
+        autocast_dtype=autocast_dtype,
+        chunk_frames=head.trunk_chunk_frames,
     )
     if mode == "int8":
         fast.trunk = _quantize_trunk(fast, calibration)

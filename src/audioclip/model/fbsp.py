@@ -154,8 +154,8 @@ class FbspFilterbank(nn.Module):
         A cached copy is keyed by the three parameters' version counters
         (bumped by every in-place change: ``load_state_dict``, optimiser steps,
         ``p.copy_(...)`` under ``no_grad``), their storage, device and dtype, and
-        ``in_features``. ``train()``/``eval()`` drop it, and so does a ``.to(...)``
-        that moves or converts the parameters. Writes through ``p.data`` bypass
+        ``in_features``. Switching to training and back drops it, and so does a
+        ``.to(...)`` that moves or converts the parameters. Writes through ``p.data`` bypass
         version counters: call :meth:`clear_kernel_cache` after those.
         """
         if not self._cache_allowed():
@@ -193,7 +193,8 @@ class FbspFilterbank(nn.Module):
         return (in_features, self.normalized, versions, storage)
 
     def train(self, mode: bool = True) -> FbspFilterbank:
-        self._kernel_cache = None
+        if mode != self.training:  # a switch between training and inference
+            self._kernel_cache = None
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
