@@ -172,6 +172,25 @@ def test_two_shards_equal_one_run(checkpoint, folder, tmp_path):
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=2e-5)
 
 
+@pytest.mark.parametrize("mode", ["fused", "bf16", "plain"])
+def test_embed_with_another_audio_compute_mode(checkpoint, folder, tmp_path, mode):
+    default, other = tmp_path / "default.jsonl", tmp_path / f"{mode}.jsonl"
+    clip = str(folder / "clip0.wav")
+    cli("embed", clip, "-o", str(default), checkpoint=checkpoint, check=0, in_process=True)
+    cli("embed", clip, "-o", str(other), "--audio-mode", mode, checkpoint=checkpoint, check=0, in_process=True)
+    want = np.stack(read_embeddings(default)["embedding"].to_numpy(zero_copy_only=False))
+    got = np.stack(read_embeddings(other)["embedding"].to_numpy(zero_copy_only=False))
+    assert got.shape == want.shape == (2, 64)
+    # unit vectors: float32 paths agree to rounding, bfloat16 to its precision
+    np.testing.assert_allclose(got, want, atol=3e-2 if mode == "bf16" else 1e-5)
+
+
+def test_unknown_audio_mode_is_a_usage_error(checkpoint, folder, tmp_path):
+    run = cli("embed", str(folder / "clip0.wav"), "-o", str(tmp_path / "e.jsonl"), "--audio-mode", "int4",
+              checkpoint=checkpoint, in_process=True)
+    assert run.returncode == 2 and "--audio-mode" in run.stderr
+
+
 @pytest.mark.parametrize("fmt", ["npy", "jsonl"])
 def test_embed_other_formats(checkpoint, folder, tmp_path, fmt):
     out = tmp_path / f"emb.{fmt}"

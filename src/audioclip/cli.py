@@ -110,6 +110,11 @@ def _add_model_options(parser: argparse.ArgumentParser, windows: bool = True) ->
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                        help="fp32 is exact; bf16/fp16 are faster on a GPU")
+    group.add_argument("--audio-mode", default="default", choices=("default", "fused", "bf16", "plain"),
+                       help="how the audio head computes (docs/performance.md): default (exact to float32 "
+                            "rounding), fused (BatchNorm folded, float32, within the equivalence tolerances), "
+                            "bf16 (bfloat16 trunk: fast on GPUs and CPUs with AMX/AVX512-BF16, less exact), "
+                            "plain (the original's computation, slow); int8 is in the Python API")
     group.add_argument("--cache-dir", help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
     group.add_argument("--offline", action="store_true", default=None, help="never download")
     group = parser.add_argument_group("input")
@@ -156,6 +161,7 @@ def _load_model(args: argparse.Namespace):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path, weights = checkpoints.resolve(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
     model = AudioCLIP.from_pretrained(path, config=args.config, device=device)
+    model.audio.set_compute_mode(getattr(args, "audio_mode", "default"))
     return model, checkpoints.checkpoint_id(path, weights)
 
 
