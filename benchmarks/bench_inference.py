@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Inference speed of AudioCLIP, every fast path against the plain computation, in one run.
 
-    .venv/bin/python benchmarks/bench_inference.py           # ~10 min on a 2-core CPU
-    .venv/bin/python benchmarks/bench_inference.py --quick   # ~3 min: fewer batches and rounds
+    .venv/bin/python benchmarks/bench_inference.py           # 5-10 min on a 2-core CPU
+    .venv/bin/python benchmarks/bench_inference.py --quick   # ~2 min: fewer batches and rounds
+    .venv/bin/python benchmarks/bench_inference.py --checkpoint full   # the published weights
 
 Prints markdown tables (paste them into docs/performance.md):
 
@@ -746,7 +747,8 @@ def main() -> None:
 
     print("\n### Accuracy of each path (CPU)\n")
     print("Max |out - exact| / max |exact| on the reference clips (2 x 5 s mono, 2 s stereo, 1 s mono), "
-          "exact = plain mode; and against the original's reference outputs (tolerance 1e-4).\n")
+          "exact = plain mode; and against the original's reference outputs (tolerance 1e-4), "
+          f"{'which belong to the reference weights: not measured for ' + args.checkpoint if args.checkpoint else 'computed with the same weights'}.\n")
     print("| mode | vs plain | vs reference outputs |")
     print("| --- | ---: | ---: |")
     for r in results["errors"]:
