@@ -161,7 +161,7 @@ def _load_model(args: argparse.Namespace):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path, weights = checkpoints.resolve(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
     model = AudioCLIP.from_pretrained(path, config=args.config, device=device)
-    model.audio.set_compute_mode(getattr(args, "audio_mode", "default"))
+    model.audio.set_compute_mode(args.audio_mode)
     return model, checkpoints.checkpoint_id(path, weights)
 
 

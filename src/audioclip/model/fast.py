@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import Bottleneck
 
-from .esresnext import run_in_chunks
+from .esresnext import ESResNeXtFbsp, run_in_chunks
 from .fbsp import frame_signal, int16_range_to_unit
 
 __all__ = ["FAST_MODES", "FastAudioHead", "build_fast_head", "check_options", "fold_batchnorms"]
@@ -139,7 +139,7 @@ class FastAudioHead(nn.Module):
         mode: str,
         sliced: bool,
         autocast_dtype: torch.dtype | None = None,
-        chunk_frames: int | None = 512,
+        chunk_frames: int | None = ESResNeXtFbsp.trunk_chunk_frames,
     ):
         super().__init__()
         self.config = config
