@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from audioclip import AudioCLIP
+from audioclip import AudioCLIP, save_model
 from audioclip.cli import main
 from audioclip.embeddings_io import read_embeddings
 
@@ -29,7 +29,7 @@ SR = 44100
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    return str(AudioCLIP("AudioCLIP-tiny").save(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
+    return str(save_model(AudioCLIP("AudioCLIP-tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_embed_refuses_another_checkpoints_output(checkpoint, folder, tmp_path):
     out = tmp_path / "emb.parquet"
     cli("embed", str(folder / "clip0.wav"), "-o", str(out), checkpoint=checkpoint, check=0, in_process=True)
     torch.manual_seed(1)
-    other = str(AudioCLIP("AudioCLIP-tiny").save(tmp_path / "other.pt"))
+    other = str(save_model(AudioCLIP("AudioCLIP-tiny"), tmp_path / "other.pt"))
     proc = cli("embed", str(folder / "clip1.wav"), "-o", str(out), checkpoint=other, in_process=True)
     assert proc.returncode == 1 and "another checkpoint" in proc.stderr
 

@@ -56,13 +56,13 @@ def _is_png(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random AudioCLIPs saved in the official format (three different seeds)."""
-    from audioclip import AudioCLIP
+    from audioclip import AudioCLIP, save_model
 
     folder = tmp_path_factory.mktemp("ckpt")
     paths = {}
     for name, seed in (("tiny", 0), ("fold3", 3), ("fold4", 4)):
         torch.manual_seed(seed)
-        paths[name] = AudioCLIP("AudioCLIP-tiny").save(folder / f"{name}.pt")
+        paths[name] = save_model(AudioCLIP("AudioCLIP-tiny"), folder / f"{name}.pt")
     runs = folder / "runs"
     for fold in (3, 4):
         (runs / f"fold{fold}").mkdir(parents=True)

@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from audioclip import AudioCLIP
+from audioclip import AudioCLIP, create_model, save_model
 from audioclip.index import Index, IndexStoreError, LanceStore, QueryError, merge_windows
 from audioclip.index.search import rank
 from audioclip.index.store import file_id_of, row_schema
@@ -44,19 +44,19 @@ def picture(path, seed: int) -> None:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    return str(AudioCLIP("AudioCLIP-tiny").save(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
+    return str(save_model(AudioCLIP("AudioCLIP-tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 @pytest.fixture(scope="module")
 def tiny(checkpoint):
     """The model of ``checkpoint``, loaded once for the module (Index.open(model=...) skips loading)."""
-    return AudioCLIP.from_pretrained(checkpoint, **TINY)
+    return create_model(checkpoint, audio_mode="default", **TINY)
 
 
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(1)
-    return str(AudioCLIP("AudioCLIP-tiny").save(tmp_path_factory.mktemp("ckpt2") / "other.pt"))
+    return str(save_model(AudioCLIP("AudioCLIP-tiny"), tmp_path_factory.mktemp("ckpt2") / "other.pt"))
 
 
 @pytest.fixture

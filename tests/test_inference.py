@@ -11,6 +11,7 @@ from PIL import Image
 
 from audioclip.inference import (
     DecodeOptions,
+    classify,
     embed_files,
     expand_paths,
     read_list_file,
@@ -138,14 +139,14 @@ def test_model_classify_from_tensors_and_paths(tiny_model, media):
     labels = ["tone", "noise"]
     path = str(media / "good" / "five.wav")
     wave = load_audio(path)[None]
-    from_tensor = tiny_model.classify(labels, audio=wave, template="a {}")
-    from_path = tiny_model.classify(labels, audio=[path], template="a {}")
+    from_tensor = classify(tiny_model, labels, audio=wave, template="a {}")
+    from_path = classify(tiny_model, labels, audio=[path], template="a {}")
     assert from_tensor.shape == (1, 2)
     assert torch.allclose(from_tensor, from_path, atol=1e-5)
-    image = tiny_model.classify(labels, image=[str(media / "good" / "pic.png")])
+    image = classify(tiny_model, labels, image=[str(media / "good" / "pic.png")])
     assert torch.allclose(image.sum(), torch.tensor(1.0))
     with pytest.raises(MediaError, match="text.wav"):
-        tiny_model.classify(labels, audio=[str(media / "bad" / "text.wav")])
+        classify(tiny_model, labels, audio=[str(media / "bad" / "text.wav")])
 
 
 def test_bad_labels_and_templates(tiny_model, tmp_path):

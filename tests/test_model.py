@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from audioclip import AudioCLIP, tokenize
 from audioclip.model import contrastive_loss
-from audioclip.tokenizer import TextTooLongWarning
+from audioclip.model.tokenizer import TextTooLongWarning
 
 
 def wave(batch=2, channels=1, samples=8000, seed=0):

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from audioclip import AudioCLIP
+from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
 from audioclip.index.server import _parse_range, make_server
 
@@ -39,7 +39,7 @@ def site(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("site")
     torch.manual_seed(0)
-    checkpoint = AudioCLIP("AudioCLIP-tiny").save(root / "tiny.pt")
+    checkpoint = save_model(AudioCLIP("AudioCLIP-tiny"), root / "tiny.pt")
     media = root / "media"
     media.mkdir()
     rng = np.random.default_rng(0)

@@ -37,6 +37,9 @@ __all__ = [
     "check_state_dict",
     "save_state_dict",
     "checkpoint_id",
+    "lookup",
+    "lookup_filename",
+    "save_model",
 ]
 
 CACHE_ENV = "AUDIOCLIP_CACHE"
@@ -62,13 +65,15 @@ class PretrainedWeights:
     size: int  # bytes
     kind: str  # "audioclip", "clip" or "esresnext"
     description: str
+    architecture: str = "AudioCLIP-RN50"  # the bundled model config these weights belong to
 
 
 _RELEASE_URL = "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1/"
 
 
 def _release(name: str, filename: str, size: int, sha256: str, kind: str, description: str):
-    return PretrainedWeights(name, filename, _RELEASE_URL + filename, sha256, size, kind, description)
+    architecture = "ESResNeXt-fbsp" if kind == "esresnext" else "AudioCLIP-RN50"
+    return PretrainedWeights(name, filename, _RELEASE_URL + filename, sha256, size, kind, description, architecture)
 
 
 REGISTRY: dict[str, PretrainedWeights] = {
@@ -258,7 +263,9 @@ def download(
                 f"download of {url} is corrupt: sha256 is {actual}, expected {sha256} "
                 "(the downloaded data was deleted)"
             )
-    os.replace(part, dest)
+    from .io import commit_file
+
+    commit_file(part, dest)  # fsynced, umask permissions, atomic rename
     return dest
 
 
@@ -267,12 +274,16 @@ def download(
 # --------------------------------------------------------------------------
 
 
-def _lookup(name: str, registry: Mapping[str, PretrainedWeights]) -> PretrainedWeights | None:
+def lookup(name: str, registry: Mapping[str, PretrainedWeights] | None = None) -> PretrainedWeights | None:
+    """The registered weights called ``name`` (case-insensitive), or ``None``."""
+    registry = REGISTRY if registry is None else registry
     key = name.lower()
     return next((w for n, w in registry.items() if n.lower() == key), None)
 
 
-def _lookup_filename(name: str, registry: Mapping[str, PretrainedWeights]) -> PretrainedWeights | None:
+def lookup_filename(name: str, registry: Mapping[str, PretrainedWeights] | None = None) -> PretrainedWeights | None:
+    """The registered weights whose file is called ``name`` (a bare file name, not a path), or ``None``."""
+    registry = REGISTRY if registry is None else registry
     key = Path(name).name.lower()
     if key != name.lower():  # only a bare filename is an alias, not a path
         return None
@@ -298,12 +309,12 @@ def resolve(
     """
     registry = REGISTRY if registry is None else registry
     text = os.fspath(name_or_path)
-    weights = _lookup(text, registry)
+    weights = lookup(text, registry)
     if weights is None:
         path = Path(text).expanduser()
         if path.exists():
             return path, None
-        weights = _lookup_filename(text, registry)
+        weights = lookup_filename(text, registry)
     if weights is None:
         known = ", ".join(registry) or "(none)"
         raise CheckpointError(
@@ -351,10 +362,12 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict (parameter name -> tensor) from a checkpoint file.
 
     Only plain tensors and containers are unpickled (``weights_only=True``).
+    ``mmap=True`` maps the file instead of reading it (tensors are paged in as
+    they are copied into a model; files in the pre-1.6 format are read whole).
     A state dict wrapped under ``"state_dict"`` or ``"model"`` is unwrapped,
     and a ``"module."`` prefix shared by all keys (DDP) is removed.
     """
@@ -371,7 +384,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file is empty (0 bytes); delete it and download it again")
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise CheckpointError(
@@ -414,6 +427,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _torch_load(path: Path, mmap: bool):
+    import torch
+
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "zip" not in str(e).lower():  # only the legacy format cannot be mapped
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _listing(title: str, items: list[str]) -> str:
@@ -493,21 +518,13 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
             tensor = tensor.clone()
         tensors[key] = tensor
 
+    from .io import atomic_write
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder so os.replace is an atomic rename
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with atomic_write(path, "wb") as f:
+            torch.save(tensors, f)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(tensors, f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
-        raise
     return path
 
 
@@ -521,3 +538,8 @@ def checkpoint_id(path: str | os.PathLike, weights: PretrainedWeights | None = N
     if weights is not None:
         return f"{weights.name}@{weights.sha256[:16]}"
     return f"{Path(path).name}@{_sha256(Path(path))[:16]}"
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model``'s weights as a plain state dict with the original's keys (it loads there too); return the path."""
+    return save_state_dict(model.state_dict(), path)

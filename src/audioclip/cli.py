@@ -105,8 +105,8 @@ def _add_model_options(parser: argparse.ArgumentParser, windows: bool = True) ->
     group = parser.add_argument_group("model")
     group.add_argument("--checkpoint", default="full", metavar="NAME|PATH",
                        help="registry name (see 'audioclip checkpoints') or file (default: full)")
-    group.add_argument("--config", default="AudioCLIP-RN50", metavar="NAME|JSON",
-                       help="model configuration the checkpoint was built with (default: AudioCLIP-RN50)")
+    group.add_argument("--config", default=None, metavar="NAME|JSON",
+                       help="model configuration the checkpoint was built with (default: recognised from the file)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                        help="fp32 is exact; bf16/fp16 are faster on a GPU")
@@ -154,15 +154,11 @@ def _positive_float(text: str) -> float:
 
 def _load_model(args: argparse.Namespace):
     """(model, checkpoint id) as the options say; the model on its device, eval mode."""
-    import torch
+    from audioclip.factory import checkpoint_id, create_model
 
-    from audioclip import AudioCLIP, checkpoints
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path, weights = checkpoints.resolve(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
-    model = AudioCLIP.from_pretrained(path, config=args.config, device=device)
-    model.audio.set_compute_mode(args.audio_mode)
-    return model, checkpoints.checkpoint_id(path, weights)
+    model = create_model(args.checkpoint, config=args.config, device=args.device or "auto",
+                         audio_mode=args.audio_mode, cache_dir=args.cache_dir, offline=args.offline)
+    return model, checkpoint_id(model)
 
 
 def _decode_options(args: argparse.Namespace, model):

@@ -74,8 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--checkpoint", default="full", metavar="NAME|PATH",
                        help="registry name or file (default: full). supervised: a folder with fold<K>/model.pt "
                        "(the cross-validation output of 'audioclip train --cv'), or a path with {fold} in it")
-    model.add_argument("--config", default="AudioCLIP-RN50", metavar="NAME|JSON",
-                       help="model configuration of the checkpoint (default: AudioCLIP-RN50)")
+    model.add_argument("--config", default=None, metavar="NAME|JSON",
+                       help="model configuration of the checkpoint (default: recognised from the file)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     model.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                        help="fp32 (default) reproduces the published numbers; bf16/fp16 are faster on a GPU")
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
 
     def encoder(spec):
         log(f"loading checkpoint {spec}")
-        return load_encoder(spec, config=args.config, device=args.device, precision=args.precision,
+        return load_encoder(spec, config=args.config, device=args.device or "auto", precision=args.precision,
                             cache_dir=args.cache_dir, offline=args.offline)
 
     common = dict(templates=templates, conventions=conventions, options=options)

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..inference import autocast
+from ..io import atomic_write, write_text_atomic
 from ..media import MediaError, load_audio, load_image, load_video_frames
 from ..media.sniff import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .conventions import AudioConventions
@@ -99,39 +99,26 @@ class Encoder:
 
 def load_encoder(
     checkpoint: str | os.PathLike,
-    config: str = "AudioCLIP-RN50",
-    device: str | torch.device | None = None,
+    config: str | None = None,
+    device: str | torch.device | None = "auto",
     precision: str = "fp32",
     cache_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
+    audio_mode: str = "default",
 ) -> Encoder:
-    """Load an AudioCLIP checkpoint (registry name or file), or a standalone ESResNeXt-fbsp classifier file.
+    """An AudioCLIP checkpoint (registry name or file), or a standalone ESResNeXt-fbsp classifier, ready to encode.
 
-    Which one is decided by the file's keys. ``config`` names the model
-    configuration the weights were built with.
+    Built by :func:`audioclip.create_model`: the architecture is recognised
+    from the file unless ``config`` names it; ``audio_mode`` is the inference
+    transform of the audio head (``"default"`` is exact).
     """
-    from ..checkpoints import checkpoint_id, load_state_dict, resolve
-    from ..model import AudioCLIP, AudioHeadConfig, ESResNeXtFbsp, load_model_config
+    from ..factory import checkpoint_id, create_model
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path, weights = resolve(checkpoint, cache_dir=cache_dir, offline=offline)
-    state = load_state_dict(path)
-    if "fc.weight" in state and not any(k.startswith("visual.") for k in state):
-        audio_cfg = dict(load_model_config(config).get("audio_cfg", {}))
-        if "layers" in audio_cfg:
-            audio_cfg["layers"] = tuple(audio_cfg["layers"])
-        model = ESResNeXtFbsp(num_classes=state["fc.weight"].shape[0], config=AudioHeadConfig(**audio_cfg))
-        from ..checkpoints import check_state_dict
-
-        check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(path))
-        model.load_state_dict(state)
-        kind = "classifier"
-    else:
-        model = AudioCLIP(config)
-        model.load_checkpoint_state(state, source=str(path))
-        kind = "audioclip"
-    model.to(device).eval()
-    return Encoder(model, kind, str(checkpoint), checkpoint_id(path, weights), device, precision)
+    model = create_model(checkpoint, config=config, device=device, cache_dir=cache_dir, offline=offline,
+                         audio_mode=audio_mode)
+    kind = "audioclip" if hasattr(model, "encode_audio") else "classifier"
+    device = next(model.parameters()).device
+    return Encoder(model, kind, str(checkpoint), checkpoint_id(model), device, precision)
 
 
 # -- the cache --------------------------------------------------------------------
@@ -175,21 +162,11 @@ class EmbeddingStore:
     def save(self, path: Path, vectors: dict[str, np.ndarray], meta: dict) -> None:
         if not self.enabled or not vectors:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(vectors)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=np.array(keys, dtype=str),
-                         vectors=np.stack([vectors[k] for k in keys]).astype(np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        path.with_suffix(".json").write_text(json.dumps({**meta, "count": len(keys)}, indent=2))
+        with atomic_write(path, "wb") as f:
+            np.savez(f, keys=np.array(keys, dtype=str),
+                     vectors=np.stack([vectors[k] for k in keys]).astype(np.float32))
+        write_text_atomic(path.with_suffix(".json"), json.dumps({**meta, "count": len(keys)}, indent=2))
 
 
 # -- decoding ------------------------------------------------------------------------

@@ -21,7 +21,6 @@ __all__ = ["Index", "QueryError"]
 
 FORMAT = 1
 DEFAULT_CHECKPOINT = "full"
-DEFAULT_CONFIG = "AudioCLIP-RN50"
 _OPTION_KEYS = ("window", "hop", "mono", "video_frames")
 
 
@@ -98,7 +97,7 @@ class Index:
     def _model_spec(self) -> tuple[str, str]:
         meta = self.meta or {}
         checkpoint = self._checkpoint or meta.get("checkpoint_source") or DEFAULT_CHECKPOINT
-        config = self._config or meta.get("config") or DEFAULT_CONFIG
+        config = self._config or meta.get("config")  # None: recognised from the file
         return checkpoint, config
 
     @property
@@ -130,14 +129,12 @@ class Index:
         """The AudioCLIP model, loaded on first use."""
         with self._model_lock:
             if self._model is None:
-                import torch
-
-                from ..model import AudioCLIP
+                from ..factory import create_model
 
                 self.model_id  # checks the checkpoint before the (slow) load
                 _, config = self._model_spec()
-                device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-                self._model = AudioCLIP.from_pretrained(self._model_path, config=config, device=device)
+                self._model = create_model(self._model_path, config=config, device=self._device or "auto",
+                                           audio_mode="default")
         return self._model
 
     def _options(self, given: dict | None = None) -> DecodeOptions:

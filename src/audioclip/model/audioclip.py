@@ -53,8 +53,8 @@ class AudioCLIPOutput:
 class AudioCLIP(CLIP):
     """The tri-modal model.
 
-    Build the paper's architecture with random weights with ``AudioCLIP()``,
-    or load published or saved weights with :meth:`from_pretrained`.
+    ``AudioCLIP()`` builds the paper's architecture with random weights; load
+    published or saved weights with :func:`audioclip.create_model`.
     """
 
     def __init__(self, config: str | Path | dict[str, Any] = "AudioCLIP-RN50"):
@@ -74,75 +74,6 @@ class AudioCLIP(CLIP):
         # Audio pairs start at the largest allowed temperature, as in the paper.
         self.logit_scale_ai = nn.Parameter(torch.tensor(math.log(100.0)))
         self.logit_scale_at = nn.Parameter(torch.tensor(math.log(100.0)))
-
-    # -- loading and saving ---------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        *,
-        audio_weights: str | Path | None = None,
-        config: str | Path | dict[str, Any] = "AudioCLIP-RN50",
-        cache_dir: str | Path | None = None,
-        offline: bool | None = None,
-        device: str | torch.device | None = None,
-        progress: bool = True,
-    ) -> AudioCLIP:
-        """Load weights by registry name (``"full"``, ``"partial"``, ``"clip"``) or file path.
-
-        A full AudioCLIP state dict must match exactly. A CLIP-only file (like
-        the published ``CLIP.pt``) fills the text and image heads and leaves
-        the audio head at its initialisation, unless ``audio_weights`` names
-        a standalone audio classifier (``"esrnxfbsp"`` or a path) whose trunk
-        and front end are then copied in (its classifier layer does not fit
-        and is left out, as in the original). Missing files are downloaded to
-        the cache; see :mod:`audioclip.checkpoints`. Returns the model in eval mode.
-        """
-        from ..checkpoints import load_state_dict, resolve
-
-        model = cls(config)
-        options = dict(cache_dir=cache_dir, offline=offline, progress=progress)
-        path, _ = resolve(name_or_path, **options)
-        model.load_checkpoint_state(load_state_dict(path), source=str(path))
-        if audio_weights is not None:
-            audio_path, _ = resolve(audio_weights, **options)
-            model.audio.load_trunk_state(load_state_dict(audio_path), source=str(audio_path))
-        if device is not None:
-            model.to(device)
-        return model.eval()
-
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load a full AudioCLIP state dict, or a CLIP-only one (text and image heads).
-
-        Raises ``CheckpointError`` naming ``source`` and every missing,
-        unexpected or wrongly shaped key.
-        """
-        from ..checkpoints import CheckpointError, check_state_dict
-
-        expected = {k: v.shape for k, v in self.state_dict().items()}
-        has_audio = any(k.startswith("audio.") for k in state)
-        has_visual = any(k.startswith("visual.") for k in state)
-        if not has_visual and "fbsp.m" in state:
-            raise CheckpointError(
-                f"{source}: this is a standalone audio classifier (ESResNeXt-fbsp) checkpoint, "
-                "not an AudioCLIP one; load it with ESResNeXtFbsp.from_pretrained, or pass it "
-                "to AudioCLIP.from_pretrained as audio_weights="
-            )
-        if has_audio:
-            check_state_dict(state, expected, source)
-            self.load_state_dict(state, strict=True)
-            return
-        audio_only = [k for k in expected if k.startswith("audio.") or k.startswith("logit_scale_a")]
-        check_state_dict(state, expected, source, ignore_missing=audio_only)
-        self.load_state_dict(state, strict=False)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the weights as a plain state dict with the original's keys."""
-        from ..checkpoints import save_state_dict
-
-        save_state_dict(self.state_dict(), path)
-        return Path(path)
 
     # -- encoders ---------------------------------------------------------
 
@@ -182,7 +113,7 @@ class AudioCLIP(CLIP):
         clips), or token ids ``(batch, context_length)`` from :func:`tokenize`.
         """
         if not isinstance(text, torch.Tensor):
-            from ..tokenizer import tokenize
+            from .tokenizer import tokenize
 
             text = tokenize(_join_labels(text), context_length=self.context_length)
         elif text.dim() != 2 or text.dtype not in (torch.int32, torch.int64):
@@ -190,23 +121,6 @@ class AudioCLIP(CLIP):
         if text.shape[0] == 0:
             raise ValueError("encode_text: empty batch")
         return super().encode_text(text.to(self.device), normalize=normalize)
-
-    def classify(
-        self,
-        labels: Sequence[str],
-        audio: torch.Tensor | Sequence[str | Path] | None = None,
-        image: torch.Tensor | Sequence[str | Path] | None = None,
-        template: str | Sequence[str] = "{}",
-    ) -> torch.Tensor:
-        """Zero-shot label probabilities ``(batch, len(labels))`` for audio, images, or both.
-
-        ``audio``/``image`` are batches as the encoders take them, or lists of
-        file paths. ``template`` (one or several, ``"{}"`` marks the label)
-        builds the prompts. See :func:`audioclip.inference.classify`.
-        """
-        from ..inference import classify
-
-        return classify(self, labels, audio=audio, image=image, template=template)
 
     # -- the joint model --------------------------------------------------
 

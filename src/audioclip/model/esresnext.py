@@ -12,25 +12,17 @@ State-dict keys are those of the original implementation (``conv1``,
 ``window``), so its checkpoints load unchanged; the trunk is torchvision's
 ResNet, whose key names the original also used.
 
-How the forward pass is computed is selectable (:meth:`ESResNeXtFbsp.set_compute_mode`):
-
-- ``"default"``: the same function as the original to its float32 rounding
-  (within the equivalence tolerances of ``tests/fixtures/README.md``): the fbsp
-  kernels are materialised once and reused in inference, the audio channels go
-  through the trunk as one batch, convolutions run channels-last.
-- ``"plain"``: exactly as the original computes it, the baseline of the
-  benchmarks: kernels rebuilt on every pass, one trunk pass per audio channel,
-  NCHW float32.
-- ``"fused"``, ``"bf16"``, ``"int8"``: opt-in inference transforms (BatchNorm
-  folded into the convolutions, optionally ``torch.compile``; bfloat16 autocast
-  of the trunk; int8 trunk), see :mod:`audioclip.model.fast`. They apply only in
-  eval mode with gradients off; training and gradient passes use ``"default"``.
+The forward pass computes the original's function to its float32 rounding
+(within the equivalence tolerances of ``tests/fixtures/README.md``): the audio
+channels go through the trunk as one batch and the convolutions run
+channels-last. Faster or differently ordered computations of the same function
+(the original's exact order, a cached filterbank, folded BatchNorm, bfloat16,
+int8) are transforms that return a new model: see :mod:`audioclip.model.transforms`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +33,6 @@ from .fbsp import FbspFilterbank, blackman_harris_window, frame_signal, int16_ra
 
 # Replaces exact zeros of the power spectrum before the logarithm.
 _LOG_FLOOR = 1e-18
-
-#: The selectable ways of computing the forward pass (see ESResNeXtFbsp.set_compute_mode).
-COMPUTE_MODES = ("default", "plain", "fused", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -114,11 +103,12 @@ class ESResNeXtFbsp(ResNet):
     Input samples are in [-1, 1] at 44.1 kHz.
     """
 
-    #: In inference on a CPU, the trunk runs on chunks of about this many frames
-    #: (one 5 s clip); ``None``: the whole batch at once. See :func:`run_in_chunks`.
-    trunk_chunk_frames: int | None = 512
-
-    def __init__(self, num_classes: int = 527, config: AudioHeadConfig | None = None):
+    def __init__(
+        self,
+        num_classes: int = 527,
+        config: AudioHeadConfig | None = None,
+        trunk_chunk_frames: int | None = 512,
+    ):
         config = config or AudioHeadConfig()
         super().__init__(
             Bottleneck,
@@ -141,146 +131,16 @@ class ESResNeXtFbsp(ResNet):
 
         self.fbsp = FbspFilterbank(config.num_bins, normalized=config.normalized)
         self.register_buffer("window", blackman_harris_window(config.win_length))
-        self.compute_mode = "default"
-        self._fast_options: dict = {}
-        self._drop_fast_head()
-        self._set_conv_memory_format(torch.channels_last)
-
-    # -- how the forward pass is computed ----------------------------------
-
-    def set_compute_mode(self, mode: str = "default", **options) -> ESResNeXtFbsp:
-        """Choose how the forward pass is computed; returns ``self``.
-
-        - ``"default"``: the original's function to float32 rounding, faster:
-          fbsp kernels cached in inference (rebuilt when ``m``/``fb``/``fc``
-          change, never cached when gradients to them are wanted), audio
-          channels batched through the trunk, channels-last convolutions.
-        - ``"plain"``: the computation exactly as the original does it (kernels
-          rebuilt every pass, a trunk pass per audio channel, NCHW). Slow; the
-          benchmarks' baseline.
-        - ``"fused"``, ``"bf16"``, ``"int8"``: inference-only transforms built
-          by :func:`audioclip.model.fast.build_fast_head` from the current
-          weights (and rebuilt when they change), used in eval mode with
-          gradients off; otherwise the ``"default"`` computation runs.
-          ``options`` are that function's: ``compile=``, ``slice_kernel=``,
-          ``calibration=`` (``"int8"``: waveforms to calibrate on, required),
-          ``fold_batchnorm=``. ``"fused"`` stays within the equivalence
-          tolerances; ``"bf16"`` and ``"int8"`` do not (see docs/performance.md).
-
-        Parameter shapes and state-dict keys never change: the conv weights are
-        only re-laid-out (channels-last except in ``"plain"``).
-        """
-        if mode not in COMPUTE_MODES:
-            raise ValueError(f"set_compute_mode: unknown mode {mode!r}; choose one of {', '.join(COMPUTE_MODES)}")
-        if mode in ("default", "plain") and options:
-            raise TypeError(f"set_compute_mode: mode {mode!r} takes no options, got {sorted(options)}")
-        if mode == "int8" and options.get("calibration") is None:
-            raise ValueError("set_compute_mode('int8') needs calibration= waveforms (batch, channels, samples)")
-        if mode in ("fused", "bf16", "int8"):
-            from .fast import check_options
-
-            check_options(mode, **options)
-        self.compute_mode = mode
-        self._fast_options = dict(options)
-        self._drop_fast_head()
-        self.fbsp.cache_kernel = mode != "plain"
-        self.fbsp.clear_kernel_cache()
-        self._set_conv_memory_format(torch.contiguous_format if mode == "plain" else torch.channels_last)
-        return self
-
-    def _set_conv_memory_format(self, memory_format: torch.memory_format) -> None:
-        # Re-lays-out the 4-d conv weights in place (values, shapes and keys unchanged).
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    weight = module.weight
-                    if not weight.is_contiguous(memory_format=memory_format):
-                        weight.data = weight.data.contiguous(memory_format=memory_format)
-
-    def _drop_fast_head(self) -> None:
-        # Kept outside the module tree so it never shows up in state_dict() or parameters().
-        object.__setattr__(self, "_fast_head", None)
-        object.__setattr__(self, "_fast_signature", None)
-
-    def _weights_signature(self) -> tuple:
-        """Changes whenever any parameter or buffer is modified in place or replaced."""
-        signature = []
-        for tensor in (*self.parameters(), *self.buffers()):
-            try:
-                version = tensor._version
-            except RuntimeError:  # an inference tensor: cannot change outside inference mode
-                version = -1
-            signature.append((tensor.data_ptr(), version, tensor.dtype, tensor.device))
-        return tuple(signature)
-
-    def _active_fast_head(self):
-        """The opt-in inference head for this pass, (re)built as needed; ``None`` to compute as ``"default"``."""
-        if self.compute_mode not in ("fused", "bf16", "int8") or self.training or torch.is_grad_enabled():
-            return None
-        signature = self._weights_signature()
-        if self._fast_head is None or self._fast_signature != signature:
-            from .fast import build_fast_head
-
-            object.__setattr__(self, "_fast_head", None)  # free the old copy first
-            head = build_fast_head(self, self.compute_mode, **self._fast_options)
-            object.__setattr__(self, "_fast_head", head)
-            object.__setattr__(self, "_fast_signature", signature)
-        return self._fast_head
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_fast_head"] = state["_fast_signature"] = None  # copies and pickles rebuild it
-        return state
-
-    def _apply(self, fn, recurse: bool = True):
-        result = super()._apply(fn, recurse)
-        # .to(device)/.half()/...: drop a fast copy the move made stale, at once (it may hold GPU memory)
-        if self._fast_head is not None and self._weights_signature() != self._fast_signature:
-            self._drop_fast_head()
-        return result
+        # In inference on a CPU the trunk runs on chunks of about this many
+        # frames (one 5 s clip); None: the whole batch. See run_in_chunks.
+        self.trunk_chunk_frames = trunk_chunk_frames
+        set_conv_memory_format(self, torch.channels_last)
 
     def reset_attention_gates(self) -> None:
         """Open every gate (BatchNorm weight and bias 1), as done when starting from ImageNet weights."""
         for gate in (self.att1, self.att2, self.att3, self.att4, self.att5):
             nn.init.ones_(gate.bn.weight)
             nn.init.ones_(gate.bn.bias)
-
-    # -- weights -----------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path = "esrnxfbsp",
-        *,
-        config: AudioHeadConfig | None = None,
-        cache_dir: str | Path | None = None,
-        offline: bool | None = None,
-        progress: bool = True,
-    ) -> ESResNeXtFbsp:
-        """Load a standalone classifier (registry name ``"esrnxfbsp"`` or a path); eval mode.
-
-        The number of classes is taken from the checkpoint's ``fc`` layer.
-        """
-        from ..checkpoints import CheckpointError, check_state_dict, load_state_dict, resolve
-
-        path, _ = resolve(name_or_path, cache_dir=cache_dir, offline=offline, progress=progress)
-        state = load_state_dict(path)
-        if "fc.weight" not in state:
-            hint = " (an AudioCLIP checkpoint? use AudioCLIP.from_pretrained)" if "audio.fc.weight" in state else ""
-            raise CheckpointError(f"{path}: no 'fc.weight' key, not a standalone audio classifier{hint}")
-        model = cls(num_classes=state["fc.weight"].shape[0], config=config)
-        check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(path))
-        model.load_state_dict(state)
-        return model.eval()
-
-    def load_trunk_state(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy everything but the classifier layer from a standalone classifier's state dict."""
-        from ..checkpoints import check_state_dict
-
-        expected = {k: v.shape for k, v in self.state_dict().items() if not k.startswith("fc.")}
-        trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        check_state_dict(trunk, expected, source)
-        self.load_state_dict(trunk, strict=False)
 
     # -- front end -------------------------------------------------------
 
@@ -330,10 +190,6 @@ class ESResNeXtFbsp(ResNet):
     def pooled_features(self, log_power: torch.Tensor) -> torch.Tensor:
         """dB tensor ``(batch, channels, bands, bins, frames)`` -> ``(batch, 2048)``, summed over channels."""
         batch, channels = log_power.shape[:2]
-        if self.compute_mode == "plain":
-            # As the original: a trunk pass per audio channel, stacked and summed.
-            outputs = [self.trunk(log_power[:, c]) for c in range(channels)]
-            return torch.stack(outputs, dim=-1).sum(dim=-1)
         # Channels share the trunk; folding them into the batch runs them in one
         # pass. (In training, BatchNorm then sees all channels in one batch.)
         x = log_power.flatten(0, 1).contiguous(memory_format=torch.channels_last)
@@ -342,7 +198,12 @@ class ESResNeXtFbsp(ResNet):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """Waveform ``(batch, channels, samples)`` in [-1, 1] at 44.1 kHz -> ``(batch, num_classes)``."""
-        fast = self._active_fast_head()
-        if fast is not None:
-            return fast(wave)
         return self.fc(self.pooled_features(self.log_power(wave)))
+
+
+def set_conv_memory_format(module: nn.Module, memory_format: torch.memory_format) -> None:
+    """Re-lay-out every 4-d convolution weight of ``module`` in place (values, shapes and keys unchanged)."""
+    with torch.no_grad():
+        for conv in module.modules():
+            if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=memory_format):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=memory_format)

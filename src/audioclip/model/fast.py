@@ -1,4 +1,4 @@
-"""Opt-in inference transforms of the audio head (``ESResNeXtFbsp.set_compute_mode``).
+"""Opt-in inference heads for the audio head (built by :mod:`audioclip.model.transforms`).
 
 :func:`build_fast_head` turns an :class:`~audioclip.model.esresnext.ESResNeXtFbsp`
 into a :class:`FastAudioHead`: an inference-only copy (eval mode, no gradients)
@@ -24,12 +24,12 @@ changed summation order moves dB values by up to ~0.01 dB (within tolerance,
 measured in docs/performance.md), so it is off by default.
 
 The copy holds its own weights (about 130 MB for the trunk); it does not follow
-later changes to the head's weights (``set_compute_mode`` rebuilds it when they
-change).
+later changes to the head's weights: transform the model again after those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Iterable
@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import Bottleneck
 
-from .esresnext import ESResNeXtFbsp, run_in_chunks
+from .esresnext import run_in_chunks
 from .fbsp import frame_signal, int16_range_to_unit
 
 __all__ = ["FAST_MODES", "FastAudioHead", "build_fast_head", "check_options", "fold_batchnorms"]
@@ -139,7 +139,8 @@ class FastAudioHead(nn.Module):
         mode: str,
         sliced: bool,
         autocast_dtype: torch.dtype | None = None,
-        chunk_frames: int | None = ESResNeXtFbsp.trunk_chunk_frames,
+        chunk_frames: int | None = 512,
+        norm_loss: torch.Tensor | None = None,
     ):
         super().__init__()
         self.config = config
@@ -149,6 +150,8 @@ class FastAudioHead(nn.Module):
         self.autocast_dtype = autocast_dtype
         self.register_buffer("kernel", kernel)  # (2 * kept bins, frame length): real rows, then imaginary
         self.register_buffer("window", window)
+        # The filterbank's regulariser at build time (AudioCLIP.forward adds it to the loss).
+        self.register_buffer("norm_loss", torch.zeros(()) if norm_loss is None else norm_loss.detach().clone())
         self.trunk = trunk
         self.fc = fc
         self.requires_grad_(False)
@@ -183,7 +186,13 @@ class FastAudioHead(nn.Module):
         return features.float().view(batch, channels, -1).sum(dim=1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pooled_features(self.log_power(wave)))
+        """Waveform ``(batch, channels, samples)`` in [-1, 1] at 44.1 kHz -> ``(batch, num_classes)``."""
+        with _quantized_engine(self.mode == "int8"):
+            return self.fc(self.pooled_features(self.log_power(wave)))
+
+    def fbsp_norm_loss(self) -> torch.Tensor:
+        """The source head's filterbank regulariser, as it was when this head was built."""
+        return self.norm_loss
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, sliced={self.sliced}"
@@ -242,6 +251,7 @@ def build_fast_head(
         if fold_batchnorm:
             fold_batchnorms(trunk)
         fc = copy.deepcopy(head.fc).eval().requires_grad_(False)
+        norm_loss = head.fbsp_norm_loss()
 
     autocast_dtype = torch.bfloat16 if mode == "bf16" else None
     fast = FastAudioHead(
@@ -254,6 +264,7 @@ def build_fast_head(
         sliced=slice_kernel,
         autocast_dtype=autocast_dtype,
         chunk_frames=head.trunk_chunk_frames,
+        norm_loss=norm_loss,
     )
     if mode == "int8":
         fast.trunk = _quantize_trunk(fast, calibration)
@@ -270,8 +281,6 @@ def _quantize_trunk(fast: FastAudioHead, calibration) -> nn.Module:
     from torch.ao.quantization import QConfigMapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "x86"
     qconfig = get_default_qconfig_mapping("x86").global_qconfig
     mapping = QConfigMapping()
     for i in range(1, 5):
@@ -281,7 +290,7 @@ def _quantize_trunk(fast: FastAudioHead, calibration) -> nn.Module:
     if not batches or any(b.dim() != 3 or b.shape[0] == 0 for b in batches):
         raise ValueError("calibration: expected waveforms (batch, channels, samples), or an iterable of them")
     device = fast.window.device
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quantized_engine(True):
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
         example = fast.log_power(batches[0][:1].to(device)).flatten(0, 1)
         prepared = prepare_fx(fast.trunk, mapping, (example,))
@@ -291,3 +300,22 @@ def _quantize_trunk(fast: FastAudioHead, calibration) -> nn.Module:
                 prepared(log_power.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         quantized = convert_fx(prepared)
     return quantized
+
+
+@contextlib.contextmanager
+def _quantized_engine(wanted: bool):
+    """PyTorch's x86 quantised backend for the duration, the process's setting restored after.
+
+    The engine is a process-wide switch; it is only touched where int8 kernels
+    run, so other users of quantised PyTorch in the process are unaffected.
+    """
+    engines = torch.backends.quantized
+    if not wanted or engines.engine == "x86" or "x86" not in engines.supported_engines:
+        yield
+        return
+    previous = engines.engine
+    engines.engine = "x86"
+    try:
+        yield
+    finally:
+        engines.engine = previous

@@ -17,11 +17,10 @@ code below therefore keeps the original's order of float32 operations where
 it affects rounding; the reasons are noted at each such place.
 
 Materialising the kernels costs about as much as projecting a dozen frames, and
-the original does it on every forward pass. :meth:`FbspFilterbank.cached_kernel`
-keeps the materialised kernels between inference passes (bit-identical: the
-same computation, done once) and rebuilds them whenever ``m``, ``fb`` or ``fc``
-change; in training, or whenever gradients to those parameters are wanted, it
-builds them afresh every time, as the original does.
+the original does it on every forward pass, as this module does (gradients flow
+to ``m``, ``fb`` and ``fc``). For inference,
+:func:`audioclip.model.transforms.freeze_fbsp_kernel` returns a model whose
+kernels are materialised once (bit-identical: the same computation, done once).
 """
 
 from __future__ import annotations
@@ -101,10 +100,6 @@ class FbspFilterbank(nn.Module):
         self.fb = nn.Parameter(torch.ones(out_features))
         self.fc = nn.Parameter(torch.arange(out_features, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(0), requires_grad=False)
-        # Reuse the materialised kernels between inference passes (see cached_kernel);
-        # False rebuilds them on every pass, as the original does.
-        self.cache_kernel = True
-        self._kernel_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         # The original rescales each parameter's gradient by its max-norm, which
         # keeps the three very differently scaled vectors training at one pace.
         for p in (self.m, self.fb, self.fc):
@@ -145,68 +140,9 @@ class FbspFilterbank(nn.Module):
             imag = imag / in_features**0.5
         return real, imag
 
-    def cached_kernel(self, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`kernel`, kept between calls when that cannot change any result.
-
-        The kernels are reused only in eval mode, with ``cache_kernel`` set, and
-        when no gradient to ``m``, ``fb`` or ``fc`` can be asked for (grad mode
-        off, or none of them requiring grad); otherwise this is :meth:`kernel`.
-        A cached copy is keyed by the three parameters' version counters
-        (bumped by every in-place change: ``load_state_dict``, optimiser steps,
-        ``p.copy_(...)`` under ``no_grad``), their storage, device and dtype, and
-        ``in_features``. Switching to training and back drops it, and so does a
-        ``.to(...)`` that moves or converts the parameters. Writes through ``p.data`` bypass
-        version counters: call :meth:`clear_kernel_cache` after those.
-        """
-        if not self._cache_allowed():
-            return self.kernel(in_features)
-        key = self._cache_key(in_features)
-        if key is None:
-            return self.kernel(in_features)
-        if self._kernel_cache is None or self._kernel_cache[0] != key:
-            # Build ordinary tensors even inside torch.inference_mode, so the cache
-            # can serve later passes outside it (e.g. under a trainable trunk).
-            with torch.inference_mode(False), torch.no_grad():
-                real, imag = self.kernel(in_features)
-            self._kernel_cache = (key, real, imag)
-        return self._kernel_cache[1], self._kernel_cache[2]
-
-    def clear_kernel_cache(self) -> None:
-        """Forget the cached kernels; the next pass rebuilds them."""
-        self._kernel_cache = None
-
-    def _cache_allowed(self) -> bool:
-        if not self.cache_kernel or self.training:
-            return False
-        if torch.is_grad_enabled() and any(p.requires_grad for p in (self.m, self.fb, self.fc)):
-            return False
-        return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
-
-    def _cache_key(self, in_features: int) -> tuple | None:
-        """What the kernels depend on; ``None`` when that cannot be told (inference tensors)."""
-        params = (self.m, self.fb, self.fc)
-        try:
-            versions = tuple(p._version for p in params)
-        except RuntimeError:  # inference tensors keep no version counter
-            return None
-        storage = tuple((p.data_ptr(), p.device, p.dtype, tuple(p.shape)) for p in params)
-        return (in_features, self.normalized, versions, storage)
-
-    def train(self, mode: bool = True) -> FbspFilterbank:
-        if mode != self.training:  # a switch between training and inference
-            self._kernel_cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, recurse: bool = True):
-        result = super()._apply(fn, recurse)
-        # .to()/.double()/...: drop a cache the move made stale (not one it left valid)
-        if self._kernel_cache is not None and self._cache_key(self._kernel_cache[0][0]) != self._kernel_cache[0]:
-            self._kernel_cache = None
-        return result
-
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project real frames ``(..., in_features)`` -> ``(real, imag)``, each ``(..., out_features)``."""
-        real, imag = self.cached_kernel(frames.shape[-1])
+        real, imag = self.kernel(frames.shape[-1])
         return F.linear(frames, real), F.linear(frames, imag)
 
     def norm_loss(self, in_features: int) -> torch.Tensor:
@@ -215,7 +151,7 @@ class FbspFilterbank(nn.Module):
         The ideal is 1 for a normalised bank and ``sqrt(in_features)`` otherwise;
         the penalty keeps the learned kernels from drifting in gain.
         """
-        real, imag = self.cached_kernel(in_features)
+        real, imag = self.kernel(in_features)
         norms = (real.square() + imag.square()).sum(dim=-1).sqrt()
         target = 1.0 if self.normalized else in_features**0.5
         return F.mse_loss(norms, torch.full_like(norms, target))

@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoints import CheckpointError, load_state_dict, resolve, save_state_dict
-from ..model import AudioCLIP, AudioHeadConfig, ESResNeXtFbsp, load_model_config
+from ..factory import create_model, list_models, load_trunk
+from ..model import AudioCLIP, ESResNeXtFbsp, load_model_config
 
 __all__ = [
     "FBSP_GRAD_EPS",
@@ -42,44 +43,37 @@ def audio_head(model: nn.Module) -> ESResNeXtFbsp:
     return model.audio if isinstance(model, AudioCLIP) else model
 
 
-def _head_config(config) -> AudioHeadConfig:
-    audio_cfg = dict(load_model_config(config).get("audio_cfg", {}))
-    if "layers" in audio_cfg:
-        audio_cfg["layers"] = tuple(audio_cfg["layers"])
-    return AudioHeadConfig(**audio_cfg)
-
-
-def _load(name_or_path) -> tuple[dict, str]:
-    path, _ = resolve(name_or_path)
-    return load_state_dict(path), str(path)
-
-
 def build_model(cfg: dict, num_classes: int) -> nn.Module:
-    """AudioCLIP or a standalone ESResNeXt-fbsp, with the config's starting weights."""
+    """AudioCLIP or a standalone ESResNeXt-fbsp, with the config's starting weights (through the factory)."""
     m = cfg["model"]
     if m["kind"] == "audioclip":
         if m["weights"]:
-            model = AudioCLIP.from_pretrained(m["weights"], audio_weights=m["audio_weights"], config=m["config"])
+            model = create_model(m["weights"], config=m["config"], audio_weights=m["audio_weights"])
         else:
-            model = AudioCLIP(m["config"])
-            if m["audio_weights"]:
-                state, source = _load(m["audio_weights"])
-                model.audio.load_trunk_state(state, source=source)
+            model = create_model(_architecture(m["config"]), config=m["config"], audio_weights=m["audio_weights"])
         return model
 
-    head = ESResNeXtFbsp(num_classes=num_classes, config=_head_config(m["config"]))
+    if m["weights"] and not m["new_classifier"]:
+        head = create_model(m["weights"], config=_as_classifier(m["config"]))
+    else:
+        head = create_model(_architecture(m["config"]), config=_as_classifier(m["config"]), num_classes=num_classes)
     if m["imagenet_init"]:
         load_imagenet_trunk(head, m["imagenet_init"])
-    if m["weights"]:
-        state, source = _load(m["weights"])
-        if m["new_classifier"]:
-            head.load_trunk_state(state, source=source)
-        else:
-            from ..checkpoints import check_state_dict
-
-            check_state_dict(state, {k: v.shape for k, v in head.state_dict().items()}, source)
-            head.load_state_dict(state)
+    if m["weights"] and m["new_classifier"]:
+        path, _ = resolve(m["weights"])
+        load_trunk(head, load_state_dict(path, mmap=True), str(path))
     return head
+
+
+def _architecture(config) -> str:
+    """The factory name to build ``config`` from: a bundled name as is, else the default architecture it overrides."""
+    return config if isinstance(config, str) and config in list_models() else "AudioCLIP-RN50"
+
+
+def _as_classifier(config) -> dict:
+    """A standalone classifier's config from an AudioCLIP config (its audio head) or a classifier config."""
+    cfg = load_model_config(config)
+    return {"kind": "esresnext", "num_classes": cfg.get("num_classes", 527), "audio_cfg": cfg.get("audio_cfg", {})}
 
 
 def load_imagenet_trunk(head: ESResNeXtFbsp, source: str | Path) -> None:
@@ -224,8 +218,5 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool = 
 
 
 def export_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the weights in the official format (AudioCLIP: ``model.save``; classifier: its plain state dict)."""
-    if isinstance(model, AudioCLIP):
-        return model.save(path)
-    save_state_dict(model.state_dict(), path)
-    return Path(path)
+    """Write the weights in the official format: the plain state dict, the original's keys."""
+    return save_state_dict(model.state_dict(), path)

@@ -1,0 +1,383 @@
+"""One way to build a model: :func:`create_model`, :func:`list_models`, :func:`list_pretrained`.
+
+``create_model(name)`` takes
+
+- an architecture (``list_models()``: ``"AudioCLIP-RN50"``, ``"AudioCLIP-tiny"``,
+  ``"ESResNeXt-fbsp"``, ...): random weights, or ``pretrained=`` weights;
+- a registered weights name (``list_pretrained()``: ``"full"``, ``"partial"``,
+  ``"clip"``, ``"esrnxfbsp"``): downloaded once into the cache, verified by
+  sha256, loaded into the architecture the registry ties it to;
+- a checkpoint file: its architecture is recognised from its tensor shapes
+  (a file saved from ``AudioCLIP("AudioCLIP-tiny")`` loads with no config).
+
+The model code (:mod:`audioclip.model`) knows nothing of files or downloads;
+this module joins it to :mod:`audioclip.checkpoints`. Every command, the index,
+evaluation and training build their models here.
+
+torch is imported inside the functions: the command line checks names before
+paying for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import checkpoints
+from .checkpoints import REGISTRY, CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "ModelSource",
+    "checkpoint_id",
+    "create_model",
+    "describe_source",
+    "list_models",
+    "list_pretrained",
+    "resolve_device",
+]
+
+
+def list_models() -> list[str]:
+    """Architecture names (the bundled JSON configs in ``audioclip/model_configs``)."""
+    from .model.config import list_model_configs
+
+    return list_model_configs()
+
+
+def list_pretrained() -> list[tuple[str, str]]:
+    """``(architecture, weights name)`` for every registered checkpoint, e.g. ``("AudioCLIP-RN50", "full")``."""
+    return [(w.architecture, name) for name, w in REGISTRY.items()]
+
+
+def _model_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    from .model.config import load_model_config
+
+    return load_model_config(dict(config) if isinstance(config, Mapping) else config)
+
+
+def _kind(cfg: Mapping[str, Any]) -> str:
+    return cfg.get("kind", "audioclip")
+
+
+# --------------------------------------------------------------------------
+# What a name means, told without loading anything heavy
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``create_model(name)`` will load: ``kind`` is ``"architecture"``, ``"registry"`` or ``"file"``."""
+
+    name: str
+    kind: str
+    architecture: str | None  # None for a file until its shapes are read
+    weights: checkpoints.PretrainedWeights | None = None
+    path: Path | None = None
+
+
+def describe_source(name: str | os.PathLike) -> ModelSource:
+    """Tell what ``name`` is without importing torch or downloading; raise ``CheckpointError`` if nothing.
+
+    A registry name wins over a file of that name in the working folder only
+    when no such file exists, as in :func:`audioclip.checkpoints.resolve`.
+    """
+    text = os.fspath(name)
+    if text in list_models():
+        return ModelSource(text, "architecture", text)
+    weights = checkpoints.lookup(text)
+    if weights is not None:
+        return ModelSource(text, "registry", weights.architecture, weights)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        return ModelSource(text, "file", None, path=path)
+    weights = checkpoints.lookup_filename(text)
+    if weights is not None:
+        return ModelSource(text, "registry", weights.architecture, weights)
+    known = ", ".join([*REGISTRY, *list_models()])
+    raise CheckpointError(
+        f"{text!r} is neither an existing file, a registered checkpoint nor an architecture; known names: {known}"
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"cpu"`` -> CPU; ``"auto"`` -> CUDA when available; ``"cuda[:N]"`` must exist (else ``ValueError``)."""
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+# --------------------------------------------------------------------------
+# Building modules
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Skip the random initialisation of parameters while modules are built (they are loaded right after).
+
+    The same trick as Hugging Face's ``no_init_weights``: the ``torch.nn.init``
+    functions become no-ops for the duration. Buffers computed in constructors
+    (the text head's causal mask, the analysis window) are built as usual.
+    Saves about 3 s of a full-size model's start-up on 2 cores.
+    """
+    import torch.nn.init as init
+
+    names = [
+        "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+        "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+    ]
+    saved = {n: getattr(init, n) for n in names if hasattr(init, n)}
+    try:
+        for n in saved:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
+def _build(cfg: Mapping[str, Any], num_classes: int | None = None, *, init: bool = True) -> nn.Module:
+    from .model import AudioCLIP, AudioHeadConfig, ESResNeXtFbsp
+
+    with contextlib.nullcontext() if init else _no_weight_init():
+        if _kind(cfg) == "audioclip":
+            return AudioCLIP(dict(cfg))
+        audio_cfg = dict(cfg.get("audio_cfg", {}))
+        if "layers" in audio_cfg:
+            audio_cfg["layers"] = tuple(audio_cfg["layers"])
+        classes = num_classes if num_classes is not None else cfg.get("num_classes", 527)
+        return ESResNeXtFbsp(num_classes=classes, config=AudioHeadConfig(**audio_cfg))
+
+
+def _expected_shapes(cfg: Mapping[str, Any], num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    with torch.device("meta"):
+        model = _build(cfg, num_classes, init=False)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _classes_of(state: Mapping[str, torch.Tensor]) -> int | None:
+    fc = state.get("fc.weight")
+    return int(fc.shape[0]) if fc is not None and fc.dim() == 2 else None
+
+
+def recognise_architecture(state: Mapping[str, torch.Tensor], source: str) -> tuple[str, dict[str, Any]]:
+    """The bundled architecture whose state-dict keys and shapes ``state`` has: ``(name, config)``.
+
+    An AudioCLIP file must match every key; a CLIP-only file (no ``audio.*``)
+    its text and image keys; a standalone classifier any number of classes.
+    """
+    is_classifier = "fc.weight" in state and not any(k.startswith("visual.") for k in state)
+    has_audio = any(k.startswith("audio.") for k in state)
+    closest: tuple[int, str] | None = None
+    for name in list_models():
+        cfg = _model_config(name)
+        if (_kind(cfg) == "esresnext") != is_classifier:
+            continue
+        expected = _expected_shapes(cfg, _classes_of(state) if is_classifier else None)
+        if not is_classifier and not has_audio:  # CLIP-only: the audio head stays as built
+            expected = {k: v for k, v in expected.items()
+                        if not k.startswith("audio.") and not k.startswith("logit_scale_a")}
+        wrong = sum(1 for k, shape in expected.items() if tuple(getattr(state.get(k), "shape", (-1,))) != shape)
+        wrong += sum(1 for k in state if k not in expected)
+        if wrong == 0:
+            return name, cfg
+        if closest is None or wrong < closest[0]:
+            closest = (wrong, name)
+    what = "standalone audio classifier" if is_classifier else "AudioCLIP"
+    hint = f" (closest: {closest[1]}, {closest[0]} keys differ)" if closest else ""
+    raise CheckpointError(
+        f"{source}: the tensors match no bundled {what} architecture{hint}; "
+        f"known: {', '.join(list_models())}. Pass config= (or a JSON config) naming the architecture it was built with"
+    )
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a full state dict, or a CLIP-only one into an AudioCLIP (text and image heads), checking every key."""
+    from .model import AudioCLIP
+
+    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    if isinstance(model, AudioCLIP):
+        if "fbsp.m" in state and not any(k.startswith("visual.") for k in state):
+            raise CheckpointError(
+                f"{source}: this is a standalone audio classifier (ESResNeXt-fbsp) checkpoint, not an AudioCLIP "
+                "one; load it with create_model() on its own, or pass it as audio_weights="
+            )
+        if not any(k.startswith("audio.") for k in state):
+            audio_only = [k for k in expected if k.startswith("audio.") or k.startswith("logit_scale_a")]
+            checkpoints.check_state_dict(state, expected, source, ignore_missing=audio_only)
+            model.load_state_dict(state, strict=False)
+            return
+    elif "fc.weight" not in state:
+        hint = " (an AudioCLIP checkpoint?)" if "audio.fc.weight" in state else ""
+        raise CheckpointError(f"{source}: no 'fc.weight' key, not a standalone audio classifier{hint}")
+    checkpoints.check_state_dict(state, expected, source)
+    model.load_state_dict(state, strict=True)
+
+
+def load_trunk(head: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy all but the classifier layer of a standalone classifier's ``state`` into an audio head."""
+    expected = {k: v.shape for k, v in head.state_dict().items() if not k.startswith("fc.")}
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    checkpoints.check_state_dict(trunk, expected, source)
+    head.load_state_dict(trunk, strict=False)
+
+
+# --------------------------------------------------------------------------
+# The factory
+# --------------------------------------------------------------------------
+
+
+def create_model(
+    name: str | os.PathLike,
+    *,
+    pretrained: str | os.PathLike | None = None,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    audio_weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device | None = None,
+    audio_mode: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Build an ``AudioCLIP`` (or a standalone ``ESResNeXtFbsp``) from an architecture, weights name or file.
+
+    - ``name``: see the module docstring. ``pretrained``: weights (name or
+      file) for an architecture ``name``. ``config``: the architecture of a
+      file whose shapes match no bundled one (a name, JSON path or dict).
+    - ``audio_weights``: a standalone classifier (``"esrnxfbsp"`` or a file)
+      whose trunk and front end go into the audio head, as the original does
+      when AudioCLIP training starts from CLIP.
+    - ``num_classes``: classes of a new standalone classifier (default 527).
+    - ``device``: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``;
+      asking for CUDA where there is none is a ``ValueError``.
+    - ``audio_mode``: ``None`` returns the trainable module; ``"default"``,
+      ``"fused"``, ``"bf16"`` or ``"plain"`` an inference model made by
+      :func:`audioclip.model.apply_audio_mode` (``"default"`` is exact).
+
+    Returns the model in eval mode, with ``model.pretrained_cfg`` saying what
+    was loaded (architecture, weights name, file); :func:`checkpoint_id` gives
+    the identity stored beside embeddings made with it. Files are read with
+    ``weights_only=True`` and memory-mapped where possible; parameters that are
+    loaded are not randomly initialised first.
+    """
+    import torch
+
+    source = describe_source(name)
+    target = resolve_device(device)
+    if source.kind == "architecture" and pretrained is not None:
+        weights_source = describe_source(pretrained)
+        if weights_source.kind == "architecture":
+            raise CheckpointError(f"pretrained={os.fspath(pretrained)!r} is an architecture, not weights")
+        source = ModelSource(os.fspath(pretrained), weights_source.kind, source.architecture,
+                             weights_source.weights, weights_source.path)
+    elif pretrained is not None:
+        raise ValueError(f"pretrained= goes with an architecture name; {os.fspath(name)!r} already names weights")
+
+    options = dict(cache_dir=cache_dir, offline=offline, progress=progress)
+    if source.kind == "architecture":
+        cfg = _model_config(config if config is not None else source.architecture)
+        model = _build(cfg, num_classes)
+        architecture, path, weights = source.architecture, None, None
+    else:
+        path, weights = checkpoints.resolve(source.name, **options)
+        state = checkpoints.load_state_dict(path, mmap=True)
+        if config is not None:
+            cfg = _model_config(config)
+            architecture = cfg.get("name") or (os.fspath(config) if not isinstance(config, Mapping) else "custom")
+        elif source.architecture is not None:
+            architecture, cfg = source.architecture, _model_config(source.architecture)
+        else:
+            architecture, cfg = recognise_architecture(state, str(path))
+        classes = _classes_of(state) if _kind(cfg) == "esresnext" else None
+        # A state dict that covers the whole model replaces every parameter:
+        # skip their random initialisation.
+        partial = _kind(cfg) == "audioclip" and not any(k.startswith("audio.") for k in state)
+        model = _build(cfg, classes, init=partial)
+        _load_into(model, state, str(path))
+        del state
+
+    if audio_weights is not None:
+        head = getattr(model, "audio", None)
+        if head is None:
+            raise ValueError("audio_weights= is for AudioCLIP models")
+        audio_path, _ = checkpoints.resolve(audio_weights, **options)
+        load_trunk(head, checkpoints.load_state_dict(audio_path, mmap=True), str(audio_path))
+
+    model.pretrained_cfg = {
+        "architecture": architecture,
+        "weights": weights.name if weights is not None else None,
+        "sha256": weights.sha256 if weights is not None else None,
+        "file": str(path) if path is not None else None,
+        "audio_weights": os.fspath(audio_weights) if audio_weights is not None else None,
+    }
+    if weights is None and path is None or audio_weights is not None:
+        checkpoint_id(model)  # of the weights as built, before a transform changes the layout
+    model = model.to(target).eval()
+    if audio_mode is not None:
+        from .model import apply_audio_mode
+
+        info = model.pretrained_cfg
+        model = apply_audio_mode(model, audio_mode, inplace=True)
+        model.pretrained_cfg = info
+    return model
+
+
+def checkpoint_id(model: nn.Module) -> str:
+    """A short identity of the weights of a model made by :func:`create_model`.
+
+    Registered weights: ``name@<published sha256, 16 hex>``; a file:
+    ``filename@<its sha256, 16 hex>`` (a renamed copy keeps its identity,
+    retraining changes it); random weights: ``architecture@random-<hash of the
+    tensors>``. Computed on first call (hashing a file) and remembered.
+    """
+    info = getattr(model, "pretrained_cfg", None)
+    if not isinstance(info, dict):
+        raise ValueError("checkpoint_id: the model was not made by audioclip.create_model")
+    if "checkpoint_id" not in info:
+        if info.get("audio_weights") is not None:
+            info["checkpoint_id"] = f"{info['architecture']}@mixed-{_state_digest(model)[:16]}"
+        elif info.get("weights") is not None:
+            info["checkpoint_id"] = checkpoints.checkpoint_id("", REGISTRY[info["weights"]])
+        elif info.get("file") is not None:
+            info["checkpoint_id"] = checkpoints.checkpoint_id(info["file"])
+        else:
+            info["checkpoint_id"] = f"{info['architecture']}@random-{_state_digest(model)[:16]}"
+    return info["checkpoint_id"]
+
+
+def _state_digest(model: nn.Module) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,188 @@
+"""Atomic file writes: the one way every output, checkpoint and cache of the package reaches disk.
+
+A file is written to a hidden temporary file in the destination's folder
+(``.{name}.XXXXXXXX.tmp``), flushed and fsynced, given the permission bits a
+plain ``open()`` would have given it, renamed over the destination with
+``os.replace`` (atomic within one file system) and the folder fsynced. A
+reader, another process or a crash at any moment therefore sees the old file
+or the new one, never a torn one; if the writing fails, the temporary file is
+removed and the destination keeps its old content.
+
+Two forms, for the two ways files get written:
+
+- :func:`atomic_write` yields an open file object, for code that writes to a stream
+  (``json.dump``, ``csv.writer``, ``np.save(f, ...)``, ``torch.save(obj, f)``);
+- :func:`atomic_path` yields the temporary *path*, for libraries that insist on
+  opening the file themselves (``pyarrow.parquet.write_table``, ``soundfile.write``,
+  ``PIL.Image.save``). The temporary name ends in ``.tmp``, so pass the format
+  explicitly to libraries that guess it from the suffix (``np.save`` would even
+  append ``.npy``: give it a file object from :func:`atomic_write` instead).
+
+Standard library only: everything else in the package may import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_path", "atomic_write", "commit_file", "current_umask", "write_bytes_atomic", "write_text_atomic"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, e.g. ``0o022``, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it, which for a moment changes the
+    mask of every thread of the process; Linux (4.7+) shows it in
+    ``/proc/self/status`` instead. Elsewhere it is set and restored under a lock
+    (which guards only against other callers of this function).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it becomes ``path``, atomically.
+
+    Whatever the caller writes to the yielded path is fsynced, given the mode
+    ``0o666 & ~umask`` (``mkstemp`` creates ``0o600``) and renamed onto
+    ``path``. On any exception the temporary file is deleted and ``path`` is
+    left as it was. The destination's folder is created if missing.
+    """
+    path = Path(path)
+    fd, tmp = _mkstemp(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        commit_file(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike,
+    mode: str = "wb",
+    *,
+    encoding: str | None = None,
+    newline: str | None = None,
+) -> Iterator[IO]:
+    """Yield a file object open on a temporary file that replaces ``path`` when the block ends.
+
+    ``mode`` is ``"wb"`` (bytes) or ``"w"`` (text; ``encoding`` and ``newline``
+    as for :func:`open`, so ``newline=""`` for the csv module). Same guarantees
+    as :func:`atomic_path`: the new content appears whole and with the
+    permissions a plain ``open()`` would give a new file, or not at all.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    if mode == "wb" and (encoding is not None or newline is not None):
+        raise ValueError("atomic_write: encoding and newline are for text mode ('w')")
+    path = Path(path)
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            _chmod(tmp)  # before the fsync, so that the mode is on disk with the data
+            os.fsync(f.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def commit_file(src: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the finished file ``src`` onto ``path`` (same folder) the way the writers above do.
+
+    ``src`` gets the mode ``0o666 & ~umask`` and is fsynced, renamed over ``path``
+    and the folder fsynced. For files that must be built under a name of their
+    own rather than a temporary one, such as a resumable download's ``.part``.
+    """
+    _chmod(src)
+    _fsync_file(src)
+    _publish(src, Path(path))
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """``Path(path).write_bytes(data)``, atomically; returns ``path`` as a Path."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str | None = None,
+                      newline: str | None = None) -> Path:
+    """``Path(path).write_text(text, encoding)``, atomically; returns ``path`` as a Path."""
+    with atomic_write(path, "w", encoding=encoding, newline=newline) as f:
+        f.write(text)
+    return Path(path)
+
+
+# -- the steps ---------------------------------------------------------------------
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    # Same folder as the destination: os.replace is atomic only within one file
+    # system. A hidden name keeps globs of the real outputs (part-*.parquet,
+    # train-*.tar) from picking up a file still being written.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _chmod(tmp: str | os.PathLike) -> None:
+    # mkstemp makes 0o600 files; an output should be as readable as one made by open()
+    os.chmod(tmp, 0o666 & ~current_umask())
+
+
+def _fsync_file(tmp: str | os.PathLike) -> None:
+    # A library has written and closed the file; reopen it to push its data to disk
+    # (Windows only syncs a handle open for writing).
+    fd = os.open(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    os.replace(tmp, path)
+    # The rename itself lives in the folder: sync it so that a crash cannot undo
+    # it. Not every system can open a folder (Windows cannot); the rename is
+    # still atomic there, only its durability is up to the OS.
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass  # already renamed into place, or never fully created
