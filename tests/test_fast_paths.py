@@ -1,8 +1,10 @@
-"""The audio head's compute modes: plain (the original's computation), default, and the opt-in fast paths.
+"""Inference transforms of the audio head (audioclip.model.transforms): each returns a new model.
 
-Every path is checked against the reference outputs of the original
-(tests/fixtures) and against the others; the kernel cache for staleness and for
-gradients. No timing here: benchmarks/bench_inference.py measures speed.
+The module as built, the frozen-kernel default, the original's order of
+computation and the opt-in fast heads are each checked against the reference
+outputs of the original (tests/fixtures) and against the others; the
+transforms for leaving their input alone and for gradients. No timing here:
+benchmarks/bench_inference.py measures speed.
 
 Tolerances for the reduced-precision paths are the ones documented in
 docs/performance.md. With the reference's random weights the trunk amplifies
@@ -20,10 +22,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audioclip import ESResNeXtFbsp
-from audioclip.model.esresnext import COMPUTE_MODES, AudioHeadConfig
+from audioclip import AudioCLIP, ESResNeXtFbsp
+from audioclip.model import transforms
+from audioclip.model.esresnext import AudioHeadConfig
 from audioclip.model.fast import FastAudioHead, build_fast_head
-from reference_weights import reference_state_dict
+from audioclip.model.transforms import (
+    AUDIO_MODES,
+    FrozenFbspFilterbank,
+    OriginalOrderESResNeXtFbsp,
+    apply_audio_mode,
+    freeze_fbsp_kernel,
+    fuse,
+    original_order,
+    quantize_int8,
+)
 
 # bf16 / int8 on the reference weights, clips b and c: max |out - ref| / max |ref|
 # and the smallest cosine similarity per embedding. Measured on an AMD AVX2 CPU
@@ -50,10 +62,15 @@ def db_errors(ours: torch.Tensor, ref: np.ndarray) -> tuple[float, float]:
 
 @pytest.fixture
 def head(reference_model):
-    """The reference audio head (the session model's), back in the default mode after each test."""
+    """The reference audio head (the session model's, untransformed: transforms copy it)."""
+    return reference_model.audio
+
+
+@pytest.fixture(scope="module")
+def exact_heads(reference_model):
+    """The module as built, the frozen-kernel default and the original's order, on the reference weights."""
     head = reference_model.audio
-    yield head
-    head.set_compute_mode("default")
+    return {"module": head, "default": freeze_fbsp_kernel(head), "plain": original_order(head)}
 
 
 def wave(case, reference):
@@ -76,50 +93,47 @@ def tiny_wave(batch=2, channels=1, samples=6000, seed=1):
     return 0.5 * torch.rand(batch, channels, samples, generator=g) - 0.25
 
 
-# -- plain and default against the reference --------------------------------------
+# -- the exact paths against the reference -----------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["plain", "default"])
+@pytest.mark.parametrize("path", ["module", "default", "plain"])
 @pytest.mark.parametrize("case", ["a", "b", "c"])
-def test_exact_modes_match_the_reference(head, reference, mode, case):
-    head.set_compute_mode(mode)
+def test_exact_paths_match_the_reference(exact_heads, reference, path, case):
     with torch.no_grad():
-        embedding = head(wave(case, reference))
+        embedding = exact_heads[path](wave(case, reference))
     assert rel_error(embedding, reference[f"audio_{case}_embed"]) <= 1e-4
-    head.set_compute_mode("default")
 
 
-@pytest.mark.parametrize("mode", ["plain", "default"])
+@pytest.mark.parametrize("path", ["module", "default", "plain"])
 @pytest.mark.parametrize("case", ["b", "c"])
-def test_exact_modes_give_the_reference_db_tensors(head, reference, mode, case):
-    head.set_compute_mode(mode)
+def test_exact_paths_give_the_reference_db_tensors(exact_heads, reference, path, case):
     with torch.no_grad():
-        max_err, p99 = db_errors(head.log_power(wave(case, reference)), reference[f"audio_{case}_db"])
-    head.set_compute_mode("default")
+        max_err, p99 = db_errors(exact_heads[path].log_power(wave(case, reference)), reference[f"audio_{case}_db"])
     assert max_err <= 0.05 and p99 <= 1e-3
 
 
-def test_plain_and_default_agree_on_stereo(head, reference):
+def test_frozen_kernel_is_bit_identical_to_the_module(exact_heads, reference):
+    x = wave("b", reference)
+    with torch.no_grad():
+        assert torch.equal(exact_heads["default"](x), exact_heads["module"](x))
+
+
+def test_plain_and_default_agree_on_stereo(exact_heads, reference):
     # plain runs the two channels through the trunk one after the other, default as one batch
     x = wave("b", reference)
     with torch.no_grad():
-        default = head(x)
-        head.set_compute_mode("plain")
-        plain = head(x)
-    head.set_compute_mode("default")
+        default = exact_heads["default"](x)
+        plain = exact_heads["plain"](x)
     assert rel_error(default, plain.numpy()) <= 1e-4
 
 
-def test_plain_mode_computes_as_the_original(head, reference):
-    head.set_compute_mode("plain")
-    assert not head.fbsp.cache_kernel
-    assert all(
-        m.weight.is_contiguous() for m in head.modules() if isinstance(m, torch.nn.Conv2d)
-    ), "plain mode runs NCHW"
-    with torch.no_grad():
-        head(wave("c", reference))
-    assert head.fbsp._kernel_cache is None  # rebuilt on every pass
-    head.set_compute_mode("default")
+def test_original_order_computes_as_the_original(exact_heads, head):
+    plain = exact_heads["plain"]
+    assert isinstance(plain, OriginalOrderESResNeXtFbsp)
+    assert type(plain.fbsp) is not FrozenFbspFilterbank  # kernels rebuilt on every pass
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d)), "NCHW"
+    # the input model is untouched: channels-last, its own class
+    assert type(head) is ESResNeXtFbsp
     assert all(
         m.weight.is_contiguous(memory_format=torch.channels_last)
         for m in head.modules()
@@ -127,126 +141,115 @@ def test_plain_mode_computes_as_the_original(head, reference):
     )
 
 
-def test_modes_keep_state_dict_keys_shapes_and_values(head):
+def test_exact_transforms_keep_state_dict_keys_shapes_and_values(exact_heads):
+    before = exact_heads["module"].state_dict()
+    for path in ("default", "plain"):
+        after = exact_heads[path].state_dict()
+        assert list(after) == list(before), path
+        assert all(torch.equal(after[k], before[k]) for k in before), path
+
+
+def test_transforms_leave_their_input_alone_unless_inplace():
+    head = tiny_head()
     before = {k: v.clone() for k, v in head.state_dict().items()}
-    for mode in ("plain", "default"):
-        head.set_compute_mode(mode)
-        after = head.state_dict()
-        assert list(after) == list(before)
-        assert all(torch.equal(after[k], before[k]) for k in before)
-    assert not any("fast" in name for name, _ in head.named_modules())
+    for mode in ("default", "plain", "fused", "bf16"):
+        out = apply_audio_mode(head, mode)
+        assert out is not head
+        assert type(head) is ESResNeXtFbsp and type(head.fbsp).__name__ == "FbspFilterbank", mode
+        assert all(torch.equal(head.state_dict()[k], v) for k, v in before.items()), mode
+    assert freeze_fbsp_kernel(head, inplace=True) is head
+    assert isinstance(head.fbsp, FrozenFbspFilterbank)
+
+
+def test_transforms_of_a_whole_model_keep_the_other_heads():
+    torch.manual_seed(0)
+    model = AudioCLIP("AudioCLIP-tiny").eval()
+    x = tiny_wave()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected_audio, expected_image = model.encode_audio(x), model.encode_image(image)
+        for mode in ("default", "plain", "fused"):
+            out = apply_audio_mode(model, mode)
+            assert out is not model and out.visual is not model.visual
+            assert torch.equal(out.encode_image(image), expected_image), mode
+            assert torch.allclose(out.encode_audio(x), expected_audio, rtol=0,
+                                  atol=1e-5 * expected_audio.abs().max().item()), mode
+            assert out(audio=x, text=["a", "b"]).loss is not None  # the loss still has its fbsp term
+    assert isinstance(model.audio, ESResNeXtFbsp) and not isinstance(model.audio.fbsp, FrozenFbspFilterbank)
 
 
 def test_unknown_mode_and_bad_options_are_refused():
     head = tiny_head()
-    with pytest.raises(ValueError, match="unknown mode 'fast'.*default, plain, fused, bf16, int8"):
-        head.set_compute_mode("fast")
+    with pytest.raises(ValueError, match="unknown audio mode 'fast'.*default, fused, bf16, plain, int8"):
+        apply_audio_mode(head, "fast")
     with pytest.raises(ValueError, match="calibration"):
-        head.set_compute_mode("int8")
+        apply_audio_mode(head, "int8")
     with pytest.raises(TypeError, match="takes no options"):
-        head.set_compute_mode("plain", compile=True)
-    with pytest.raises(TypeError, match="only used by mode 'int8'"):
-        head.set_compute_mode("fused", calibration=tiny_wave())
-    assert head.compute_mode == "default"
-    assert set(COMPUTE_MODES) == {"default", "plain", "fused", "bf16", "int8"}
+        apply_audio_mode(head, "plain", compile=True)
+    with pytest.raises(TypeError, match="only used by audio mode 'int8'"):
+        apply_audio_mode(head, "fused", calibration=tiny_wave())
+    with pytest.raises(TypeError, match="untransformed"):
+        fuse(fuse(head))
+    assert set(AUDIO_MODES) == {"default", "plain", "fused", "bf16", "int8"}
 
 
-# -- the kernel cache -------------------------------------------------------------
-
-
-def test_kernel_is_cached_in_inference_and_identical_to_a_rebuilt_one():
+def test_no_state_on_modules_or_the_process():
+    """What used to be switches on the module or process-wide settings are gone."""
     head = tiny_head()
-    x = tiny_wave()
+    for name in ("set_compute_mode", "compute_mode", "_fast_head"):
+        assert not hasattr(head, name), name
+    assert not hasattr(head.fbsp, "cache_kernel") and not hasattr(head.fbsp, "_kernel_cache")
+    assert "trunk_chunk_frames" not in ESResNeXtFbsp.__dict__  # an instance setting, not a class one
+    engine = torch.backends.quantized.engine
+    fast = quantize_int8(head, tiny_wave(batch=4))
     with torch.no_grad():
-        first = head(x)
-        cached = head.fbsp._kernel_cache
-        assert cached is not None
-        second = head(x)
-        assert head.fbsp._kernel_cache is cached  # reused, not rebuilt
-        rebuilt = head.fbsp.kernel(head.config.n_fft)
-    assert torch.equal(cached[1], rebuilt[0]) and torch.equal(cached[2], rebuilt[1])
-    assert torch.equal(first, second)
+        fast(tiny_wave())
+    assert torch.backends.quantized.engine == engine
 
 
-@pytest.mark.parametrize("name", ["m", "fb", "fc"])
-def test_in_place_parameter_change_invalidates_the_cache(name):
+# -- the frozen kernel ------------------------------------------------------------------
+
+
+def test_frozen_kernel_equals_a_rebuilt_one():
     head = tiny_head()
+    frozen = freeze_fbsp_kernel(head)
+    rebuilt = head.fbsp.kernel(head.config.n_fft)
+    assert torch.equal(frozen.fbsp.kernel_real, rebuilt[0]) and torch.equal(frozen.fbsp.kernel_imag, rebuilt[1])
     x = tiny_wave()
     with torch.no_grad():
-        before = head(x)
-        getattr(head.fbsp, name).add_(0.25)  # in place, after a cached pass
-        after = head(x)
-        fresh = copy.deepcopy(head)
-        fresh.fbsp.clear_kernel_cache()
-        expected = fresh(x)  # kernels built from the changed parameters
-    assert not torch.allclose(before, after)
-    assert torch.equal(after, expected)
+        assert torch.equal(frozen(x), head(x))
+    # another frame length falls back to computing the kernels
+    assert torch.equal(frozen.fbsp.kernel(100)[0], head.fbsp.kernel(100)[0])
+    assert "kernel_real" not in frozen.state_dict()  # derived, not saved
 
 
-def test_load_state_dict_and_device_dtype_moves_invalidate_the_cache():
-    head, other = tiny_head(0), tiny_head(1)
-    x = tiny_wave()
-    with torch.no_grad():
-        head(x)
-        head.load_state_dict(other.state_dict())
-        assert torch.allclose(head(x), other(x), rtol=0, atol=1e-5)
-        head.double()
-        assert head.fbsp._kernel_cache is None  # dropped by the move
-        assert head(x.double()).dtype == torch.float64
-        assert head.fbsp._kernel_cache[1].dtype == torch.float64
-
-
-def test_writes_through_data_need_an_explicit_clear():
+def test_frozen_kernel_is_a_snapshot_and_does_not_train():
     head = tiny_head()
+    frozen = freeze_fbsp_kernel(head)
+    assert not any(p.requires_grad for p in frozen.fbsp.parameters())
     x = tiny_wave()
+    frozen(x).sum().backward()  # the trunk still trains
+    assert frozen.conv1.weight.grad is not None and frozen.conv1.weight.grad.abs().max() > 0
     with torch.no_grad():
-        before = head(x)
-        head.fbsp.fc.data.add_(0.25)  # bypasses the version counter (documented)
-        head.fbsp.clear_kernel_cache()
-        after = head(x)
-    assert not torch.allclose(before, after)
+        head.fbsp.fc.add_(0.25)  # the source changes; the frozen copy does not follow
+        assert not torch.allclose(freeze_fbsp_kernel(head)(x), frozen(x))
 
 
-def test_training_mode_never_caches_and_gradients_reach_the_filterbank():
+def test_frozen_kernel_moves_with_the_model():
+    frozen = freeze_fbsp_kernel(tiny_head()).double()
+    assert frozen.fbsp.kernel_real.dtype == torch.float64
+    assert frozen(tiny_wave().double()).dtype == torch.float64
+
+
+def test_the_module_trains_its_filterbank():
     head = tiny_head().train()
     head(tiny_wave(batch=3)).square().mean().backward()
-    assert head.fbsp._kernel_cache is None
     for name in ("m", "fb", "fc"):
         grad = getattr(head.fbsp, name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0, name
 
 
-def test_eval_mode_with_gradients_on_does_not_use_the_cache():
-    head = tiny_head()
-    x = tiny_wave()
-    with torch.no_grad():
-        head(x)  # fills the cache
-    head.zero_grad()
-    head(x).sum().backward()  # eval mode, grad enabled: kernels built with autograd
-    assert head.fbsp.m.grad is not None and head.fbsp.m.grad.abs().max() > 0
-
-
-def test_cache_filled_in_inference_mode_serves_later_gradient_passes():
-    # a frozen filterbank under a trainable trunk (eval mode): the cached kernels,
-    # made inside torch.inference_mode, are used in a pass that records autograd
-    head = tiny_head()
-    head.fbsp.requires_grad_(False)
-    x = tiny_wave()
-    with torch.inference_mode():
-        head(x)
-    cached = head.fbsp._kernel_cache
-    head(x).sum().backward()
-    assert head.fbsp._kernel_cache is cached
-    assert head.conv1.weight.grad is not None and head.conv1.weight.grad.abs().max() > 0
-
-
-def test_train_eval_switch_clears_the_cache():
-    head = tiny_head()
-    with torch.no_grad():
-        head(tiny_wave())
-    assert head.fbsp._kernel_cache is not None
-    head.train()
-    assert head.fbsp._kernel_cache is None
+# -- chunks and autocast --------------------------------------------------------------
 
 
 def test_trunk_chunks_give_the_whole_batch_result():
@@ -284,16 +287,14 @@ def test_front_end_stays_float32_under_autocast():
     assert torch.equal(got, expected)
 
 
-def test_copies_and_pickles_work_in_every_mode():
-    head = tiny_head()
-    head.set_compute_mode("fused")
+@pytest.mark.parametrize("mode", ["default", "plain", "fused"])
+def test_copies_and_pickles_of_transformed_models(mode):
+    model = apply_audio_mode(tiny_head(), mode)
     x = tiny_wave()
     with torch.no_grad():
-        expected = head(x)
-        assert head._fast_head is not None
-        for clone in (copy.deepcopy(head), pickle.loads(pickle.dumps(head))):
-            assert clone._fast_head is None  # rebuilt on demand
-            assert torch.allclose(clone(x), expected, rtol=0, atol=1e-5)
+        expected = model(x)
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert torch.equal(clone(x), expected)
 
 
 # -- the fused float32 path ----------------------------------------------------------
@@ -332,30 +333,16 @@ def test_batchnorm_folding_removes_every_batchnorm_and_keeps_the_function(head, 
         assert rel_error(folded(x), unfolded(x).numpy()) <= 1e-4
 
 
-def test_fused_mode_through_the_model_and_its_lifecycle(reference_model, reference):
+def test_fused_transform_of_the_whole_model(reference_model, reference):
     x = wave("c", reference)
-    audio = reference_model.audio
-    try:
-        audio.set_compute_mode("fused")
-        with torch.no_grad():
-            out = reference_model.encode_audio(x)
-        assert isinstance(audio._fast_head, FastAudioHead)
+    fused = fuse(reference_model)
+    assert isinstance(fused.audio, FastAudioHead) and isinstance(reference_model.audio, ESResNeXtFbsp)
+    assert fused.visual is not reference_model.visual  # a new model, sharing nothing
+    with torch.no_grad():
+        out = fused.encode_audio(x)
         assert rel_error(out, reference["audio_c_embed"]) <= 1e-4
-        assert not any("_fast_head" in k for k in reference_model.state_dict())
-        # gradients on: the default computation runs (the fast copy has none)
-        out = audio(x)
-        assert out.requires_grad
-        # weights changed in place: the copy is rebuilt from the new weights
-        built = audio._fast_head
-        with torch.no_grad():
-            audio.fc.bias.add_(1.0)
-            moved = reference_model.encode_audio(x)
-            audio.fc.bias.sub_(1.0)
-        assert audio._fast_head is not built
-        assert torch.allclose(moved - out.detach(), torch.ones_like(moved), atol=2e-3)
-    finally:
-        audio.set_compute_mode("default")
-    assert audio._fast_head is None
+        assert torch.equal(fused.audio.fbsp_norm_loss(), reference_model.audio.fbsp_norm_loss())
+    assert not any(p.requires_grad for p in fused.audio.parameters())  # inference only
 
 
 # -- reduced precision ---------------------------------------------------------------
@@ -363,7 +350,7 @@ def test_fused_mode_through_the_model_and_its_lifecycle(reference_model, referen
 
 @pytest.mark.parametrize("case", ["b", "c"])
 def test_bf16_trunk_is_within_its_documented_tolerance(head, reference, case):
-    fast = build_fast_head(head, "bf16")
+    fast = fuse(head, dtype=torch.bfloat16)
     x = wave(case, reference)
     with torch.no_grad():
         out = fast(x)
@@ -377,7 +364,7 @@ def test_bf16_trunk_is_within_its_documented_tolerance(head, reference, case):
 
 def test_int8_trunk_is_within_its_documented_tolerance(head, reference):
     # calibrated on case (a), evaluated on the other clips
-    fast = build_fast_head(head, "int8", calibration=wave("a", reference))
+    fast = quantize_int8(head, wave("a", reference))
     quantized = [m for m in fast.trunk.modules() if "quantized" in type(m).__module__]
     assert quantized, "no quantised modules in the int8 trunk"
     for case in ("b", "c"):
@@ -387,9 +374,9 @@ def test_int8_trunk_is_within_its_documented_tolerance(head, reference):
         assert min_cosine(out, reference[f"audio_{case}_embed"]) >= INT8_MIN_COSINE, case
 
 
-def test_int8_needs_calibration_and_the_cpu():
+def test_int8_needs_calibration():
     head = tiny_head()
     with pytest.raises(ValueError, match="calibration"):
         build_fast_head(head, "int8")
     with pytest.raises(ValueError, match="calibration"):
-        build_fast_head(head, "int8", calibration=[])
+        quantize_int8(head, [])

@@ -235,7 +235,7 @@ def build_fast_head(
     if mode == "int8" and device.type != "cpu":
         raise ValueError(f"mode 'int8' runs on the CPU only; the model is on {device}")
 
-    with torch.no_grad(), torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():
         real, imag = head.fbsp.kernel(cfg.n_fft)
         kept = (cfg.num_bins // cfg.num_bands) * cfg.num_bands  # bins that make up the bands
         kernel = torch.cat([real[:kept], imag[:kept]])

@@ -66,7 +66,7 @@ class FrozenFbspFilterbank(FbspFilterbank):
 
     def __init__(self, bank: FbspFilterbank, in_features: int):
         super().__init__(bank.out_features, normalized=bank.normalized)
-        with torch.no_grad(), torch.inference_mode(False):
+        with torch.inference_mode(False), torch.no_grad():
             self.to(device=bank.fc.device, dtype=bank.fc.dtype)
             self.load_state_dict(bank.state_dict())
             self.requires_grad_(False)
