@@ -210,16 +210,13 @@ def memory_probe(mode: str, batch: int, channels: int, threads: int) -> None:
     """
     torch.set_num_threads(threads)
     from audioclip import ESResNeXtFbsp
-    from audioclip.model.fast import build_fast_head
+    from audioclip.model import apply_audio_mode
 
     torch.manual_seed(0)
     head = ESResNeXtFbsp(num_classes=1024).eval()  # weights do not matter for memory
     wave = torch.rand(batch, channels, CLIP_SAMPLES) * 0.2 - 0.1
-    if mode in ("plain", "default"):
-        fn = head.set_compute_mode(mode)
-    else:
-        options = {"calibration": wave[:2]} if mode == "int8" else {}
-        fn = build_fast_head(head, mode, **options)
+    options = {"calibration": wave[:2]} if mode == "int8" else {}
+    fn = apply_audio_mode(head, mode, inplace=True, **options)
     with torch.inference_mode(), RssSampler() as sampler:
         fn(wave)  # a first pass: includes the kernel cache and any weight packing
     print(json.dumps({"peak_mb": (sampler.peak - sampler.base) / 2**20}))
@@ -241,10 +238,10 @@ def probe_memory(mode: str, batch: int, channels: int, threads: int) -> float | 
 
 def load_model(checkpoint: str | None):
     """The published weights (``checkpoint``: registry name or path), or the deterministic reference weights."""
-    from audioclip import AudioCLIP
+    from audioclip import AudioCLIP, create_model
 
     if checkpoint:
-        return AudioCLIP.from_pretrained(checkpoint).eval()
+        return create_model(checkpoint)
     from reference_weights import reference_state_dict
 
     model = AudioCLIP().eval()
@@ -278,10 +275,10 @@ def batchnorm_reestimated(model, waves: torch.Tensor, batch: int = 8):
 
 def build_modes(head, device: torch.device, *, compile: bool, bf16: bool, calibration: torch.Tensor | None):
     """name -> callable(wave) for every mode to measure on ``device``."""
+    from audioclip.model import freeze_fbsp_kernel, original_order
     from audioclip.model.fast import build_fast_head
 
-    plain = copy.deepcopy(head).set_compute_mode("plain")
-    modes = {"plain": plain, "default": head, "fused": build_fast_head(head, "fused")}
+    modes = {"plain": original_order(head), "default": freeze_fbsp_kernel(head), "fused": build_fast_head(head, "fused")}
     if compile:
         modes["fused+compile"] = build_fast_head(head, "fused", compile=True)
     if device.type == "cpu" and calibration is not None:
