@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,11 +45,11 @@ def blackman_harris_window(length: int) -> torch.Tensor:
     Equal to ``scipy.signal.get_window("blackmanharris", length, fftbins=True)``
     cast to float32, which is what the published checkpoints store.
     """
-    phase = 2.0 * np.pi * np.arange(length) / length
+    phase = 2.0 * math.pi * torch.arange(length, dtype=torch.float64) / length
     window = sum(
-        (-1) ** k * a * np.cos(k * phase) for k, a in enumerate(_BLACKMAN_HARRIS)
+        (-1) ** k * a * torch.cos(k * phase) for k, a in enumerate(_BLACKMAN_HARRIS)
     )
-    return torch.from_numpy(np.asarray(window, dtype=np.float64)).to(torch.float32)
+    return window.to(torch.float32)
 
 
 def int16_range_to_unit(wave: torch.Tensor) -> torch.Tensor:
