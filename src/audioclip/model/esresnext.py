@@ -70,9 +70,38 @@ class AttentionGate(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, stage_input: torch.Tensor, stage_output: torch.Tensor) -> torch.Tensor:
-        gate = F.adaptive_max_pool2d(stage_input, stage_output.shape[-2:])
+        if torch.compiler.is_exporting():
+            gate = adaptive_max_pool2d_by_gather(stage_input, stage_output.shape[-2:])
+        else:
+            gate = F.adaptive_max_pool2d(stage_input, stage_output.shape[-2:])
         gate = self.bn(self.conv_point(self.conv_depth(gate)))
         return stage_output * torch.sigmoid(gate)
+
+
+def adaptive_max_pool2d_by_gather(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_max_pool2d(x, output_size)`` from gathers and maxima: ``(n, c, h, w)`` -> ``(n, c, *output_size)``.
+
+    The same maxima over the same elements (bit-identical), written with ops
+    that ONNX has for sizes only known at run time; ONNX has no adaptive max
+    pooling, and the gates' output sizes follow the clip's length. Used when
+    the model is exported (``torch.compiler.is_exporting()``).
+    """
+    return _adaptive_max_1d(_adaptive_max_1d(x, 2, output_size[0]), 3, output_size[1])
+
+
+def _adaptive_max_1d(x: torch.Tensor, dim: int, out: int) -> torch.Tensor:
+    # Bin i of an adaptive pooling covers [floor(i n / out), ceil((i + 1) n / out)):
+    # gather k = ceil(n / out) + 1 indices per bin, repeating the bin's last one
+    # where it is shorter (a repeated element does not change a maximum).
+    n = x.shape[dim]
+    i = torch.arange(out, device=x.device)
+    start = torch.div(i * n, out, rounding_mode="floor")
+    end = torch.div((i + 1) * n + out - 1, out, rounding_mode="floor")
+    j = torch.arange((n + out - 1) // out + 1, device=x.device)
+    index = torch.minimum(start[:, None] + j[None, :], end[:, None] - 1)
+    gathered = x.index_select(dim, index.reshape(-1))
+    shape = [*x.shape[:dim], out, j.shape[0], *x.shape[dim + 1 :]]
+    return gathered.reshape(shape).amax(dim + 1)
 
 
 def run_in_chunks(trunk, x: torch.Tensor, chunk_frames: int | None) -> torch.Tensor:

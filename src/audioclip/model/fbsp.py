@@ -72,13 +72,11 @@ def frame_signal(signal: torch.Tensor, frame_length: int, hop_length: int) -> to
     shorter than one frame yields a single zero-padded frame.
     """
     length = signal.shape[-1]
-    if length <= frame_length:
-        n_frames = 1
-    else:
-        n_frames = 1 + math.ceil((length - frame_length) / hop_length)
-    pad = (n_frames - 1) * hop_length + frame_length - length
-    if pad > 0:
-        signal = F.pad(signal, (pad // 2, pad - pad // 2))
+    # 1 + ceil((length - frame_length) / hop_length), and at least 1, in integer
+    # arithmetic without branches: an exported graph (ONNX) then frames any length.
+    n_frames = 1 + torch.sym_max(0, -((frame_length - length) // hop_length))
+    pad = (n_frames - 1) * hop_length + frame_length - length  # never negative
+    signal = F.pad(signal, (pad // 2, pad - pad // 2))
     return signal.unfold(-1, frame_length, hop_length)
 
 
