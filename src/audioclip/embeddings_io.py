@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .inference import FileResult
+from .io import atomic_path, atomic_write
 
 FORMATS = ("parquet", "npy", "jsonl")
 _KIND_ORDER = {"image": 0, "frame": 1, "window": 2, "pooled": 3}
@@ -95,18 +95,6 @@ def _sorted(table: pa.Table) -> pa.Table:
         ),
     )
     return table.take(pa.array(order, type=pa.int64()))
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_embeddings(path: str | os.PathLike, fmt: str | None = None) -> pa.Table:
@@ -182,7 +170,8 @@ class EmbeddingWriter:
             return
         table = _table(rows_from_results(self._buffer, self.checkpoint))
         part = self.parts / f"part-{self._next_part:06d}.parquet"
-        _atomic_write(part, lambda tmp: pq.write_table(table, tmp))
+        with atomic_path(part) as tmp:
+            pq.write_table(table, tmp)
         self._next_part += 1
         self._buffer = []
 
@@ -194,21 +183,20 @@ class EmbeddingWriter:
             return 0
         table = _sorted(pa.concat_tables(tables, promote_options="default"))
         if self.fmt == "parquet":
-            _atomic_write(self.out, lambda tmp: pq.write_table(table, tmp))
+            with atomic_path(self.out) as tmp:
+                pq.write_table(table, tmp)
         elif self.fmt == "jsonl":
-            _atomic_write(self.out, lambda tmp: Path(tmp).write_text(_jsonl(table, with_embedding=True)))
+            with atomic_write(self.out, "w") as f:
+                f.write(_jsonl(table, with_embedding=True))
         else:
             vectors = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
-            _atomic_write(_index_path(self.out), lambda tmp: Path(tmp).write_text(_jsonl(table, False)))
-            _atomic_write(self.out, lambda tmp: _save_npy(tmp, vectors))
+            with atomic_write(_index_path(self.out), "w") as f:
+                f.write(_jsonl(table, False))
+            with atomic_write(self.out, "wb") as f:  # a file object: np.save would append ".npy" to a temp name
+                np.save(f, vectors)
         shutil.rmtree(self.parts, ignore_errors=True)
         self._next_part = 0
         return table.num_rows
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temp name
-        np.save(f, array)
 
 
 def _jsonl(table: pa.Table, with_embedding: bool) -> str:

@@ -65,6 +65,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``0o666 & ~umask`` (``mkstemp`` creates ``0o600``) and renamed onto
     ``path``. On any exception the temporary file is deleted and ``path`` is
     left as it was. The destination's folder is created if missing.
+
+    The result is a new file: it has the umask's permissions even where the
+    file it replaces had others (``open(path, "w")`` would have kept those).
     """
     path = Path(path)
     fd, tmp = _mkstemp(path)

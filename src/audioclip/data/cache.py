@@ -4,10 +4,11 @@ Each file is decoded once with :func:`audioclip.media.load_audio` (all
 channels, 44.1 kHz, float in [-1, 1]) and stored as ``<key>.npy`` under the
 cache folder. The key hashes the file's absolute path, size and modification
 time and the sample rate: editing or replacing a file makes a new entry, the
-old one is simply never read again. Writes go to a temporary file renamed into
-place, so concurrent workers and ranks never see half a file. A file that fails
-to decode leaves a ``<key>.bad`` note with the reason, so it is not retried
-every epoch (delete the note, or touch the file, to retry).
+old one is simply never read again. Writes go through
+:func:`audioclip.io.atomic_write`, so concurrent workers and ranks never see
+half a file. A file that fails to decode leaves a ``<key>.bad`` note with the
+reason, so it is not retried every epoch (delete the note, or touch the file,
+to retry).
 
 Nothing is held in memory: a 50 000-clip dataset costs disk space (about
 176 kB per mono second as float32; ``dtype="float16"`` halves it), not RAM.
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import atomic_write, write_bytes_atomic
 from ..media import MediaError, load_audio
 
 __all__ = ["AudioCache", "default_cache_dir"]
@@ -102,10 +103,10 @@ class AudioCache:
         try:
             wave = self._decode(path)
         except MediaError as e:
-            reason = e.reason.encode()
-            _atomic_write(bad, lambda f: f.write(reason))
+            write_bytes_atomic(bad, e.reason.encode())
             raise
-        _atomic_write(npy, lambda f: np.save(f, wave.numpy().astype(self.dtype), allow_pickle=False))
+        with atomic_write(npy, "wb") as f:
+            np.save(f, wave.numpy().astype(self.dtype), allow_pickle=False)
         return wave
 
     def _decode(self, path: str) -> torch.Tensor:
@@ -118,18 +119,3 @@ class AudioCache:
         if self.dtype == "float16":  # what a cached copy would give back
             wave = wave.half().float()
         return wave
-
-
-def _atomic_write(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -19,10 +19,12 @@ epoch, sample key).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import random
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ import soundfile
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..io import atomic_write
 from ..media import MediaError
 from ..media.sniff import IMAGE_EXTENSIONS
 from .augment import AudioAugment, sample_generator
@@ -97,7 +100,21 @@ def write_shards(
     bad: list[str] = []
     count = 0
     longest = 0
-    with wds.ShardWriter(pattern, maxcount=max_count, verbose=0) as sink:
+    # Each shard is written through atomic_write: ShardWriter opens a shard with
+    # ``opener`` and reports it finished with ``post``, which publishes it. A
+    # failure discards the shard being written instead of leaving it torn
+    # (ShardWriter's own ``with`` would close it as if finished).
+    shard = contextlib.ExitStack()
+
+    def opener(name: str):
+        return shard.enter_context(atomic_write(name, "wb"))
+
+    def post(name: str) -> None:
+        shard.close()
+
+    sink = None
+    try:
+        sink = wds.ShardWriter(pattern, maxcount=max_count, verbose=0, opener=opener, post=post)
         for i, clip in enumerate(tqdm(clips, desc=f"shards {split}", disable=not progress, unit="clip")):
             try:
                 wave = cache.load(clip.path)
@@ -124,6 +141,14 @@ def write_shards(
             sink.write(sample)
             count += 1
             longest = max(longest, wave.shape[-1])
+        sink.close()
+    except BaseException:
+        tar = getattr(sink, "tarstream", None)
+        if tar is not None:  # end the tar stream now, into the file about to be discarded, not at garbage collection
+            with contextlib.suppress(Exception):
+                tar.close()
+        shard.__exit__(*sys.exc_info())
+        raise
     shards = sorted(p.name for p in folder.glob(f"{split}-*.tar"))
     return {"shards": shards, "count": count, "longest_samples": longest, "bad": bad}
 

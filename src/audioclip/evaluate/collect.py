@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ..io import atomic_write, write_text_atomic
 from .paper import paper_value
 from .report import CSV_COLUMNS
 
@@ -112,8 +113,8 @@ def collect(paths, output: str | os.PathLike | None = None) -> str:
     if output:
         folder = Path(output)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.md").write_text(text + "\n", encoding="utf-8")
-        with open(folder / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        write_text_atomic(folder / "summary.md", text + "\n", encoding="utf-8")
+        with atomic_write(folder / "summary.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in results:

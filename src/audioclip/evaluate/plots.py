@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..io import atomic_write
+
 __all__ = ["plot_confusion", "plot_per_class", "plot_pr_curves"]
 
 _MAX_LABELLED = 60  # beyond this many classes, tick labels are unreadable
@@ -19,6 +21,17 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: str | os.PathLike) -> None:
+    # Through a file object, so matplotlib cannot guess the format from the
+    # temporary name: it is the destination's suffix (png unless told otherwise).
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or None
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=110, format=fmt)
+    finally:
+        plt.close(fig)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path: str | os.PathLike) -> None:
@@ -46,8 +59,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path:
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_per_class(values: Sequence[float], classes: Sequence[str], title: str, path: str | os.PathLike,
@@ -81,8 +93,7 @@ def plot_per_class(values: Sequence[float], classes: Sequence[str], title: str, 
     ax.set_title(title + shown_note, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_pr_curves(curves: dict[str, np.ndarray], recall_levels: Sequence[float], title: str,
@@ -103,5 +114,4 @@ def plot_pr_curves(curves: dict[str, np.ndarray], recall_levels: Sequence[float]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)

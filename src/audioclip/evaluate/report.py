@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write, write_text_atomic
 from .tasks import Report
 
 __all__ = ["CSV_COLUMNS", "format_report", "report_dict", "write_outputs"]
@@ -163,9 +164,9 @@ def write_outputs(report: Report, out: str | os.PathLike, plots: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     written = []
     table = format_report(report)
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(out / "table.txt", table + "\n", encoding="utf-8")
     written.append(out / "table.txt")
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+    with atomic_write(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in report.rows:
@@ -174,7 +175,7 @@ def write_outputs(report: Report, out: str | os.PathLike, plots: bool = True) ->
     classes = report.dataset.classes
     for modality, info in report.per_class.items():
         path = out / f"per_class_{modality}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_write(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["class", info["metric"], "items"])
             for name, value, count in zip(classes, info["values"], info["counts"]):
@@ -182,7 +183,7 @@ def write_outputs(report: Report, out: str | os.PathLike, plots: bool = True) ->
         written.append(path)
     for modality, matrix in report.confusion.items():
         path = out / f"confusion_{modality}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_write(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["true \\ predicted"] + classes)
             for name, row in zip(classes, matrix):
@@ -192,7 +193,7 @@ def write_outputs(report: Report, out: str | os.PathLike, plots: bool = True) ->
         written += _plots(report, out)
     result = report_dict(report)
     result["files"] = [p.name for p in written] + ["results.json"]
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=_json_default), encoding="utf-8")
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2, default=_json_default), encoding="utf-8")
     written.append(out / "results.json")
     return written
 

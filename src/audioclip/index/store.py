@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ..io import atomic_write
 
 __all__ = [
     "FailureRecord",
@@ -180,18 +181,8 @@ class LanceStore:
             raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
 
     def write_meta(self, meta: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / self.META
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.META}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path / self.META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
 
     # -- tables ----------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """Training checkpoints: everything needed to continue exactly, written atomically.
 
-``last.pt`` is rewritten at the end of every epoch: a temporary file in the
-same folder, flushed to disk, then renamed over the old one (``os.replace`` is
-atomic), so a kill at any moment leaves either the previous or the new
-checkpoint, never a torn one. It holds the model, optimizer, scheduler and
-loss-scaler states, the epoch, the best validation score so far, the metric
+``last.pt`` is rewritten at the end of every epoch with
+:func:`audioclip.io.atomic_write` (a temporary file in the same folder, flushed
+to disk, then renamed over the old one), so a kill at any moment leaves either
+the previous or the new checkpoint, never a torn one. It holds the model,
+optimizer, scheduler and loss-scaler states, the epoch, the best validation score so far, the metric
 history and the random generators' states, and loads with
 ``torch.load(weights_only=True)``.
 """
@@ -13,31 +13,20 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..io import atomic_write
 
 __all__ = ["load_checkpoint", "restore_rng", "rng_state", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data import AudioCache, ValidationSpec, read_dataset, split_index, write_shards
+from ..io import atomic_path, write_text_atomic
 from ..media import CLIP_MEAN, CLIP_STD, MediaError, load_audio, load_video_frames
 from ..media.sniff import VIDEO_EXTENSIONS
 from ..model import load_model_config
@@ -54,17 +55,13 @@ def extract_video(video: str | os.PathLike, out: str | os.PathLike, num_frames: 
         if not audio_path.exists():
             wave = load_audio(video, sample_rate=sample_rate)
             pcm = np.clip(np.round(wave.numpy().T * 32768.0), -32768, 32767).astype(np.int16)
-            audio_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = audio_path.with_name(f".{audio_path.name}.tmp")
-            soundfile.write(tmp, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-            os.replace(tmp, audio_path)
+            with atomic_path(audio_path) as tmp:
+                soundfile.write(tmp, pcm, sample_rate, format="FLAC", subtype="PCM_16")
         if not (frame_dir / f"{num_frames - 1:02d}.jpg").exists():
             frames = _frames_to_uint8(load_video_frames(video, num_frames, which="all", image_size=frame_size))
-            frame_dir.mkdir(parents=True, exist_ok=True)
             for i, frame in enumerate(frames):
-                tmp = frame_dir / f".{i:02d}.jpg.tmp"
-                Image.fromarray(frame).save(tmp, format="JPEG", quality=95)
-                os.replace(tmp, frame_dir / f"{i:02d}.jpg")
+                with atomic_path(frame_dir / f"{i:02d}.jpg") as tmp:
+                    Image.fromarray(frame).save(tmp, format="JPEG", quality=95)
     except MediaError as e:
         return str(e)
     return None
@@ -141,7 +138,5 @@ def prepare_shards(cfg: dict, out: str | os.PathLike, max_count: int = 1000, aud
             manifest["splits"][name] = write_shards(clips, out, name, cache, max_count=max_count,
                                                     audio_format=audio_format, frames=frames, progress=progress)
     manifest["longest_samples"] = max(s["longest_samples"] for s in manifest["splits"].values())
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
