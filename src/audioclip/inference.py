@@ -35,6 +35,7 @@ from .media import (
     sniff_modality,
     split_windows,
 )
+from . import prompts
 from .model import AudioCLIP
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -333,26 +334,23 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
 
 
 def text_classifier(model: AudioCLIP, labels: Sequence[str], templates: str | Sequence[str] = "{}") -> torch.Tensor:
-    """Normalised class vectors ``(len(labels), embed_dim)``.
+    """Normalised class vectors ``(len(labels), embed_dim)`` on the CPU, for :func:`zero_shot`.
 
-    Each label is put in every template (``"{}"`` marks where), the template
-    embeddings are averaged and renormalised (CLIP's prompt ensembling).
+    :func:`audioclip.prompts.text_classifier` (each label in every template,
+    ``"{}"`` marking where; the template embeddings averaged and renormalised:
+    CLIP's prompt ensembling) for distinct labels, without gradients.
     """
     labels = list(labels)
-    templates = [templates] if isinstance(templates, str) else list(templates)
     if not labels:
         raise ValueError("zero-shot classification needs at least one label")
     if len(set(labels)) != len(labels):
         raise ValueError("labels must be distinct")
-    for template in templates:
-        if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' for the label")
-    with torch.inference_mode():
-        per_template = [
-            F.normalize(model.encode_text([t.format(label) for label in labels]).float(), dim=-1)
-            for t in templates
-        ]
-    return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1).cpu()
+    # no_grad rather than inference_mode: the vectors stay ordinary tensors that
+    # callers may use with autograd (a probe, a fine-tuned head)
+    with torch.no_grad():
+        # all labels of a template in one call, as this function always did:
+        # the batch's composition shows in the last bits of the vectors
+        return prompts.text_classifier(model, labels, templates, batch_size=None).cpu()
 
 
 def zero_shot(

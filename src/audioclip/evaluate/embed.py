@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..inference import autocast
 from ..io import atomic_write, write_text_atomic
+from ..prompts import text_classifier
 from ..media import MediaError, load_audio, load_image, load_video_frames
 from ..media.sniff import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .conventions import AudioConventions
@@ -80,16 +81,8 @@ class Encoder:
         """
         if self.kind != "audioclip":
             raise ValueError("a standalone audio classifier has no text head")
-        unique = list(dict.fromkeys(texts))
-        per_template = []
-        with torch.inference_mode():
-            for template in templates:
-                prompts = [template.format(t) for t in unique]
-                parts = [self.model.encode_text(prompts[i:i + chunk]).float() for i in range(0, len(prompts), chunk)]
-                per_template.append(F.normalize(torch.cat(parts), dim=-1))
-        vectors = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1).cpu()
-        where = {t: i for i, t in enumerate(unique)}
-        return vectors[[where[t] for t in texts]]
+        with torch.no_grad():  # ordinary tensors, usable with autograd, unlike inference_mode's
+            return text_classifier(self.model, texts, templates, batch_size=chunk).cpu()
 
     def logit_scales(self) -> dict[str, float]:
         if self.kind != "audioclip":

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import AudioCLIP, contrastive_loss
+from ..prompts import text_classifier
 from .build import audio_head
 from .distributed import Dist
 
@@ -45,8 +46,15 @@ def audio_features(head: nn.Module, wave: torch.Tensor, amp_dtype: torch.dtype |
 
 
 def class_text_features(model: AudioCLIP, classes: list[str], prompt: str) -> torch.Tensor:
-    """L2-normalised text features of every class prompt, ``(num_classes, embed_dim)``."""
-    return F.normalize(model.encode_text([prompt.format(c) for c in classes]).float(), dim=-1)
+    """L2-normalised text features of every class prompt, ``(num_classes, embed_dim)``, on the model's device.
+
+    :func:`audioclip.prompts.text_classifier` with the one template ``prompt``,
+    under the caller's grad mode (the text head may be learning). With one
+    template there is nothing to average: the prompt vectors are used as they
+    are, all in one call (renormalising a unit vector, or another batch, would
+    only move the last bits of what training always used).
+    """
+    return text_classifier(model, classes, prompt, batch_size=None, renormalize=False)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
