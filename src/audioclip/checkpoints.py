@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import http.client
+import json
 import os
 import tempfile
 import urllib.error
@@ -37,12 +38,15 @@ __all__ = [
     "check_state_dict",
     "save_state_dict",
     "checkpoint_id",
+    "convert_checkpoint",
+    "is_safetensors",
     "lookup",
     "lookup_filename",
     "save_model",
 ]
 
 CACHE_ENV = "AUDIOCLIP_CACHE"
+_KEY_ORDER = "audioclip.key_order"  # safetensors metadata: the state dict's key order
 OFFLINE_ENV = "AUDIOCLIP_OFFLINE"
 BASE_URL_ENV = "AUDIOCLIP_BASE_URL"
 
@@ -383,6 +387,8 @@ def load_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict[str, to
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes); delete it and download it again")
 
+    if is_safetensors(path):
+        return _load_safetensors(path)
     try:
         obj = _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
@@ -426,6 +432,26 @@ def load_state_dict(path: str | os.PathLike, mmap: bool = False) -> dict[str, to
     state = dict(obj)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (memory-mapped; nothing is unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from safetensors import safe_open
+
+    try:
+        state = load_file(path, device="cpu")
+        with safe_open(path, framework="pt") as f:
+            order = json.loads((f.metadata() or {}).get(_KEY_ORDER, "[]"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {_short_reason(e)}") from e
+    if not state:
+        raise CheckpointError(f"{path}: state dict is empty")
+    if isinstance(order, list) and sorted(order) == sorted(state):
+        state = {k: state[k] for k in order}
     return state
 
 
@@ -518,14 +544,57 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
             tensor = tensor.clone()
         tensors[key] = tensor
 
-    from .io import atomic_write
+    from .io import atomic_path, atomic_write
 
     try:
-        with atomic_write(path, "wb") as f:
-            torch.save(tensors, f)
+        if is_safetensors(path):
+            from safetensors.torch import save_file
+
+            # every tensor has its own storage here (clone above), as safetensors requires
+            tensors = {k: v.clone() if _shares_storage(v, tensors) else v for k, v in tensors.items()}
+            with atomic_path(path) as tmp:
+                # safetensors orders tensors its own way; the key order is kept in
+                # the metadata so that a round trip gives back the same state dict
+                metadata = {"format": "pt", _KEY_ORDER: json.dumps(list(tensors))}
+                save_file(tensors, os.fspath(tmp), metadata=metadata)
+        else:
+            with atomic_write(path, "wb") as f:
+                torch.save(tensors, f)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write file: {e.strerror or e}") from e
     return path
+
+
+def _shares_storage(tensor: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> bool:
+    ptr = tensor.untyped_storage().data_ptr()
+    return tensor.numel() > 0 and sum(
+        1 for t in tensors.values() if t.numel() > 0 and t.untyped_storage().data_ptr() == ptr
+    ) > 1
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a safetensors file (by its suffix)."""
+    return Path(path).suffix.lower() == ".safetensors"
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Convert a checkpoint between ``.pt`` and ``.safetensors`` (direction from the suffixes).
+
+    Every tensor is kept bit for bit under its key and dtype, so a ``.pt``
+    converted to safetensors and back still loads in the original code. A
+    ``.safetensors`` file is read without unpickling anything; a ``.pt`` with
+    ``weights_only=True``. Returns ``dst``.
+    """
+    src, dst = Path(src), Path(dst)
+    kinds = {".pt", ".pth", ".bin", ".safetensors"}
+    for path in (src, dst):
+        if path.suffix.lower() not in kinds:
+            raise CheckpointError(f"{path}: unknown checkpoint suffix {path.suffix!r}; use .pt or .safetensors")
+    if is_safetensors(src) == is_safetensors(dst):
+        raise CheckpointError(f"{src} -> {dst}: nothing to convert (both are {'safetensors' if is_safetensors(src) else 'pickle'} files)")
+    if src.resolve() == dst.resolve():
+        raise CheckpointError(f"{dst}: the output is the input")
+    return save_state_dict(load_state_dict(src), dst)
 
 
 def checkpoint_id(path: str | os.PathLike, weights: PretrainedWeights | None = None) -> str:
