@@ -73,8 +73,9 @@ def frame_signal(signal: torch.Tensor, frame_length: int, hop_length: int) -> to
     """
     length = signal.shape[-1]
     # 1 + ceil((length - frame_length) / hop_length), and at least 1, in integer
-    # arithmetic without branches: an exported graph (ONNX) then frames any length.
-    n_frames = 1 + torch.sym_max(0, -((frame_length - length) // hop_length))
+    # arithmetic without branches, so that an exported graph (ONNX) frames any
+    # length; only non-negative operands are divided (ONNX's Div truncates).
+    n_frames = 1 + torch.sym_max(0, length - frame_length + hop_length - 1) // hop_length
     pad = (n_frames - 1) * hop_length + frame_length - length  # never negative
     signal = F.pad(signal, (pad // 2, pad - pad // 2))
     return signal.unfold(-1, frame_length, hop_length)
