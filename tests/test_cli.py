@@ -54,7 +54,7 @@ def cli(*args, checkpoint=None, check=None, in_process=False):
     """Run the command in a subprocess (end to end), or in this process (cheaper) when asked."""
     args = list(args)
     if checkpoint:
-        args += ["--checkpoint", checkpoint, "--config", "AudioCLIP-tiny", "--device", "cpu"]
+        args += ["--checkpoint", checkpoint, "--device", "cpu"]
     if in_process:
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err), _offline():
@@ -211,7 +211,7 @@ def test_embed_killed_midway_loses_no_finished_work(checkpoint, tmp_path):
         sf.write(folder / f"c{i:02d}.wav", (0.1 * rng.standard_normal((SR, 1))).astype(np.float32), SR)
     out = tmp_path / "emb.parquet"
     cmd = [sys.executable, "-m", "audioclip", "embed", str(folder), "-o", str(out), "--flush-every", "1",
-           "--batch-size", "1", "--checkpoint", checkpoint, "--config", "AudioCLIP-tiny", "--device", "cpu"]
+           "--batch-size", "1", "--checkpoint", checkpoint, "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "emb.parquet.parts"
     deadline = time.time() + 120

@@ -37,9 +37,9 @@ CORRUPT = "4-149294-A-41"  # listed in the metadata; the file here is garbage
 
 
 def _evaluate(*argv) -> int:
-    from audioclip.evaluate.cli import main
+    from audioclip.cli import main
 
-    return main([str(a) for a in argv])
+    return main(["evaluate", *(str(a) for a in argv)])
 
 
 def _is_png(path: Path) -> bool:
@@ -102,7 +102,7 @@ def count_encodes(monkeypatch) -> dict[str, int]:
 
 
 def _model_args(ckpt: Path, cache: Path) -> list:
-    return ["--checkpoint", ckpt, "--config", "AudioCLIP-tiny", "--device", "cpu", "--embedding-cache", cache, "-q"]
+    return ["--checkpoint", ckpt, "--device", "cpu", "--embedding-cache", cache, "-q"]
 
 
 # -- ESC-10: zero-shot, then querying from the cache ------------------------------------------
@@ -184,7 +184,7 @@ def test_supervised_per_fold_checkpoints(esc_root, checkpoints, tmp_path, capsys
 
 
 def test_fold_checkpoint_resolution(tmp_path):
-    from audioclip.evaluate.cli import fold_checkpoint
+    from audioclip.cli.evaluate import fold_checkpoint
 
     assert fold_checkpoint("runs/fold{fold}/model.pt", 3) == "runs/fold3/model.pt"
     (tmp_path / "fold2").mkdir()
@@ -360,8 +360,10 @@ def test_us8k_original_conventions_on_a_real_slice():
 
 
 def test_register_adds_the_evaluate_command():
-    from audioclip.evaluate import cli, datasets, tasks
-    from audioclip.evaluate.cli import register, run
+    from audioclip.cli import evaluate as cli
+    from audioclip.cli.evaluate import register_evaluate as register
+    from audioclip.cli.evaluate import run
+    from audioclip.evaluate import datasets, tasks
 
     assert (cli.DATASETS, cli.TASKS, cli.PAIRS) == (datasets.DATASETS, tasks.TASKS, tasks.PAIRS)
 
@@ -369,11 +371,11 @@ def test_register_adds_the_evaluate_command():
     register(parser.add_subparsers())
     args = parser.parse_args(["evaluate", "--task", "zeroshot", "--dataset", "esc50", "--root", "x", "--folds", "2,1"])
     assert args.func is run and args.folds == [1, 2] and args.conventions == "original"
-    assert args.checkpoint == "full" and args.config == "AudioCLIP-RN50"
+    assert args.checkpoint == "full" and args.device == "auto" and args.audio_mode == "default"
 
 
 def test_usage_errors(tmp_path, capsys):
-    assert _evaluate("--task", "zeroshot") == 1
+    assert _evaluate("--task", "zeroshot") == 2
     assert "needs --dataset, --root" in capsys.readouterr().err
     assert _evaluate("--task", "zeroshot", "--dataset", "esc50", "--root", tmp_path) == 1
     assert "meta/esc50.csv" in capsys.readouterr().err

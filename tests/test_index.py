@@ -263,7 +263,7 @@ def test_unreadable_files_are_reported_skipped_and_retried_when_fixed(checkpoint
     assert index.stats()["failed"] == 2
 
     code, _, err = run_cli("index", folder, "--db", tmp_path / "db2", "--checkpoint", index.meta["checkpoint_source"],
-                           "--config", "AudioCLIP-tiny", "--device", "cpu")
+                           "--device", "cpu")
     assert code == 3 and "skipped" in err and "broken.jpg" in err and "Traceback" not in err
 
 
@@ -272,11 +272,11 @@ def test_refuses_another_checkpoint_and_other_options(checkpoint, other_checkpoi
     open_index(db, checkpoint, tiny).add(library / "pictures")
     with pytest.raises(IndexStoreError, match="another checkpoint|holds vectors of checkpoint"):
         open_index(db, other_checkpoint)
-    code, _, err = run_cli("search", "dog", "--db", db, "--checkpoint", other_checkpoint, "--config",
-                           "AudioCLIP-tiny", "--device", "cpu")
+    code, _, err = run_cli("search", "dog", "--db", db, "--checkpoint", other_checkpoint,
+                           "--device", "cpu")
     assert code == 1 and "holds vectors of checkpoint tiny.pt@" in err and "Traceback" not in err
-    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", other_checkpoint, "--config",
-                           "AudioCLIP-tiny", "--device", "cpu")
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", other_checkpoint,
+                           "--device", "cpu")
     assert code == 1 and "other.pt@" in err
     with pytest.raises(IndexStoreError, match="window=5.0"):
         open_index(db, checkpoint, tiny).add(library, window=2.0)
@@ -292,7 +292,7 @@ def test_empty_index_missing_index_and_bad_queries(checkpoint, library, tmp_path
     code, _, err = run_cli("search", "dog", "--db", db, "--device", "cpu")
     assert code == 1 and "the index is empty" in err
     code, _, err = run_cli("search", "dog", "--db", tmp_path / "nope", "--device", "cpu")
-    assert code == 1 and "no index here" in err
+    assert code == 2 and "no index here" in err
     code, _, err = run_cli("search", "--db", db)
     assert code == 2 and "exactly one query" in err
 
@@ -314,7 +314,7 @@ def test_search_command_text_and_json(checkpoint, library, tmp_path):
     import json
 
     db = tmp_path / "db"
-    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--config", "AudioCLIP-tiny",
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint,
                            "--device", "cpu")
     assert code == 0 and "4 added" in err and "1 non-media" in err
     code, out, _ = run_cli("search", "a dog", "--db", db, "-k", "3", "--device", "cpu")
@@ -393,7 +393,7 @@ def test_search_while_indexing_then_sigkill_and_resume(checkpoint, tmp_path, tin
         sf.write(folder / f"c{i:02d}.wav", noise(0.5, 100 + i), SR)
     db = tmp_path / "db"
     cmd = [sys.executable, "-m", "audioclip", "index", str(folder), "--db", str(db), "--flush-every", "1",
-           "--batch-size", "1", "--checkpoint", checkpoint, "--config", "AudioCLIP-tiny", "--device", "cpu"]
+           "--batch-size", "1", "--checkpoint", checkpoint, "--device", "cpu"]
     log = open(tmp_path / "index.log", "wb")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "AUDIOCLIP_OFFLINE": "1"})
     searches, seen, errors = 0, [], []

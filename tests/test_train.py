@@ -15,12 +15,18 @@ import torch
 import yaml
 
 from audioclip import AudioCLIP, ESResNeXtFbsp, create_model
+from audioclip.cli import main as cli_main
 from audioclip.train import Trainer, format_table, load_config, run_cross_validation
 from audioclip.train.build import build_model, normalise_fbsp_grads, setup_trainable
 from audioclip.train.checkpoint import load_checkpoint, save_checkpoint
-from audioclip.train.cli import main as train_main
 from audioclip.train.config import ConfigError, list_configs
 from audioclip.train.distributed import Dist
+
+
+def train_main(argv: list[str]) -> int:
+    """``audioclip train ARGS``, in this process."""
+    return cli_main(["train", *argv])
+
 
 SHARED_ESC50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50"
 
@@ -246,7 +252,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     Trainer(whole).run()
     micro_config(tmp_path, data, over, name="killed")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "audioclip.train", "-c", str(tmp_path / "killed.yaml")]
+    cmd = [sys.executable, "-m", "audioclip", "train", "-c", str(tmp_path / "killed.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -459,7 +465,7 @@ def test_prepare_extracts_audio_and_ten_frames_from_video(tmp_path):
     except Exception as e:  # an FFmpeg build without these encoders
         pytest.skip(f"cannot write a test video here: {e}")
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 nothing")
-    assert train_main(["prepare", "extract", str(tmp_path / "videos"), str(tmp_path / "as"), "-q"]) == 0
+    assert cli_main(["prepare", "extract", str(tmp_path / "videos"), str(tmp_path / "as"), "-q"]) == 3  # broken.mp4
     frames = sorted((tmp_path / "as" / "frames" / "--PJHxphWEs").iterdir())
     assert [p.name for p in frames] == [f"{i:02d}.jpg" for i in range(10)]
     wave, rate = sf.read(tmp_path / "as" / "clips" / "--PJHxphWEs.flac")

@@ -71,7 +71,7 @@ def test_two_processes_match_one(tmp_path, scenario):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "audioclip.train",
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "audioclip", "train",
          "-c", str(config), "-o", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )

@@ -1,4 +1,5 @@
-"""``python -m audioclip`` is the ``audioclip`` command."""
+"""``python -m audioclip`` is the ``audioclip`` command (also what torchrun launches:
+``torchrun --nproc_per_node=4 -m audioclip train ...``)."""
 
 import sys
 

@@ -9,7 +9,7 @@
 - :func:`run_zeroshot`, :func:`run_supervised`, :func:`run_querying` -> :class:`Report`;
   :func:`format_report` / :func:`write_outputs`: table, JSON, CSV, plots.
 - :mod:`audioclip.evaluate.metrics`: the metrics and their exact definitions.
-- :mod:`audioclip.evaluate.cli`: ``audioclip evaluate``.
+- ``audioclip evaluate`` (:mod:`audioclip.cli.evaluate`) runs them from the command line.
 
 See docs/reproduction.md for the commands that regenerate the paper's tables.
 """

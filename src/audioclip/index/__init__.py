@@ -2,7 +2,7 @@
 
 - :class:`Index`: build (incrementally) and query an index of audio, image and video files.
 - :class:`VectorStore`: the storage interface; :class:`LanceStore` implements it with LanceDB.
-- ``audioclip index``, ``audioclip search``, ``audioclip serve``: see :mod:`audioclip.index.cli`.
+- ``audioclip index``, ``audioclip search``, ``audioclip serve``: see :mod:`audioclip.cli.index`.
 
 See ``docs/search.md``. Names are imported on first use, so that the store can be used
 (and the commands' ``--help`` shown) without importing torch and the model.

@@ -5,10 +5,10 @@
 - :class:`Trainer`: one run (DDP under torchrun, AMP on GPU, atomic
   checkpoints, ``--resume``, best epoch by validation, official-format export).
 - :func:`run_cross_validation`: all folds, mean ± std.
-- :mod:`audioclip.train.cli`: the ``train`` and ``prepare`` commands.
+- ``audioclip train`` and ``audioclip prepare``: :mod:`audioclip.cli.train`.
 
 See docs/training.md. Names are imported on first use, so that importing
-:mod:`audioclip.train.cli` (for ``audioclip --help``) stays light.
+this package stays light.
 """
 
 from __future__ import annotations

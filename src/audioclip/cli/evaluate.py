@@ -1,7 +1,5 @@
-"""The ``audioclip evaluate`` command.
+"""``audioclip evaluate``: the paper's evaluations (the ``eval`` extra: torchmetrics, matplotlib).
 
-``register(subparsers)`` adds the ``evaluate`` parser (``func=run``) to the
-``audioclip`` command; ``python -m audioclip.evaluate ...`` runs it on its own.
 Examples::
 
     audioclip evaluate --task zeroshot --dataset esc50 --root /data/ESC-50 --checkpoint full
@@ -15,18 +13,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["add_arguments", "build_parser", "main", "register", "run"]
+from .options import (
+    EXIT_NOTHING_DONE,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    UsageError,
+    add_logging_options,
+    add_model_options,
+    add_output_options,
+    check_checkpoint,
+    check_device,
+    check_inputs,
+    check_output_dir,
+    check_templates,
+    error,
+    non_negative_int,
+    note,
+    positive_int,
+    read_list_file,
+    require_extra,
+    set_command,
+)
 
-EXIT_OK, EXIT_NOTHING_DONE, EXIT_SOME_FAILED = 0, 1, 3
+__all__ = ["DATASETS", "PAIRS", "TASKS", "fold_checkpoint", "register_evaluate"]
+
 PROMPT_SETS = ("label", "openai-imagenet")
 # the same as audioclip.evaluate.datasets.DATASETS / tasks.TASKS / tasks.PAIRS (a test checks),
 # spelled out so that building the parser imports neither torch nor the model
 DATASETS = ("esc50", "us8k", "audioset", "imagenet", "folder")
 TASKS = ("zeroshot", "supervised", "querying")
 PAIRS = ("text-image", "text-audio", "audio-image", "image-audio", "audio-audio")
+_RESULT_FILES = ("results.json", "summary.md")
 
 
 def _folds(text: str) -> list[int]:
@@ -39,18 +58,24 @@ def _folds(text: str) -> list[int]:
     return folds
 
 
-def _list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+def _pairs(text: str) -> list[str]:
+    pairs = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [p for p in pairs if p not in PAIRS]
+    if unknown or not pairs:
+        raise argparse.ArgumentTypeError(f"expected pairs among {', '.join(PAIRS)}, got {text!r}")
+    return pairs
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register_evaluate(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="the paper's evaluations: zero-shot, fine-tuned (supervised) and querying",
+        description="Reproduce the paper's evaluation tables on ESC-50, UrbanSound8K, AudioSet or ImageNet: "
+        "prints a table beside the paper's figures and writes results.json, results.csv and plots. "
+        "Audio is prepared as the original code did unless --conventions consistent. See docs/reproduction.md.",
+        epilog="exit status: 0 done; 1 nothing could be evaluated; 2 usage error; 3 done, but some files "
+        "could not be read (each is reported)",
+    )
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--task", choices=TASKS, help="zeroshot, supervised (fine-tuned checkpoints) or querying")
     what.add_argument("--dataset", choices=DATASETS, help="which dataset layout --root holds")
@@ -58,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--folds", type=_folds, metavar="LIST", help="only these folds, e.g. 1,2 (default: all)")
     what.add_argument("--modality", action="append", choices=("audio", "image", "both"),
                       help="zeroshot: classify by audio, image or both (repeatable; default: all the dataset has)")
-    what.add_argument("--pairs", type=_list, metavar="LIST",
+    what.add_argument("--pairs", type=_pairs, metavar="LIST",
                       help=f"querying: query-target pairs, e.g. text-audio,audio-image (default: all the dataset "
                       f"allows of {', '.join(PAIRS)})")
     what.add_argument("--relevance", choices=("exact", "overlap"), default="exact",
@@ -70,21 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="instead of evaluating: summarise the results.json files under these paths as the "
                       "paper's tables")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", default="full", metavar="NAME|PATH",
-                       help="registry name or file (default: full). supervised: a folder with fold<K>/model.pt "
-                       "(the cross-validation output of 'audioclip train --cv'), or a path with {fold} in it")
-    model.add_argument("--config", default=None, metavar="NAME|JSON",
-                       help="model configuration of the checkpoint (default: recognised from the file)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    model.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                       help="fp32 (default) reproduces the published numbers; bf16/fp16 are faster on a GPU")
-    model.add_argument("--cache-dir", help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
-    model.add_argument("--offline", action="store_true", default=None, help="never download")
+    add_model_options(
+        parser, checkpoint_help="registered weights or a checkpoint file (default: full). supervised: a folder "
+        "with fold<K>/model.pt (the cross-validation output of 'audioclip train --cv'), or a path with {fold} in it")
 
     prompts = parser.add_argument_group("prompts").add_mutually_exclusive_group()
     prompts.add_argument("--template", action="append", metavar="TEXT",
-                         help="prompt with {} for the label (repeatable: averaged; default: {} — the bare label "
+                         help="prompt with one {} for the label (repeatable: averaged; default: {} — the bare label "
                          "text, as the original's evaluation)")
     prompts.add_argument("--templates-file", metavar="FILE", help="one prompt template per line")
     prompts.add_argument("--prompt-set", choices=PROMPT_SETS,
@@ -94,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--conventions", choices=("original", "consistent"), default="original",
                         help="audio input conventions: original (default; those the published checkpoints were "
                         "trained and evaluated with) or consistent (this package's own)")
-    inputs.add_argument("--audio-length", type=_positive_int, metavar="SAMPLES",
+    inputs.add_argument("--audio-length", type=positive_int, metavar="SAMPLES",
                         help="centre crop / pad length (default: the dataset's: ESC-50 220500, UrbanSound8K 176400, "
                         "AudioSet 441000)")
     inputs.add_argument("--pad", choices=("zeros", "edge"),
@@ -108,61 +125,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--frames-dir", help="AudioSet: folder of extracted frames (<YTID>/*.jpg) under --root")
     inputs.add_argument("--class-names", metavar="FILE",
                         help="ImageNet: folder,name rows (default: CLIP's names for the 1000 WordNet-ID folders)")
-    inputs.add_argument("--batch-size", type=_positive_int, default=16, help="model batch size (default: 16)")
-    inputs.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0)")
+    inputs.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
+    inputs.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes (default: 0)")
 
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", "-o", metavar="DIR",
-                     help="results folder (default: eval-results/<task>-<dataset>-<checkpoint>)")
+    out = add_output_options(parser, metavar="DIR",
+                             help="results folder (default: eval-results/<task>-<dataset>-<checkpoint>); one "
+                             "holding earlier results is refused unless --overwrite",
+                             overwrite_help="write over the results already in the output folder")
     out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     out.add_argument("--embedding-cache", metavar="DIR",
                      help="where embeddings are kept between runs (default: $AUDIOCLIP_CACHE/eval-embeddings)")
     out.add_argument("--no-embedding-cache", action="store_true", help="neither read nor write cached embeddings")
-    out.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-
-
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` subcommand (sets ``func=run``)."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="the paper's evaluations: zero-shot, fine-tuned (supervised) and querying",
-        description="Reproduce the paper's evaluation tables on ESC-50, UrbanSound8K, AudioSet or ImageNet: "
-        "prints a table beside the paper's figures and writes results.json, results.csv and plots. "
-        "Audio is prepared as the original code did unless --conventions consistent. See docs/reproduction.md.",
-        epilog="exit status: 0 done; 1 nothing could be evaluated or bad arguments; 3 done, but some files "
-        "could not be read (each is reported)",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audioclip evaluate",
-        description="The paper's evaluations (zero-shot, fine-tuned, querying); see docs/reproduction.md.")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    add_logging_options(parser)
+    set_command(parser, run, on_interrupt="embeddings computed so far are kept in the cache")
     return parser
 
 
 def _templates(args) -> list[str]:
-    from ..inference import read_list_file
-
     if args.templates_file:
-        templates = read_list_file(args.templates_file)
-    elif args.prompt_set == "openai-imagenet":
+        return check_templates(read_list_file(args.templates_file, "templates"), source=args.templates_file)
+    if args.prompt_set == "openai-imagenet":
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
-    elif args.template:
-        templates = list(args.template)
-    else:
-        templates = ["{}"]
-    for t in templates:
-        if "{}" not in t:
-            raise ValueError(f"template {t!r} has no '{{}}' for the label")
-    return templates
+        return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    if args.template:
+        return check_templates(list(args.template))
+    return ["{}"]
 
 
 def _dataset_options(args) -> dict:
@@ -180,19 +168,23 @@ def fold_checkpoint(spec: str, fold: int | None) -> str:
     """The checkpoint of ``fold``: ``spec`` with ``{fold}`` filled in, ``spec/fold<K>/model.pt``, or ``spec``."""
     if "{fold}" in spec:
         if fold is None:
-            raise ValueError(f"--checkpoint {spec} has {{fold}} but the dataset has no folds")
+            raise UsageError(f"--checkpoint {spec} has {{fold}} but the dataset has no folds")
         return spec.format(fold=fold)
     path = Path(spec)
     if path.is_dir():
         if fold is None:
-            raise ValueError(f"--checkpoint {spec} is a folder; the dataset has no folds: give the checkpoint file")
+            raise UsageError(f"--checkpoint {spec} is a folder; the dataset has no folds: give the checkpoint file")
         for name in ("model.pt", "best.pt"):
             candidate = path / f"fold{fold}" / name
             if candidate.is_file():
                 return str(candidate)
-        raise ValueError(f"{spec}: no fold{fold}/model.pt (the layout 'audioclip train --cv' writes); "
+        raise UsageError(f"--checkpoint {spec}: no fold{fold}/model.pt (the layout 'audioclip train --cv' writes); "
                          "or give --checkpoint with {fold} in the path")
     return spec
+
+
+def _per_fold(spec: str) -> bool:
+    return "{fold}" in spec or Path(spec).is_dir()
 
 
 def _default_output(args) -> Path:
@@ -201,41 +193,79 @@ def _default_output(args) -> Path:
     return Path("eval-results") / f"{args.task}-{args.dataset}-{name}"
 
 
+def _check(args: argparse.Namespace) -> list[str]:
+    """Everything that can be checked before the dataset is read; returns the templates."""
+    missing = [f"--{n}" for n in ("task", "dataset", "root") if not getattr(args, n)]
+    if missing:
+        raise UsageError(f"evaluate needs {', '.join(missing)} (or --collect PATH to summarise earlier results)")
+    check_inputs([args.root], "--root")
+    for option, value in (("--class-names", args.class_names), ("--templates-file", args.templates_file)):
+        if value:
+            check_inputs([value], option)
+    templates = _templates(args)
+    if not _per_fold(args.checkpoint):
+        check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+    elif args.task != "supervised":
+        raise UsageError(f"--checkpoint {args.checkpoint}: one checkpoint per fold is for --task supervised")
+    check_device(args.device)
+    out = Path(args.output) if args.output else _default_output(args)
+    check_output_dir(out, overwrite=args.overwrite, markers=_RESULT_FILES)
+    return templates
+
+
+def _collect(args: argparse.Namespace) -> int:
+    check_inputs(args.collect)
+    if args.output:
+        check_output_dir(args.output, overwrite=args.overwrite, markers=("summary.md",))
+    from audioclip.evaluate.collect import collect
+
+    try:
+        text = collect(args.collect, output=args.output)
+    except ValueError as err:  # no results.json under the paths
+        error(args, err)
+        return EXIT_NOTHING_DONE
+    print(text)
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one evaluation (or ``--collect``); print the table; write the files. Returns the exit status."""
     if args.collect:
-        from .collect import collect
+        return _collect(args)
+    require_extra("eval", ("torchmetrics",) if args.no_plots else None)
+    templates = _check(args)
 
-        print(collect(args.collect, output=args.output))
-        return EXIT_OK
-    missing = [f"--{n}" for n in ("task", "dataset", "root") if not getattr(args, n)]
-    if missing:
-        raise ValueError(f"evaluate needs {', '.join(missing)} (or --collect)")
+    from audioclip.evaluate.conventions import conventions_for
+    from audioclip.evaluate.datasets import load_eval_set
+    from audioclip.evaluate.embed import EmbeddingStore, load_encoder
+    from audioclip.evaluate.report import format_report, write_outputs
+    from audioclip.evaluate.tasks import RunOptions, run_querying, run_supervised, run_zeroshot
 
-    from .conventions import conventions_for
-    from .datasets import load_eval_set
-    from .embed import EmbeddingStore, load_encoder
-    from .report import format_report, write_outputs
-    from .tasks import RunOptions, run_querying, run_supervised, run_zeroshot
-
-    templates = _templates(args)
-    data = load_eval_set(args.dataset, args.root, **_dataset_options(args))
+    try:
+        data = load_eval_set(args.dataset, args.root, **_dataset_options(args))
+    except ValueError as err:  # not the dataset's layout: nothing to evaluate
+        error(args, err)
+        return EXIT_NOTHING_DONE
     data = data.select_folds(args.folds)
     if not data.items:
-        print(f"audioclip: error: {data.title} at {args.root}: nothing to evaluate", file=sys.stderr)
+        error(args, f"{data.title} at {args.root}: nothing to evaluate")
         return EXIT_NOTHING_DONE
-    conventions = conventions_for(args.dataset, args.conventions, args.audio_length, args.pad) if "audio" in data.modalities else None
+    if args.task == "supervised" and _per_fold(args.checkpoint):
+        for fold in (args.folds or data.folds or [None]):  # every fold's checkpoint, before loading any
+            check_checkpoint(fold_checkpoint(args.checkpoint, fold), cache_dir=args.cache_dir, offline=args.offline)
+    conventions = (conventions_for(args.dataset, args.conventions, args.audio_length, args.pad)
+                   if "audio" in data.modalities else None)
     options = RunOptions(store=EmbeddingStore(args.embedding_cache, enabled=not args.no_embedding_cache),
                          batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda text: note(args, text)  # noqa: E731
     log(f"evaluating: {data.summary()}")
     if conventions is not None:
         log(f"audio input: {conventions.describe()}")
 
     def encoder(spec):
         log(f"loading checkpoint {spec}")
-        return load_encoder(spec, config=args.config, device=args.device or "auto", precision=args.precision,
-                            cache_dir=args.cache_dir, offline=args.offline)
+        return load_encoder(spec, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+                            offline=args.offline, audio_mode=args.audio_mode)
 
     common = dict(templates=templates, conventions=conventions, options=options)
     if args.task == "zeroshot":
@@ -245,12 +275,13 @@ def run(args: argparse.Namespace) -> int:
                               keep_paired=args.keep_paired, **common)
     else:
         spec = args.checkpoint
-        if "{fold}" not in spec and not Path(spec).is_dir() and data.folds:
+        if not _per_fold(spec) and data.folds:
             log(f"warning: the same checkpoint ({spec}) for every fold: a fine-tuned score needs, for each fold, "
                 "the checkpoint trained without it (a folder with fold<K>/model.pt, or a path with {fold})")
         report = run_supervised(lambda fold: encoder(fold_checkpoint(spec, fold)), data,
                                 folds=args.folds, label=spec, **common)
     print(format_report(report))
+    sys.stdout.flush()
     out = Path(args.output) if args.output else _default_output(args)
     files = write_outputs(report, out, plots=not args.no_plots)
     log(f"wrote {len(files)} files to {out}/ (results.json, results.csv, table.txt"
@@ -258,18 +289,3 @@ def run(args: argparse.Namespace) -> int:
     if not report.rows:
         return EXIT_NOTHING_DONE
     return EXIT_SOME_FAILED if report.failures else EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from ..checkpoints import CheckpointError
-
-    try:
-        return args.func(args)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"audioclip: error: {e}", file=sys.stderr)
-        return EXIT_NOTHING_DONE
-    except KeyboardInterrupt:
-        print("audioclip: interrupted (embeddings computed so far are kept in the cache)", file=sys.stderr)
-        return 130

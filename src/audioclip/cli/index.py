@@ -1,9 +1,4 @@
-"""``audioclip index``, ``audioclip search`` and ``audioclip serve``.
-
-:data:`COMMANDS` holds their ``register(subparsers)`` functions, as in
-:mod:`audioclip.cli`; each sets ``func(args) -> int``. Heavy modules are
-imported inside the commands, so ``--help`` stays fast.
-"""
+"""``audioclip index``, ``audioclip search`` and ``audioclip serve`` (the ``index`` extra: LanceDB)."""
 
 from __future__ import annotations
 
@@ -11,27 +6,34 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
+from pathlib import Path
 
-from audioclip.cli import (
+from .options import (
     EXIT_NOTHING_DONE,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_USAGE,
-    _error,
-    _non_negative_int,
-    _positive_float,
-    _positive_int,
+    UsageError,
+    add_logging_options,
+    add_model_options,
+    check_checkpoint,
+    check_device,
+    check_inputs,
+    error,
+    non_negative_float,
+    non_negative_int,
+    note,
+    port,
+    positive_float,
+    positive_int,
+    progress_bar,
+    set_command,
 )
+
+__all__ = ["register_index", "register_search", "register_serve"]
+
 _INDEX_EPILOG = ("exit status: 0 all files indexed (or nothing to do); 1 nothing could be indexed, or the index "
                  "cannot be used; 2 usage error; 3 some files failed (each is reported on stderr)")
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+_EXTRAS = [("index", None)]
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +41,44 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (default: the one the index was built with)")
-    group.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                       help="registry name (see 'audioclip checkpoints') or file; a new index defaults to 'full'")
-    group.add_argument("--config", default=None, metavar="NAME|JSON",
-                       help="model configuration of the checkpoint; a new index defaults to AudioCLIP-RN50")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                       help="fp32 is exact; bf16/fp16 are faster on a GPU")
-    group.add_argument("--cache-dir", help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
-    group.add_argument("--offline", action="store_true", default=None, help="never download")
+    add_model_options(parser, checkpoint_default=None, title="model (default: the one the index was built with)",
+                      checkpoint_help="registered weights (see 'audioclip checkpoints') or a checkpoint file "
+                      "(default: the index's own; a new index: full)")
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    if args.checkpoint is not None:
+        check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+    check_device(args.device)
+
+
+def _check_db_exists(args: argparse.Namespace) -> None:
+    if not Path(args.db).exists():
+        raise UsageError(f"--db {args.db}: no index here; build one with 'audioclip index FOLDER --db {args.db}'")
 
 
 def _open(args: argparse.Namespace, create: bool = False):
+    """The index, its model loaded on first use in the exact default audio mode, or now in another one."""
     from audioclip.index import Index
 
-    return Index.open(args.db, checkpoint=args.checkpoint, config=args.config, create=create, device=args.device,
-                      precision=args.precision, cache_dir=args.cache_dir, offline=args.offline)
+    options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline)
+    index = Index.open(args.db, checkpoint=args.checkpoint, create=create, **options)
+    if args.audio_mode == "default":
+        return index
+    from audioclip import factory
+
+    spec = args.checkpoint or (index.meta or {}).get("checkpoint_source") or "full"
+    model = factory.create_model(spec, device=args.device, audio_mode=args.audio_mode, cache_dir=args.cache_dir,
+                                 offline=args.offline)
+    return Index.open(args.db, checkpoint=spec, model=model, create=create, **options)
 
 
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
 
 
 # --------------------------------------------------------------------------
@@ -68,18 +87,20 @@ def _short(text: str, width: int) -> str:
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    if not args.inputs:
+        _check_db_exists(args)
+        return _print_stats(args)
+    check_inputs(args.inputs)
+    _check_model_options(args)
 
     from audioclip.index import IndexStoreError
 
-    if not args.inputs:
-        return _print_stats(args)
     try:
         index = _open(args, create=True)
     except IndexStoreError as err:
-        _error(err)
+        error(args, err)
         return EXIT_NOTHING_DONE
-    bar = tqdm(total=0, unit="file", dynamic_ncols=True, disable=None, file=sys.stderr)
+    bar = progress_bar(args, 0)
 
     def progress(event: str, path: str, detail: str | None) -> None:
         if event == "failed":
@@ -104,7 +125,7 @@ def _run_index(args: argparse.Namespace) -> int:
                            video_frames=args.video_frames, progress=progress, on_plan=planned)
     except IndexStoreError as err:
         bar.close()
-        _error(err)
+        error(args, err)
         return EXIT_NOTHING_DONE
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -121,8 +142,7 @@ def _run_index(args: argparse.Namespace) -> int:
         parts.append(f"{len(report.changed_during)} changed while indexing (run again)")
     if report.ignored:
         parts.append(f"{len(report.ignored)} non-media file(s) ignored")
-    print(f"{args.db}: {', '.join(parts)}; the index has {report.files} file(s), {report.rows} vector(s)",
-          file=sys.stderr)
+    note(args, f"{args.db}: {', '.join(parts)}; the index has {report.files} file(s), {report.rows} vector(s)")
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     if report.failed and report.indexed_now == 0 and not report.unchanged:
@@ -137,7 +157,7 @@ def _print_stats(args: argparse.Namespace) -> int:
         index = Index.open(args.db, create=False)
         stats, meta = index.stats(), index.meta or {}
     except IndexStoreError as err:
-        _error(err)
+        error(args, err)
         return EXIT_NOTHING_DONE
     sources = ", ".join(f"{n} {s}" for s, n in sorted(stats["by_source"].items())) or "empty"
     print(f"{args.db}: {stats['files']} file(s) ({sources}), {stats['vectors']} vector(s), "
@@ -147,7 +167,7 @@ def _print_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_index(subparsers: argparse._SubParsersAction) -> None:
+def register_index(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "index", help="index folders of sounds, pictures and videos for search (incremental)",
         description="Embed every audio, image and video file under the given folders into a search index. "
@@ -159,21 +179,22 @@ def _register_index(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prune", action="store_true", help="also drop indexed files that are gone from anywhere")
     parser.add_argument("--retry-failed", action="store_true",
                         help="try again files that failed before even if they have not changed")
-    parser.add_argument("--flush-every", type=_positive_int, default=32, metavar="FILES",
+    parser.add_argument("--flush-every", type=positive_int, default=32, metavar="FILES",
                         help="commit finished files every this many (default: 32; also every 10 s)")
     _add_model_options(parser)
     group = parser.add_argument_group("input (fixed when the index is created)")
-    group.add_argument("--batch-size", type=_positive_int, default=16, help="model batch size (default: 16)")
-    group.add_argument("--workers", type=_non_negative_int, default=0,
+    group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
+    group.add_argument("--workers", type=non_negative_int, default=0,
                        help="decoding processes (default: 0, decode in the main process)")
-    group.add_argument("--window", type=_positive_float, default=None,
+    group.add_argument("--window", type=positive_float, default=None,
                        help="audio window in seconds (default: 5)")
-    group.add_argument("--hop", type=_positive_float, default=None,
+    group.add_argument("--hop", type=positive_float, default=None,
                        help="seconds between window starts (default: the window)")
     group.add_argument("--mono", action="store_true", help="down-mix audio to one channel first")
     group.add_argument("--video-frames", choices=("central", "all"), default=None,
                        help="video: the central one of ten equally spaced frames (default), or all ten")
-    parser.set_defaults(func=_run_index)
+    add_logging_options(parser)
+    set_command(parser, _run_index, extras=_EXTRAS)
 
 
 # --------------------------------------------------------------------------
@@ -181,34 +202,31 @@ def _register_index(subparsers: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
-
-
 def _run_search(args: argparse.Namespace) -> int:
+    given = [x for x in (args.text, args.audio, args.image) if x]
+    if len(given) != 1:
+        raise UsageError("give exactly one query: TEXT, --audio FILE or --image FILE")
+    if args.text is not None and not args.text.strip():
+        raise UsageError("the text query is empty")
+    check_inputs([p for p in (args.audio, args.image) if p], "query file")
+    _check_db_exists(args)
+    _check_model_options(args)
+
     from audioclip.index import IndexStoreError, QueryError
     from audioclip.media import MediaError
 
-    given = [x for x in (args.text, args.audio, args.image) if x]
-    if len(given) != 1:
-        _error("give exactly one query: TEXT, --audio FILE or --image FILE")
-        return EXIT_USAGE
     try:
         index = _open(args)
         if index.store.count_rows() == 0:
-            _error(f"{args.db}: the index is empty; add files with 'audioclip index FOLDER --db {args.db}'")
+            error(args, f"{args.db}: the index is empty; add files with 'audioclip index FOLDER --db {args.db}'")
             return EXIT_NOTHING_DONE
         hits = index.search(args.text, audio=args.audio, image=args.image, k=args.k, modality=args.modality,
                             margin=args.merge_margin, exact=args.exact)
     except (IndexStoreError, QueryError, MediaError) as err:
-        _error(err)
+        error(args, err)
         return EXIT_NOTHING_DONE
     if not hits:
-        print(f"no {args.modality or 'indexed'} files to search", file=sys.stderr)
+        note(args, f"no {args.modality or 'indexed'} files to search")
         return EXIT_NOTHING_DONE
     for rank, hit in enumerate(hits, 1):
         if args.json:
@@ -219,7 +237,7 @@ def _run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _register_search(subparsers: argparse._SubParsersAction) -> None:
+def register_search(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "search", help="search an index by text, by a sound or by a picture",
         description="Rank the indexed files by cosine similarity to a text, a sound file or a picture. "
@@ -233,14 +251,15 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", metavar="FILE", help="query by this picture (or a video's frame)")
     parser.add_argument("--modality", choices=("audio", "image", "video"),
                         help="only files of this kind (default: all)")
-    parser.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="results (default: 10)")
+    parser.add_argument("-k", "--top-k", dest="k", type=positive_int, default=10, help="results (default: 10)")
     parser.add_argument("--json", action="store_true", help="one JSON object per result")
-    parser.add_argument("--merge-margin", type=_non_negative_float, default=0.02, metavar="COSINE",
+    parser.add_argument("--merge-margin", type=non_negative_float, default=0.02, metavar="COSINE",
                         help="adjacent windows scoring within this of the best are merged into its range "
                         "(default: 0.02)")
     parser.add_argument("--exact", action="store_true", help="exhaustive search even when an ANN index exists")
     _add_model_options(parser)
-    parser.set_defaults(func=_run_search)
+    add_logging_options(parser)
+    set_command(parser, _run_search, extras=_EXTRAS)
 
 
 # --------------------------------------------------------------------------
@@ -249,32 +268,34 @@ def _register_search(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from audioclip.index import IndexStoreError
+    _check_db_exists(args)
+    _check_model_options(args)
 
-    from .server import serve
+    from audioclip.index import IndexStoreError
+    from audioclip.index.server import serve
 
     try:
         index = _open(args)
     except IndexStoreError as err:
-        _error(err)
+        error(args, err)
         return EXIT_NOTHING_DONE
-    return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6))
+    return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6),
+                 quiet=args.quiet)
 
 
-def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="a web page to search an index (text, uploaded sound or picture)",
         description="Serve a search page for the index: a search box, sound and picture uploads, results with "
         "players starting at the matching time and thumbnails. Only indexed files are served. Uploads are "
-        "kept in a temporary folder for the duration of the query.")
+        "kept in a temporary folder for the duration of the query.",
+        epilog="exit status: 0 stopped (Ctrl-C); 1 the index or the address cannot be used; 2 usage error")
     _add_db(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                         "machine only; the page serves your indexed files to anyone who can reach it)")
-    parser.add_argument("--port", type=_non_negative_int, default=8000, help="port (default: 8000; 0: any free)")
-    parser.add_argument("--max-upload-mb", type=_positive_float, default=20.0, metavar="MB",
+    parser.add_argument("--port", type=port, default=8000, help="TCP port, 1-65535 (default: 8000)")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                         help="largest query upload (default: 20 MB)")
     _add_model_options(parser)
-    parser.set_defaults(func=_run_serve)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_register_index, _register_search, _register_serve]
+    add_logging_options(parser)
+    set_command(parser, _run_serve, extras=_EXTRAS)

@@ -1,0 +1,86 @@
+"""The ``audioclip`` command line: every subcommand is registered here, in :data:`COMMANDS`.
+
+- :mod:`.options`: the shared option groups (model, output, messages), argument
+  types, the checks made before a model is loaded, exit statuses and error
+  reporting;
+- :mod:`.inference`: ``classify``, ``embed``, ``similarity``, ``checkpoints``, ``download``;
+- :mod:`.index`: ``index``, ``search``, ``serve``;
+- :mod:`.evaluate`: ``evaluate``;
+- :mod:`.train`: ``train``, ``prepare``.
+
+The command line is the top layer: it imports the rest of the package, nothing
+below imports it. Building the parser imports neither torch nor the model;
+each command imports what it needs after checking its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import evaluate, index, inference, train
+from .options import EXIT_USAGE, run
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: ``register(subparsers)`` of every subcommand, in the order ``audioclip --help`` lists them
+COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
+    inference.register_checkpoints,
+    inference.register_download,
+    inference.register_classify,
+    inference.register_embed,
+    inference.register_similarity,
+    index.register_index,
+    index.register_search,
+    index.register_serve,
+    evaluate.register_evaluate,
+    train.register_train,
+    train.register_prepare,
+]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("audioclip")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"audioclip {_version()}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audioclip", description="AudioCLIP: text, image and audio in one embedding space.",
+        epilog="exit status of every command: 0 done; 1 nothing could be processed, or an error; 2 usage error; "
+        "3 some inputs failed. 'audioclip COMMAND --help' documents each.")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse's own usage errors exit with status 2
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

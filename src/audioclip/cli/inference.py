@@ -1,0 +1,428 @@
+"""``audioclip classify``, ``embed``, ``similarity``, ``checkpoints`` and ``download``.
+
+Each ``run_*`` checks everything it can first (labels, templates, inputs,
+output, checkpoint name, device), then imports torch and loads the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .options import (
+    EXIT_NOTHING_DONE,
+    EXIT_OK,
+    STATUS_EPILOG,
+    UsageError,
+    add_logging_options,
+    add_model_options,
+    add_output_options,
+    check_checkpoint,
+    check_device,
+    check_inputs,
+    check_output_file,
+    check_templates,
+    error,
+    exit_status,
+    non_negative_int,
+    note,
+    positive_float,
+    positive_int,
+    progress_bar,
+    read_list_file,
+    set_command,
+    shard,
+    verbose,
+)
+
+__all__ = ["load_model", "register_checkpoints", "register_classify", "register_download", "register_embed",
+           "register_similarity"]
+
+EMBED_SUFFIXES = (".parquet", ".npy", ".jsonl")
+
+
+# --------------------------------------------------------------------------
+# shared by the commands that run the model on files
+# --------------------------------------------------------------------------
+
+
+def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) -> None:
+    group = parser.add_argument_group("input")
+    group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
+    group.add_argument("--workers", type=non_negative_int, default=0,
+                       help="decoding processes (default: 0, decode in the main process)")
+    if windows:
+        group.add_argument("--window", type=positive_float, default=5.0,
+                           help="audio window in seconds (default: 5, the ESC-50 clip length)")
+        group.add_argument("--hop", type=positive_float, default=None,
+                           help="seconds between window starts (default: the window)")
+        group.add_argument("--mono", action="store_true", help="down-mix audio to one channel first")
+        group.add_argument("--video-frames", choices=("central", "all"), default="central",
+                           help="video: the central one of ten equally spaced frames, or all ten")
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+    check_device(args.device)
+
+
+def load_model(args: argparse.Namespace):
+    """The model the options name, on its device, in eval mode (``audioclip.factory.create_model``)."""
+    from audioclip import factory
+
+    start = time.perf_counter()
+    model = factory.create_model(args.checkpoint, device=args.device, audio_mode=args.audio_mode,
+                                 cache_dir=args.cache_dir, offline=args.offline, progress=not args.quiet)
+    info = getattr(model, "pretrained_cfg", {}) or {}
+    verbose(args, f"loaded {args.checkpoint} ({info.get('architecture')}, audio mode {args.audio_mode}) on "
+            f"{next(model.parameters()).device} in {time.perf_counter() - start:.1f} s")
+    return model
+
+
+def _decode_options(args: argparse.Namespace, model):
+    from audioclip.inference import DecodeOptions
+
+    return DecodeOptions(window=args.window, hop=args.hop, mono=args.mono,
+                         image_size=model.visual.image_size, video_frames=args.video_frames)
+
+
+def _embed(args: argparse.Namespace, model, paths):
+    from audioclip.inference import embed_files
+
+    return embed_files(model, paths, batch_size=args.batch_size, workers=args.workers,
+                       precision=args.precision, options=_decode_options(args, model))
+
+
+def _expand(args: argparse.Namespace, inputs) -> tuple[list[str], list[str]]:
+    """Files to process: the named ones and the media files under the named folders."""
+    from audioclip.inference import expand_paths
+
+    return expand_paths(inputs)
+
+
+# --------------------------------------------------------------------------
+# audioclip checkpoints
+# --------------------------------------------------------------------------
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    from audioclip import checkpoints
+
+    folder = checkpoints.cache_dir(args.cache_dir)
+    rows = [("NAME", "FILE", "SIZE (MB)", "CACHED", "KIND")]
+    for name, weights in checkpoints.REGISTRY.items():
+        cached = checkpoints.cached_path(weights, folder) is not None
+        rows.append((name, weights.filename, f"{weights.size / 1e6:.1f}", "yes" if cached else "no", weights.kind))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"\ncache folder: {folder}")
+    return EXIT_OK
+
+
+def register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("checkpoints", help="list the known pretrained checkpoints",
+                                   description="List the registered weights and whether they are in the cache.")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
+    add_logging_options(parser)
+    set_command(parser, _run_checkpoints)
+
+
+# --------------------------------------------------------------------------
+# audioclip download
+# --------------------------------------------------------------------------
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from audioclip import checkpoints
+
+    status = EXIT_OK
+    for name in args.names:
+        try:
+            path, _ = checkpoints.resolve(name, cache_dir=args.cache_dir, progress=not args.quiet, verify=True,
+                                          offline=args.offline)
+        except checkpoints.CheckpointError as err:
+            error(args, err)  # report it and go on with the other names
+            status = EXIT_NOTHING_DONE
+        else:
+            print(path)
+    return status
+
+
+def register_download(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "download", help="download checkpoints into the cache and verify them",
+        description="Download named checkpoints into the cache folder (verifying their sha256) "
+        "and print their paths. Already cached files are verified again.",
+        epilog="exit status: 0 every name downloaded and verified; 1 a name is unknown or could not be downloaded "
+        "(each is reported; the others are still downloaded); 2 usage error")
+    parser.add_argument("names", nargs="+", metavar="NAME", help="checkpoint name (see 'audioclip checkpoints')")
+    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
+    parser.add_argument("--offline", action="store_true", default=None, help="only verify what is cached")
+    add_logging_options(parser)
+    set_command(parser, _run_download)
+
+
+# --------------------------------------------------------------------------
+# audioclip classify
+# --------------------------------------------------------------------------
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    if args.labels_file:
+        labels = read_list_file(args.labels_file, "labels")
+    else:
+        labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+        if not labels:
+            raise UsageError("no labels: give --labels 'dog,rain,siren' or --labels-file FILE")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise UsageError(f"label {repeated[0]!r} is given more than once")
+    return labels
+
+
+def _templates(args: argparse.Namespace) -> list[str]:
+    if args.templates_file:
+        return check_templates(read_list_file(args.templates_file, "templates"), source=args.templates_file)
+    return check_templates([args.template])
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    labels, templates = _labels(args), _templates(args)
+    check_inputs(args.files)
+    _check_model_options(args)
+
+    paths, _ = _expand(args, args.files)
+    if not paths:
+        error(args, "no audio, image or video files in the inputs")
+        return EXIT_NOTHING_DONE
+    from audioclip.inference import text_classifier, zero_shot
+
+    model = load_model(args)
+    classes = text_classifier(model, labels, templates)
+
+    done = failed = 0
+    for result in _embed(args, model, paths):
+        if not result.ok:
+            error(args, f"{result.path}: {result.error}")
+            failed += 1
+            continue
+        audio, image = result.pooled("audio"), result.pooled("image")
+        probs = zero_shot(model, classes,
+                          audio=None if audio is None else audio[None],
+                          image=None if image is None else image[None])[0]
+        top = probs.topk(min(args.top_k, len(labels)))
+        ranked = [(labels[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        used = "+".join(m for m, v in (("audio", audio), ("image", image)) if v is not None)
+        if args.json:
+            print(json.dumps({"path": result.path, "modality": used,
+                              "labels": [{"label": label, "probability": p} for label, p in ranked]}), flush=True)
+        else:
+            print(f"{result.path} ({used})")
+            for label, p in ranked:
+                print(f"  {p:7.2%}  {label}")
+            sys.stdout.flush()
+        done += 1
+    return exit_status(done, failed)
+
+
+def register_classify(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify", help="zero-shot labels for audio, image and video files",
+        description="Zero-shot classification: each file is compared with the text of every label. "
+        "Audio is classified by its sound (long files: windows pooled), images by their picture, "
+        "videos by both together.", epilog=STATUS_EPILOG)
+    parser.add_argument("files", nargs="+", metavar="FILE", help="files or folders")
+    labels = parser.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help="comma-separated labels, e.g. 'dog,rain,siren'")
+    labels.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
+    templates = parser.add_mutually_exclusive_group()
+    templates.add_argument("--template", default="{}",
+                           help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")
+    templates.add_argument("--templates-file", metavar="FILE",
+                           help="one prompt template per line; their embeddings are averaged")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="labels shown per file (default: 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per file")
+    add_model_options(parser)
+    _add_input_options(parser)
+    add_logging_options(parser)
+    set_command(parser, _run_classify)
+
+
+# --------------------------------------------------------------------------
+# audioclip embed
+# --------------------------------------------------------------------------
+
+
+def _remove_output(out) -> None:
+    """Everything an earlier embed wrote at ``out``: the file, its parts, an .npy's index."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    if parts.is_dir():
+        shutil.rmtree(parts)
+    if out.suffix.lower() == ".npy" and out.with_suffix(".jsonl").is_file():
+        out.with_suffix(".jsonl").unlink()
+    if out.is_file():
+        out.unlink()
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    check_inputs(args.inputs)
+    check_output_file(args.output, overwrite=args.overwrite, resumable=True,
+                      suffixes=None if args.format else EMBED_SUFFIXES)
+    _check_model_options(args)
+
+    paths, ignored = _expand(args, args.inputs)
+    if args.shard:
+        from audioclip.inference import shard as shard_of
+
+        index, count = args.shard
+        paths = shard_of(paths, index, count)
+    model = load_model(args)
+
+    from audioclip.embeddings_io import EmbeddingWriter
+    from audioclip.factory import checkpoint_id
+
+    if args.overwrite:
+        _remove_output(args.output)
+    writer = EmbeddingWriter(args.output, checkpoint=checkpoint_id(model), fmt=args.format,
+                             part_size=args.flush_every)
+    done_before = writer.done_paths()
+    todo = [p for p in paths if p not in done_before]
+    skipped = len(paths) - len(todo)
+    if skipped:
+        note(args, f"resuming: {skipped} file(s) already in {args.output}")
+
+    done = failed = 0
+    failures = []
+    with progress_bar(args, len(todo)) as bar:
+        for result in _embed(args, model, todo):
+            if result.ok:
+                writer.add(result)
+                done += 1
+            else:
+                failures.append((result.path, result.error))
+                bar.write(f"audioclip: skipped {result.path}: {result.error}", file=sys.stderr)
+                failed += 1
+            bar.update()
+    rows = writer.finalize()
+    note(args, f"{done + skipped} file(s) embedded ({done} now, {skipped} before), {failed} failed, "
+         f"{len(ignored)} non-media file(s) ignored; {rows} rows in {args.output}")
+    for path, reason in failures:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    return exit_status(done + skipped, failed)
+
+
+def register_embed(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embed", help="embed audio, image and video files into a Parquet (or .npy/.jsonl) file",
+        description="Embed every file (folders are searched recursively for media files). "
+        "Rows: path, source, modality, kind (window|pooled|image|frame), start, end, checkpoint, "
+        "embedding (L2-normalised). Finished files are saved as the job goes; a re-run with the "
+        "same output skips files already embedded with the same checkpoint (--overwrite starts over).",
+        epilog=STATUS_EPILOG)
+    parser.add_argument("inputs", nargs="+", metavar="PATH", help="files or folders")
+    group = add_output_options(
+        parser, required=True, help="output file: .parquet, .npy (vectors, with a .jsonl index beside them) "
+        "or .jsonl; an existing one from an earlier run is continued",
+        overwrite_help="start an existing output over instead of continuing it")
+    group.add_argument("--format", choices=("parquet", "npy", "jsonl"),
+                       help="output format whatever the file name (default: from its suffix)")
+    parser.add_argument("--shard", type=shard, metavar="K/N",
+                        help="embed only shard K of N (1-based); N runs together cover every file once")
+    parser.add_argument("--flush-every", type=positive_int, default=64, metavar="FILES",
+                        help="save progress every this many files (default: 64)")
+    add_model_options(parser)
+    _add_input_options(parser)
+    add_logging_options(parser)
+    set_command(parser, _run_embed)
+
+
+# --------------------------------------------------------------------------
+# audioclip similarity
+# --------------------------------------------------------------------------
+
+
+def _run_similarity(args: argparse.Namespace) -> int:
+    total = len(args.audio) + len(args.image) + len(args.text)
+    if total < 2:
+        raise UsageError(f"give at least two items to compare (--audio FILE, --image FILE, --text TEXT); got {total}")
+    check_inputs([*args.audio, *args.image])
+    _check_model_options(args)
+
+    import torch
+
+    from audioclip.inference import embed_files
+
+    model = load_model(args)
+    items: list[tuple[str, str, torch.Tensor]] = []  # (name, modality, vector)
+    failed = 0
+    files = [(p, "audio") for p in args.audio] + [(p, "image") for p in args.image]
+    results = embed_files(model, [p for p, _ in files], batch_size=args.batch_size, workers=args.workers,
+                          precision=args.precision)
+    for (path, modality), result in zip(files, results):
+        vector = result.pooled(modality) if result.ok else None
+        if vector is None:
+            error(args, f"{path}: {result.error or f'no {modality} in this file'}")
+            failed += 1
+            continue
+        items.append((path, modality, vector))
+    if args.text:
+        with torch.inference_mode():
+            text = torch.nn.functional.normalize(model.encode_text(args.text).float(), dim=-1).cpu()
+        items += [(t, "text", v) for t, v in zip(args.text, text)]
+    if len(items) < 2:
+        error(args, "fewer than two items could be embedded: nothing to compare")
+        return EXIT_NOTHING_DONE
+
+    scales = {k: v.item() for k, v in model.logit_scales().items()}
+    pair_scale = {("audio", "image"): scales["audio_image"], ("audio", "text"): scales["audio_text"],
+                  ("image", "text"): scales["image_text"]}
+    if not args.json:
+        print(f"{'A':<40} {'B':<40} {'cosine':>8} {'logit':>8}")
+    for i, (name_a, mod_a, a) in enumerate(items):
+        for name_b, mod_b, b in items[i + 1:]:
+            cosine = float(a @ b)
+            scale = pair_scale.get((mod_a, mod_b)) or pair_scale.get((mod_b, mod_a))
+            logit = scale * cosine if scale else None
+            if args.json:
+                print(json.dumps({"a": name_a, "b": name_b, "modality_a": mod_a, "modality_b": mod_b,
+                                  "cosine": cosine, "logit": logit}))
+            else:
+                shown = f"{logit:8.3f}" if logit is not None else f"{'-':>8}"
+                print(f"{_short(_label(name_a, mod_a)):<40} {_short(_label(name_b, mod_b)):<40} {cosine:8.4f} {shown}")
+    return exit_status(len(items), failed)
+
+
+def _label(name: str, modality: str) -> str:
+    return f'"{name}"' if modality == "text" else name
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def register_similarity(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "similarity", help="cosine similarities and logits between sounds, pictures and texts",
+        description="Print the cosine similarity of every pair of the given items (at least two), and the "
+        "model's logit (similarity times the pair's learned temperature) for pairs of different modalities.",
+        epilog=STATUS_EPILOG)
+    parser.add_argument("--audio", action="append", default=[], metavar="FILE",
+                        help="an audio (or video) file; repeatable")
+    parser.add_argument("--image", action="append", default=[], metavar="FILE",
+                        help="an image (or video) file; repeatable")
+    parser.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text; repeatable")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per pair: a, b, modality_a, modality_b, cosine, logit "
+                        "(null for two items of one modality)")
+    add_model_options(parser)
+    _add_input_options(parser, windows=False)
+    add_logging_options(parser)
+    set_command(parser, _run_similarity)

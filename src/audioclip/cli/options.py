@@ -1,0 +1,471 @@
+"""What every ``audioclip`` command shares: option groups, argument types, checks, exit codes, errors.
+
+- Option groups: :func:`add_model_options` (``--checkpoint``, ``--device``,
+  ``--audio-mode``, ``--precision``, ``--cache-dir``, ``--offline``),
+  :func:`add_output_options` (``-o/--output``, ``--overwrite``) and
+  :func:`add_logging_options` (``-q``, ``-v``, ``--debug``): the same names,
+  defaults and meanings wherever they appear.
+- Checks made before a model is loaded (and, except for a CUDA device, before
+  torch is imported): :func:`check_checkpoint`, :func:`check_device`,
+  :func:`check_inputs`, :func:`check_templates`, :func:`read_list_file`,
+  :func:`check_output_file`, :func:`check_output_dir`. They raise
+  :class:`UsageError`.
+- :func:`require_extra`: a command whose optional dependencies are missing
+  stops with the ``pip install "audioclip[...]"`` line to run.
+- :func:`run`: runs a parsed command and turns what it raises into exit
+  statuses: 0 done, 1 nothing could be processed (or an error), 2 usage error,
+  3 some inputs failed; 130 interrupted. Errors are one line,
+  ``audioclip CMD: error: ...``; ``--debug`` adds the traceback.
+
+Nothing here imports torch at module level: building the parser and the
+checks that need no model stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "AUDIO_MODES",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOTHING_DONE",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "EXTRAS",
+    "PRECISIONS",
+    "STATUS_EPILOG",
+    "UsageError",
+    "add_logging_options",
+    "add_model_options",
+    "add_output_options",
+    "check_checkpoint",
+    "check_device",
+    "check_inputs",
+    "check_output_dir",
+    "check_output_file",
+    "check_templates",
+    "error",
+    "exit_status",
+    "note",
+    "progress_bar",
+    "read_list_file",
+    "require_extra",
+    "run",
+    "verbose",
+]
+
+# -- exit statuses ------------------------------------------------------------------------------
+
+EXIT_OK, EXIT_NOTHING_DONE, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+
+STATUS_EPILOG = (
+    "exit status: 0 done (every input processed); 1 nothing could be processed, or an error; "
+    "2 usage error; 3 some inputs failed (each is reported on stderr)"
+)
+
+
+def exit_status(done: int, failed: int) -> int:
+    """0 when everything was processed, 3 when some inputs failed, 1 when none could be processed."""
+    if done == 0:
+        return EXIT_NOTHING_DONE
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+class UsageError(ValueError):
+    """A command-line mistake found after parsing: reported as one line, exit status 2."""
+
+
+# -- values offered on the command line ------------------------------------------------------------
+
+#: ``--audio-mode`` choices: :data:`audioclip.model.transforms.AUDIO_MODES` without ``int8``,
+#: which needs calibration waveforms (Python API only). Spelled out so that building the
+#: parser imports no torch; a test checks they agree.
+AUDIO_MODES = ("default", "fused", "bf16", "plain")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+#: extra -> the modules it provides that its commands cannot run without
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "index": ("lancedb",),
+    "train": ("yaml", "webdataset"),
+    "eval": ("torchmetrics", "matplotlib"),
+}
+
+
+# -- argument types ----------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(float, text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _number(int, text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {value}")
+    return value
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``K/N`` (1-based) -> ``(K - 1, N)``."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N like 1/4, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"need 1 <= K <= N, got {text!r}")
+    return k - 1, n
+
+
+def device(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether the GPU exists is checked later: :func:`check_device`)."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            from None
+
+
+# -- option groups -----------------------------------------------------------------------------
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    *,
+    checkpoint_default: str | None = "full",
+    checkpoint_help: str | None = None,
+    title: str = "model",
+    precision: bool = True,
+    audio_mode: bool = True,
+    cache: bool = True,
+) -> argparse._ArgumentGroup:
+    """``--checkpoint``, ``--device``, ``--audio-mode``, ``--precision``, ``--cache-dir``, ``--offline``.
+
+    ``checkpoint_default=None`` where the default comes from elsewhere (an
+    index's own checkpoint, a training config's starting weights).
+    """
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--checkpoint", default=checkpoint_default, metavar="NAME|PATH",
+        help=checkpoint_help or "registered weights (see 'audioclip checkpoints'), an architecture (random "
+        f"weights) or a checkpoint file, whose architecture is recognised from it (default: {checkpoint_default})")
+    group.add_argument(
+        "--device", default="auto", type=device, metavar="DEVICE",
+        help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
+    if audio_mode:
+        group.add_argument(
+            "--audio-mode", default="default", choices=AUDIO_MODES,
+            help="how the audio head computes (docs/performance.md): default (exact to float32 rounding), "
+            "fused (BatchNorm folded, float32, within the equivalence tolerances), bf16 (bfloat16 trunk: fast "
+            "on GPUs and CPUs with AMX/AVX512-BF16, less exact), plain (the original's computation, slow); "
+            "int8 is in the Python API (it needs calibration clips)")
+    if precision:
+        group.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                           help="fp32 (default) is exact; bf16/fp16 are faster on a GPU")
+    if cache:
+        group.add_argument("--cache-dir", metavar="DIR",
+                           help="checkpoint cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
+        group.add_argument("--offline", action="store_true", default=None,
+                           help="never download (also: AUDIOCLIP_OFFLINE=1)")
+    return group
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    metavar: str = "FILE",
+    help: str,
+    overwrite_help: str = "replace an existing output (default: refuse it)",
+) -> argparse._ArgumentGroup:
+    """``-o/--output`` and ``--overwrite``."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return group
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``-q/--quiet``, ``-v/--verbose``, ``--debug``."""
+    group = parser.add_argument_group("messages")
+    both = group.add_mutually_exclusive_group()
+    both.add_argument("-q", "--quiet", action="store_true",
+                      help="only results and errors: no progress bars, notes or summaries")
+    both.add_argument("-v", "--verbose", action="store_true", help="also say what is loaded and how long it took")
+    group.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    return group
+
+
+def set_command(parser: argparse.ArgumentParser, func, **defaults) -> None:
+    """``func(args) -> int`` runs the command; ``args.prog`` names it in messages."""
+    defaults.setdefault("prog", parser.prog)
+    parser.set_defaults(func=func, **defaults)
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+def _prog(args: argparse.Namespace | None) -> str:
+    return getattr(args, "prog", None) or "audioclip"
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split()) or "(no message)"
+
+
+def error(args: argparse.Namespace | None, message: object) -> None:
+    """``audioclip CMD: error: MESSAGE`` on stderr, one line."""
+    print(f"{_prog(args)}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    """A message on stderr, unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def verbose(args: argparse.Namespace, message: str) -> None:
+    """A message on stderr with ``--verbose`` or ``--debug``."""
+    if getattr(args, "verbose", False) or getattr(args, "debug", False):
+        print(f"{_prog(args)}: {message}", file=sys.stderr, flush=True)
+
+
+def progress_bar(args: argparse.Namespace, total: int, unit: str = "file"):
+    """A tqdm bar on stderr: shown on a terminal, never with ``--quiet``."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                disable=True if getattr(args, "quiet", False) else None)
+
+
+# -- checks made before anything heavy ------------------------------------------------------------------
+
+
+def _architectures() -> list[str]:
+    """The bundled architecture names, read from the package data (as ``audioclip.factory.list_models``).
+
+    Read here because ``list_models`` imports :mod:`audioclip.model`, whose
+    package imports torch and open_clip: 3-5 s before a usage error.
+    """
+    from importlib import resources
+
+    return sorted(f.name[: -len(".json")] for f in resources.files("audioclip.model_configs").iterdir()
+                  if f.name.endswith(".json"))
+
+
+def check_checkpoint(name: str | os.PathLike, *, cache_dir=None, offline=None, option: str = "--checkpoint") -> str:
+    """What ``name`` is for :func:`audioclip.factory.create_model`: ``"architecture"``, ``"registry"`` or ``"file"``.
+
+    The same answer as :func:`audioclip.factory.describe_source`, told without
+    importing torch; a usage error if ``name`` is none of them. Registered
+    weights that are neither cached nor downloadable (offline) are reported
+    here too, as the error the load would raise (exit 1).
+    """
+    from audioclip import checkpoints
+
+    text = os.fspath(name)
+    if text in _architectures():
+        return "architecture"
+    weights = checkpoints.lookup(text)
+    if weights is None:
+        path = Path(text).expanduser()
+        if path.exists():
+            if path.is_dir():
+                raise UsageError(f"{option} {text}: is a folder, not a checkpoint file")
+            return "file"
+        weights = checkpoints.lookup_filename(text)
+    if weights is None:
+        known = ", ".join([*checkpoints.REGISTRY, *_architectures()])
+        raise UsageError(f"{option} {text}: neither an existing file, a registered checkpoint nor an architecture; "
+                         f"known names: {known}")
+    if checkpoints.offline_mode(offline) and checkpoints.cached_path(weights, cache_dir) is None:
+        checkpoints.resolve(text, cache_dir=cache_dir, offline=True)  # raises CheckpointError: not cached, offline
+    return "registry"
+
+
+def check_device(name: str | None, option: str = "--device") -> None:
+    """A CUDA device must exist (this imports torch, but loads no model); auto and cpu always do."""
+    if name in (None, "auto", "cpu"):
+        return
+    from audioclip.factory import resolve_device
+
+    try:
+        resolve_device(name)
+    except ValueError as err:
+        raise UsageError(f"{option} {name}: {err}") from None
+
+
+def check_inputs(paths: Iterable[str | os.PathLike], what: str = "input") -> None:
+    """Every path exists (a file or a folder)."""
+    missing = [os.fspath(p) for p in paths if not Path(p).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"{what} not found: {missing[0]}{more}")
+
+
+def read_list_file(path: str | os.PathLike, what: str = "entries") -> list[str]:
+    """The non-empty lines of a UTF-8 text file, without ``#`` comments; a usage error if none or unreadable."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a folder, not a text file") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 text file") from None
+    items = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not items:
+        raise UsageError(f"{path}: no {what} (one per line expected)")
+    return items
+
+
+def check_templates(templates: Sequence[str], source: str | None = None) -> list[str]:
+    """Each template has exactly one bare ``{}`` (:func:`audioclip.prompts.check_template`)."""
+    from audioclip.prompts import check_template
+
+    for i, template in enumerate(templates):
+        try:
+            check_template(template)
+        except ValueError as err:
+            where = f"{source}, line {i + 1}: " if source else ""
+            raise UsageError(f"{where}{err}") from None
+    return list(templates)
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    suffixes: Sequence[str] | None = None,
+    resumable: bool = False,
+) -> Path:
+    """An output file: not a folder, an allowed suffix, and not an existing file unless allowed.
+
+    ``resumable``: an existing output is continued (the command checks it is
+    its own); ``overwrite`` lets the command start it over.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"-o {path}: is a folder; give a file name"
+                         + (f" ending in {', '.join(suffixes)}" if suffixes else ""))
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        got = f"'{out.suffix}'" if out.suffix else "no suffix"
+        raise UsageError(f"-o {path}: {got}; the output is one of {', '.join(suffixes)} (or give --format)")
+    if out.exists() and not (overwrite or resumable):
+        raise UsageError(f"-o {path}: exists; --overwrite replaces it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"-o {path}: {parent} is not a folder")
+    return out
+
+
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, markers: Sequence[str] = (),
+                     hint: str = "--overwrite replaces it") -> Path:
+    """An output folder: not a file; refused when it holds one of ``markers`` (a finished output) unless ``overwrite``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {path}: exists and is not a folder")
+    if not overwrite and out.is_dir():
+        found = [m for m in markers if any(out.glob(m))]
+        if found:
+            raise UsageError(f"-o {path}: holds an earlier output ({found[0]}); {hint}")
+    return out
+
+
+# -- optional dependencies ------------------------------------------------------------------------------
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (cheap)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_extra(extra: str, modules: Sequence[str] | None = None) -> None:
+    """A usage error naming ``pip install "audioclip[extra]"`` unless the extra's modules are installed."""
+    needed = EXTRAS[extra] if modules is None else modules
+    missing = [m for m in needed if not _importable(m)]
+    if missing:
+        raise UsageError(f"this command needs the optional dependencies of audioclip[{extra}] "
+                         f"({', '.join(missing)} missing): pip install \"audioclip[{extra}]\"")
+
+
+# -- running a command --------------------------------------------------------------------------------------
+
+
+def _plain_error(err: BaseException) -> bool:
+    """Errors whose message is the whole story: this package's own, files, media, checkpoints."""
+    if isinstance(err, OSError):
+        return True
+    return any(cls.__module__.split(".")[0] == "audioclip" for cls in type(err).__mro__)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)`` and return its exit status, reporting errors as one line each."""
+    try:
+        for extra, modules in getattr(args, "extras", ()):
+            require_extra(extra, modules)
+        status = args.func(args)
+        return EXIT_OK if status is None else int(status)
+    except UsageError as err:
+        error(args, err)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        what = getattr(args, "on_interrupt", None)
+        print(f"{_prog(args)}: interrupted" + (f" ({what})" if what else ""), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as err:  # noqa: BLE001 (the command line's last resort: one line, not a traceback)
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=sys.stderr)
+        if _plain_error(err):
+            error(args, err)
+        else:
+            hint = "" if getattr(args, "debug", False) else " (--debug shows the traceback)"
+            error(args, f"{type(err).__name__}: {_one_line(err)}{hint}")
+        return EXIT_NOTHING_DONE
