@@ -25,6 +25,7 @@ _EXPORTS = {
     "load_video_frames": "audioclip.media",
     "embed_files": "audioclip.inference",
     "classify": "audioclip.inference",
+    "pipeline": "audioclip.pipelines",
     "Index": "audioclip.index",
 }
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .factory import checkpoint_id, create_model, list_models, list_pretrained
     from .index import Index
     from .inference import classify, embed_files
+    from .pipelines import pipeline
     from .media import MediaError, load_audio, load_image, load_video_frames
     from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp, TextTooLongWarning, tokenize
 

@@ -84,6 +84,11 @@ class ModelSource:
     path: Path | None = None
 
 
+HUB_PREFIX = "hf-hub:"
+HUB_CONFIG = "config.json"  # names the architecture (and its full config) of a Hub folder
+HUB_WEIGHTS = "model.safetensors"
+
+
 def describe_source(name: str | os.PathLike) -> ModelSource:
     """Tell what ``name`` is without importing torch or downloading; raise ``CheckpointError`` if nothing.
 
@@ -93,13 +98,20 @@ def describe_source(name: str | os.PathLike) -> ModelSource:
     text = os.fspath(name)
     if text in list_models():
         return ModelSource(text, "architecture", text)
+    if text.startswith(HUB_PREFIX):
+        repo, _, _ = text[len(HUB_PREFIX):].partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise CheckpointError(f"{text!r}: a Hub model is named hf-hub:ORG/NAME (optionally @REVISION)")
+        return ModelSource(text, "hub", None)
     weights = checkpoints.lookup(text)
     if weights is not None:
         return ModelSource(text, "registry", weights.architecture, weights)
     path = Path(text).expanduser()
     if path.exists():
         if path.is_dir():
-            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+            if (path / HUB_CONFIG).is_file():
+                return ModelSource(text, "folder", None, path=path)
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file (nor a model folder with {HUB_CONFIG})")
         return ModelSource(text, "file", None, path=path)
     weights = checkpoints.lookup_filename(text)
     if weights is not None:
@@ -249,6 +261,61 @@ def load_trunk(head: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
 
 
 # --------------------------------------------------------------------------
+# Hugging Face Hub folders
+# --------------------------------------------------------------------------
+
+
+def _hub_files(source: ModelSource, *, cache_dir, offline) -> tuple[Path, dict[str, Any]]:
+    """``(weights file, config)`` of a Hub repository or a local folder laid out like one.
+
+    A repository is fetched by ``huggingface_hub`` into its own cache (its
+    revisions, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_TOKEN`` apply);
+    ``offline=True`` reads that cache only.
+    """
+    import json
+
+    if source.kind == "folder":
+        folder = Path(source.path)
+        config_path, weights_path = folder / HUB_CONFIG, folder / HUB_WEIGHTS
+        if not weights_path.is_file():
+            raise CheckpointError(f"{folder}: has {HUB_CONFIG} but no {HUB_WEIGHTS}")
+    else:
+        config_path, weights_path = _hub_download(source.name, (HUB_CONFIG, HUB_WEIGHTS),
+                                                  cache_dir=cache_dir, offline=offline)
+    try:
+        cfg = json.loads(Path(config_path).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{source.name}: {HUB_CONFIG} is not readable JSON ({e})") from None
+    if not isinstance(cfg, dict) or not (cfg.get("architecture") or cfg.get("model_cfg")):
+        raise CheckpointError(f"{source.name}: {HUB_CONFIG} names no architecture (an 'architecture' key)")
+    return Path(weights_path), cfg
+
+
+def _hub_download(name: str, filenames: tuple[str, ...], *, cache_dir, offline) -> list[str]:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    except ImportError:
+        raise CheckpointError(f'{name}: loading from the Hugging Face Hub needs pip install "audioclip[hub]"') from None
+    repo, _, revision = name[len(HUB_PREFIX):].partition("@")
+    paths = []
+    for filename in filenames:
+        try:
+            paths.append(hf_hub_download(repo, filename, revision=revision or None, local_files_only=bool(offline),
+                                         cache_dir=None if cache_dir is None else Path(cache_dir) / "hf-hub"))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+            raise CheckpointError(f"{name}: {filename} is not in the Hugging Face cache and downloads are off "
+                                  f"({type(e).__name__})") from None
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            raise CheckpointError(f"{name}: cannot fetch {filename} from the Hub"
+                                  f"{f' (HTTP {status})' if status else ''}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{name}: cannot fetch {filename} from the Hub: {e}") from None
+    return paths
+
+
+# --------------------------------------------------------------------------
 # The factory
 # --------------------------------------------------------------------------
 
@@ -306,9 +373,19 @@ def create_model(
         model = _build(cfg, num_classes)
         architecture, path, weights = source.architecture, None, None
     else:
-        path, weights = checkpoints.resolve(source.name, **options)
+        hub_cfg = None
+        if source.kind in ("hub", "folder"):
+            path, hub_cfg = _hub_files(source, cache_dir=cache_dir, offline=offline)
+            weights = None
+        else:
+            path, weights = checkpoints.resolve(source.name, **options)
         state = checkpoints.load_state_dict(path, mmap=True)
-        if config is not None:
+        if config is None and hub_cfg is not None:
+            config = hub_cfg.get("model_cfg") or hub_cfg.get("architecture")
+            source = ModelSource(source.name, source.kind, hub_cfg.get("architecture"), path=path)
+        if config is not None and source.architecture is not None and source.kind in ("hub", "folder"):
+            cfg, architecture = _model_config(config), source.architecture
+        elif config is not None:
             cfg = _model_config(config)
             architecture = cfg.get("name") or (os.fspath(config) if not isinstance(config, Mapping) else "custom")
         elif source.architecture is not None:
@@ -331,6 +408,7 @@ def create_model(
         load_trunk(head, checkpoints.load_state_dict(audio_path, mmap=True), str(audio_path))
 
     model.pretrained_cfg = {
+        "source": os.fspath(name),
         "architecture": architecture,
         "weights": weights.name if weights is not None else None,
         "sha256": weights.sha256 if weights is not None else None,
