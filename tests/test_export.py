@@ -206,3 +206,97 @@ def test_hub_name_downloads_through_huggingface_hub(tiny_file, tmp_path, fake_hu
 def test_bad_hub_names():
     with pytest.raises(CheckpointError, match="hf-hub:ORG/NAME"):
         create_model("hf-hub:only-a-name")
+
+
+# -- ONNX ---------------------------------------------------------------------------------------
+
+
+onnx_deps = pytest.mark.skipif(
+    any(__import__("importlib").util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+    reason="ONNX export needs the [onnx] extra (onnx, onnxruntime, onnxscript)",
+)
+
+
+@pytest.fixture(scope="module")
+def reference_onnx(reference_model, tmp_path_factory):
+    from audioclip.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx-ref")
+    export_onnx(reference_model, folder)
+    return folder
+
+
+def scale_error(ours, ref) -> float:
+    ours = ours.detach().float().cpu().numpy() if isinstance(ours, torch.Tensor) else ours
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@onnx_deps
+def test_onnx_models_equal_the_reference_vectors(reference_onnx, reference, reference_meta):
+    """ONNX Runtime on the shared reference inputs, against the original's vectors (not only our PyTorch)."""
+    import onnxruntime as ort
+
+    from audioclip.model import tokenize
+
+    def session(name):
+        return ort.InferenceSession(str(reference_onnx / name), providers=["CPUExecutionProvider"])
+
+    audio, image, text = session("audio.onnx"), session("image.onnx"), session("text.onnx")
+    assert [(i.name, i.type) for i in audio.get_inputs()] == [("waveform", "tensor(float)")]
+    assert all(isinstance(d, str) for d in audio.get_inputs()[0].shape)  # batch, channels, samples dynamic
+    assert [(i.name, i.type) for i in image.get_inputs()] == [("pixel_values", "tensor(float)")]
+    assert image.get_inputs()[0].shape[1:] == [3, 224, 224]
+    assert [(i.name, i.type) for i in text.get_inputs()] == [("input_ids", "tensor(int64)")]
+    assert text.get_inputs()[0].shape[1:] == [77]
+    assert {s.get_outputs()[0].name for s in (audio, image, text)} == {"embedding"}
+    for case in "abc":  # 2 x 5 s mono, 2 s stereo, 1 s mono
+        out = audio.run(["embedding"], {"waveform": reference[f"audio_{case}_wave"]})[0]
+        assert out.shape[1] == 1024
+        assert scale_error(out, reference[f"audio_{case}_embed"]) <= 1e-4, case
+    out = image.run(["embedding"], {"pixel_values": reference["images"]})[0]
+    assert scale_error(out, reference["image_embed"]) <= 1e-4
+    ids = tokenize(reference_meta["text_embed_texts"]).numpy()
+    out = text.run(["embedding"], {"input_ids": ids})[0]
+    assert scale_error(out, reference["text_embed"]) <= 1e-4
+
+
+@onnx_deps
+def test_onnx_backend_gives_the_pytorch_backends_answers(reference_onnx, reference_model, tmp_path):
+    import soundfile as sf
+    from PIL import Image
+
+    from audioclip import embed_files
+    from audioclip.export.onnx import OnnxAudioCLIP
+    from audioclip.model import freeze_fbsp_kernel
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "a.wav", (0.1 * rng.standard_normal((44100 * 7, 2))).astype(np.float32), 44100)
+    Image.fromarray((rng.random((50, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
+    paths = [str(tmp_path / "a.wav"), str(tmp_path / "b.png")]
+    backend = OnnxAudioCLIP(reference_onnx)
+    exact = freeze_fbsp_kernel(reference_model)
+    ours = list(embed_files(backend, paths, batch_size=4))
+    theirs = list(embed_files(exact, paths, batch_size=4))
+    for a, b in zip(ours, theirs):
+        assert a.ok and b.ok
+        assert [(e.modality, e.kind, e.start, e.end) for e in a.embeddings] == \
+               [(e.modality, e.kind, e.start, e.end) for e in b.embeddings]
+        for x, y in zip(a.embeddings, b.embeddings):
+            assert float(torch.nn.functional.cosine_similarity(x.vector, y.vector, dim=0)) > 1 - 1e-6
+    from audioclip import classify
+
+    labels = ["dog", "rain", "a siren"]
+    p_onnx = classify(backend, labels, audio=[paths[0]], template="the sound of {}")
+    p_torch = classify(exact, labels, audio=[paths[0]], template="the sound of {}")
+    assert torch.allclose(p_onnx, p_torch, atol=1e-4)
+
+
+@onnx_deps
+def test_onnx_export_refuses_a_fast_head_and_checks_the_folder(tmp_path):
+    from audioclip.export.onnx import OnnxAudioCLIP, OnnxExportError, export_onnx
+    from audioclip.model import fuse
+
+    with pytest.raises(TypeError, match="before audio_mode"):
+        export_onnx(fuse(create_model("AudioCLIP-tiny")), tmp_path / "x")
+    with pytest.raises(OnnxExportError, match="not an ONNX export"):
+        OnnxAudioCLIP(tmp_path)

@@ -1,0 +1,300 @@
+"""AudioCLIP as three ONNX models, and an ONNX Runtime backend that runs them.
+
+:func:`export_onnx` writes into a folder
+
+- ``audio.onnx``: ``waveform`` float32 ``(batch, channels, samples)`` at 44.1 kHz, all
+  three axes dynamic -> ``embedding`` float32 ``(batch, embed_dim)``, the unnormalised
+  vector of ``AudioCLIP.encode_audio`` (channels embedded separately and summed
+  before the projection, as the original does);
+- ``image.onnx``: ``pixel_values`` float32 ``(batch, 3, size, size)``, CLIP-normalised
+  -> ``embedding`` as ``encode_image``;
+- ``text.onnx``: ``input_ids`` int64 ``(batch, context_length)`` CLIP BPE ids ->
+  ``embedding`` as ``encode_text``;
+- ``audioclip-onnx.json``: the architecture, embedding size, image size, context
+  length, the three logit scales and the weights' identity, so that the folder
+  alone is a usable model (:class:`OnnxAudioCLIP`).
+
+The graphs come from PyTorch's ONNX exporter (``torch.export`` underneath), are
+simplified by onnxscript's optimizer and checked by ``onnx.checker`` with full shape inference;
+every model is then run once in ONNX Runtime and compared with PyTorch before
+the folder counts as written. The exact path is exported, with the fbsp
+kernels materialised by PyTorch (``freeze_fbsp_kernel``); a model already
+transformed to a fast audio head (``fused``, ``bf16``, ``int8``) is refused.
+
+Needs the ``[onnx]`` extra (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_path, write_text_atomic
+from ..model import AudioCLIP, ESResNeXtFbsp, freeze_fbsp_kernel
+from ..model.tokenizer import tokenize
+
+__all__ = ["ONNX_FILES", "OnnxAudioCLIP", "OnnxExportError", "export_onnx"]
+
+ONNX_FILES = {"audio": "audio.onnx", "image": "image.onnx", "text": "text.onnx"}
+META_FILE = "audioclip-onnx.json"
+FORMAT = 1
+
+
+class OnnxExportError(RuntimeError):
+    """The export failed, or its result does not compute what the PyTorch model computes."""
+
+
+# -- what is exported -------------------------------------------------------------------
+
+
+class _Audio(nn.Module):
+    """``encode_audio`` without the input checks (they read values, which a graph cannot)."""
+
+    def __init__(self, head: ESResNeXtFbsp):
+        super().__init__()
+        self.head = head
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.head(waveform)
+
+
+class _Image(nn.Module):
+    def __init__(self, model: AudioCLIP):
+        super().__init__()
+        self.visual = model.visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values)
+
+
+class _Text(nn.Module):
+    def __init__(self, model: AudioCLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # open_clip's CLIP.encode_text: ours only adds tokenising and input checks
+        return super(AudioCLIP, self.model).encode_text(input_ids)
+
+
+def _check_exportable(model: nn.Module) -> None:
+    if not isinstance(model, AudioCLIP):
+        raise TypeError(f"export_onnx: expected an AudioCLIP, got {type(model).__name__}")
+    if not isinstance(model.audio, ESResNeXtFbsp):
+        raise TypeError(
+            "export_onnx: the audio head is a transformed inference head "
+            f"({type(model.audio).__name__}); export the model before audio_mode transforms"
+        )
+
+
+def _examples(model: AudioCLIP) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    size = model.visual.image_size
+    return {
+        # Every dynamic axis a different size (equal sizes would be taken for one
+        # symbol), and long enough (3 s) that no axis of the trunk shrinks to 1,
+        # which torch.export would fix as a constant.
+        "audio": 0.2 * torch.rand(2, 3, 3 * model.audio.config.sample_rate, generator=g) - 0.1,
+        "image": torch.randn(2, 3, size, size, generator=g),
+        "text": tokenize(["a dog barking", "rain on a window"], context_length=model.context_length),
+    }
+
+
+def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, dims: Sequence[int], path: Path) -> None:
+    import onnx
+    import onnxscript.optimizer
+
+    auto = torch.export.Dim.AUTO
+    spec = {0: auto} if list(dims) == [0] else {d: auto for d in dims}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.export.export(module.eval(), (example,), dynamic_shapes=((spec,)))
+        onnx_program = torch.onnx.export(program, input_names=[input_name], dynamo=True, verbose=False)
+    # Name the output "embedding"; a value inside may already carry that name (the
+    # text head's token embedding), so it is renamed first.
+    graph_ir = onnx_program.model.graph
+    output = graph_ir.outputs[0]
+    for node in graph_ir:
+        for value in node.outputs:
+            if value.name == "embedding" and value is not output:
+                value.name = "embedding_inner"
+    output.name = "embedding"
+    # onnxscript's optimizer (constant folding, dead code, redundant casts and
+    # reshapes); onnxslim recurses without end on the text head's graph
+    graph = onnxscript.optimizer.optimize(onnx_program.model_proto)
+    onnx.checker.check_model(graph, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(graph, os.fspath(tmp))
+
+
+def _compare(session, name: str, feed: torch.Tensor, expected: torch.Tensor, what: str) -> float:
+    got = torch.from_numpy(session.run(["embedding"], {name: feed.numpy()})[0])
+    scale = expected.abs().max().item()
+    error = (got - expected).abs().max().item() / (scale or 1.0)
+    if got.shape != expected.shape or not error <= 1e-4:
+        raise OnnxExportError(f"{what}: ONNX Runtime differs from PyTorch by {error:.3g} of scale "
+                              f"(shape {tuple(got.shape)} vs {tuple(expected.shape)})")
+    return error
+
+
+def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: str | None = None,
+                progress=None) -> dict[str, Path]:
+    """Write ``audio.onnx``, ``image.onnx``, ``text.onnx`` and their metadata into ``out_dir``.
+
+    Each graph is run in ONNX Runtime on the export's example inputs and on a
+    second input of other sizes, and must equal the PyTorch model within 1e-4
+    of its largest magnitude, or :class:`OnnxExportError` is raised. Files are
+    written atomically; returns ``{"audio": path, "image": path, "text": path,
+    "meta": path}``. ``progress(message)`` is called before each step.
+    """
+    import onnxruntime as ort
+
+    _check_exportable(model)
+    say = progress or (lambda message: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    # The fbsp kernels go into the graph as constants computed by PyTorch: computed
+    # by ONNX Runtime's own sin/cos/pow they move low-power bins by decibels (the
+    # front end is ill-conditioned in float32, see audioclip.model.fbsp).
+    head = freeze_fbsp_kernel(model.audio)
+    # the trunk runs whole batches in the graph; chunks are a CPU cache trick of eager mode
+    head.trunk_chunk_frames = None
+    if True:
+        examples = _examples(model)
+        modules = {"audio": _Audio(head), "image": _Image(model), "text": _Text(model)}
+        inputs = {"audio": ("waveform", (0, 1, 2)), "image": ("pixel_values", (0,)), "text": ("input_ids", (0,))}
+        g = torch.Generator().manual_seed(1)
+        size = model.visual.image_size
+        others = {  # other batch sizes and lengths than the export saw
+            "audio": 0.2 * torch.rand(3, 2, model.audio.config.sample_rate, generator=g) - 0.1,
+            "image": torch.randn(1, 3, size, size, generator=g),
+            "text": tokenize(["thunder", "a siren", "birds"], context_length=model.context_length),
+        }
+        paths = {}
+        for modality, module in modules.items():
+            name, dims = inputs[modality]
+            path = out / ONNX_FILES[modality]
+            say(f"exporting {path.name}")
+            _export_one(module, examples[modality], name, dims, path)
+            session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+            with torch.no_grad():
+                for feed in (examples[modality], others[modality]):
+                    _compare(session, name, feed, module(feed), path.name)
+            paths[modality] = path
+
+    info = getattr(model, "pretrained_cfg", {}) or {}
+    meta = {
+        "format": FORMAT,
+        "architecture": info.get("architecture"),
+        "checkpoint": checkpoint_id,
+        "embed_dim": model.embed_dim,
+        "image_size": model.visual.image_size,
+        "context_length": model.context_length,
+        "sample_rate": model.audio.config.sample_rate,
+        "logit_scales": {k: float(v.detach()) for k, v in model.logit_scales().items()},
+        "files": ONNX_FILES,
+    }
+    paths["meta"] = out / META_FILE
+    write_text_atomic(paths["meta"], json.dumps(meta, indent=2) + "\n")
+    return paths
+
+
+# -- running them ------------------------------------------------------------------------
+
+
+class _Visual:
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+
+class OnnxAudioCLIP:
+    """The three exported models in ONNX Runtime, with the encoders' call shapes.
+
+    ``encode_audio``, ``encode_image`` and ``encode_text`` take and return what
+    :class:`~audioclip.model.AudioCLIP`'s do (torch tensors, unnormalised
+    vectors), so :func:`audioclip.embed_files`, :func:`audioclip.classify` and the
+    command line run on it unchanged. Sessions are opened on first use.
+    ``providers`` defaults to the CPU.
+    """
+
+    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None):
+        self.folder = Path(folder)
+        meta_path = self.folder / META_FILE
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise OnnxExportError(f"{meta_path}: not an ONNX export of audioclip ({e})") from None
+        missing = [f for f in ONNX_FILES.values() if not (self.folder / f).is_file()]
+        if missing:
+            raise OnnxExportError(f"{self.folder}: missing {', '.join(missing)}; export again")
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        self._sessions: dict[str, Any] = {}
+        self.embed_dim = int(self.meta["embed_dim"])
+        self.context_length = int(self.meta["context_length"])
+        self.visual = _Visual(int(self.meta["image_size"]))
+        self.pretrained_cfg = {"architecture": self.meta.get("architecture"), "backend": "onnxruntime",
+                               "checkpoint_id": self.meta.get("checkpoint")}
+        self.training = False
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def eval(self) -> OnnxAudioCLIP:
+        return self
+
+    def to(self, device) -> OnnxAudioCLIP:
+        """Sessions run where their providers say; only the CPU is accepted here."""
+        if torch.device(device).type != "cpu":
+            raise ValueError("the ONNX Runtime backend runs on its providers; pass device='cpu'")
+        return self
+
+    def _session(self, modality: str):
+        if modality not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            path = os.fspath(self.folder / ONNX_FILES[modality])
+            self._sessions[modality] = ort.InferenceSession(path, options, providers=self.providers)
+        return self._sessions[modality]
+
+    def _run(self, modality: str, name: str, array) -> torch.Tensor:
+        out = self._session(modality).run(["embedding"], {name: array})[0]
+        return torch.from_numpy(out)
+
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """As :meth:`AudioCLIP.encode_audio`: ``(batch, channels, samples)`` or ``(batch, samples)``."""
+        from ..model.audioclip import _check_audio
+
+        audio = _check_audio(audio, torch.device("cpu"))
+        return self._run("audio", "waveform", audio.contiguous().numpy())
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        size = self.visual.image_size
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or tuple(image.shape[1:]) != (3, size, size):
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"encode_image: expected shape (batch, 3, {size}, {size}), got {shape}")
+        out = self._run("image", "pixel_values", image.detach().float().cpu().contiguous().numpy())
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
+        from ..model.audioclip import _join_labels
+
+        if not isinstance(text, torch.Tensor):
+            text = tokenize(_join_labels(text), context_length=self.context_length)
+        out = self._run("text", "input_ids", text.to(torch.int64).cpu().contiguous().numpy())
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def logit_scales(self) -> dict[str, torch.Tensor]:
+        return {k: torch.tensor(v) for k, v in self.meta["logit_scales"].items()}
