@@ -23,12 +23,14 @@ from .options import (
     add_logging_options,
     add_model_options,
     add_output_options,
+    check_cached,
     check_checkpoint,
     check_device,
     check_inputs,
     check_output_dir,
     check_templates,
     error,
+    light_open_clip,
     non_negative_int,
     note,
     positive_int,
@@ -204,12 +206,14 @@ def _check(args: argparse.Namespace) -> list[str]:
             check_inputs([value], option)
     templates = _templates(args)
     if not _per_fold(args.checkpoint):
-        check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+        check_checkpoint(args.checkpoint)
     elif args.task != "supervised":
         raise UsageError(f"--checkpoint {args.checkpoint}: one checkpoint per fold is for --task supervised")
-    check_device(args.device)
     out = Path(args.output) if args.output else _default_output(args)
     check_output_dir(out, overwrite=args.overwrite, markers=_RESULT_FILES)
+    check_device(args.device)
+    if not _per_fold(args.checkpoint):
+        check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
     return templates
 
 
@@ -235,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     require_extra("eval", ("torchmetrics",) if args.no_plots else None)
     templates = _check(args)
 
+    light_open_clip()
     from audioclip.evaluate.conventions import conventions_for
     from audioclip.evaluate.datasets import load_eval_set
     from audioclip.evaluate.embed import EmbeddingStore, load_encoder
@@ -252,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_DONE
     if args.task == "supervised" and _per_fold(args.checkpoint):
         for fold in (args.folds or data.folds or [None]):  # every fold's checkpoint, before loading any
-            check_checkpoint(fold_checkpoint(args.checkpoint, fold), cache_dir=args.cache_dir, offline=args.offline)
+            check_checkpoint(fold_checkpoint(args.checkpoint, fold))
     conventions = (conventions_for(args.dataset, args.conventions, args.audio_length, args.pad)
                    if "audio" in data.modalities else None)
     options = RunOptions(store=EmbeddingStore(args.embedding_cache, enabled=not args.no_embedding_cache),

@@ -15,10 +15,12 @@ from .options import (
     UsageError,
     add_logging_options,
     add_model_options,
+    check_cached,
     check_checkpoint,
     check_device,
     check_inputs,
     error,
+    light_open_clip,
     non_negative_float,
     non_negative_int,
     note,
@@ -48,8 +50,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _check_model_options(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
-        check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+        check_checkpoint(args.checkpoint)
     check_device(args.device)
+    if args.checkpoint is not None:
+        check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
@@ -59,6 +63,7 @@ def _check_db_exists(args: argparse.Namespace) -> None:
 
 def _open(args: argparse.Namespace, create: bool = False):
     """The index, its model loaded on first use in the exact default audio mode, or now in another one."""
+    light_open_clip()
     from audioclip.index import Index
 
     options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline)

@@ -19,6 +19,7 @@ from .options import (
     add_logging_options,
     add_model_options,
     add_output_options,
+    check_cached,
     check_checkpoint,
     check_device,
     check_inputs,
@@ -26,6 +27,7 @@ from .options import (
     check_templates,
     error,
     exit_status,
+    light_open_clip,
     non_negative_int,
     note,
     positive_float,
@@ -64,12 +66,14 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
-    check_checkpoint(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+    check_checkpoint(args.checkpoint)
     check_device(args.device)
+    check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
 
 
 def load_model(args: argparse.Namespace):
     """The model the options name, on its device, in eval mode (``audioclip.factory.create_model``)."""
+    light_open_clip()
     from audioclip import factory
 
     start = time.perf_counter()
@@ -97,6 +101,7 @@ def _embed(args: argparse.Namespace, model, paths):
 
 def _expand(args: argparse.Namespace, inputs) -> tuple[list[str], list[str]]:
     """Files to process: the named ones and the media files under the named folders."""
+    light_open_clip()
     from audioclip.inference import expand_paths
 
     return expand_paths(inputs)
@@ -356,6 +361,7 @@ def _run_similarity(args: argparse.Namespace) -> int:
     check_inputs([*args.audio, *args.image])
     _check_model_options(args)
 
+    light_open_clip()
     import torch
 
     from audioclip.inference import embed_files

@@ -28,6 +28,7 @@ import importlib.util
 import os
 import sys
 import traceback
+import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "add_logging_options",
     "add_model_options",
     "add_output_options",
+    "check_cached",
     "check_checkpoint",
     "check_device",
     "check_inputs",
@@ -53,6 +55,7 @@ __all__ = [
     "check_templates",
     "error",
     "exit_status",
+    "light_open_clip",
     "note",
     "progress_bar",
     "read_list_file",
@@ -293,34 +296,45 @@ def _architectures() -> list[str]:
                   if f.name.endswith(".json"))
 
 
-def check_checkpoint(name: str | os.PathLike, *, cache_dir=None, offline=None, option: str = "--checkpoint") -> str:
+def check_checkpoint(name: str | os.PathLike, *, option: str = "--checkpoint") -> str:
     """What ``name`` is for :func:`audioclip.factory.create_model`: ``"architecture"``, ``"registry"`` or ``"file"``.
 
     The same answer as :func:`audioclip.factory.describe_source`, told without
-    importing torch; a usage error if ``name`` is none of them. Registered
-    weights that are neither cached nor downloadable (offline) are reported
-    here too, as the error the load would raise (exit 1).
+    importing torch; a usage error if ``name`` is none of them.
     """
     from audioclip import checkpoints
 
     text = os.fspath(name)
     if text in _architectures():
         return "architecture"
-    weights = checkpoints.lookup(text)
-    if weights is None:
-        path = Path(text).expanduser()
-        if path.exists():
-            if path.is_dir():
-                raise UsageError(f"{option} {text}: is a folder, not a checkpoint file")
-            return "file"
-        weights = checkpoints.lookup_filename(text)
-    if weights is None:
-        known = ", ".join([*checkpoints.REGISTRY, *_architectures()])
-        raise UsageError(f"{option} {text}: neither an existing file, a registered checkpoint nor an architecture; "
-                         f"known names: {known}")
-    if checkpoints.offline_mode(offline) and checkpoints.cached_path(weights, cache_dir) is None:
-        checkpoints.resolve(text, cache_dir=cache_dir, offline=True)  # raises CheckpointError: not cached, offline
-    return "registry"
+    if checkpoints.lookup(text) is not None:
+        return "registry"
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise UsageError(f"{option} {text}: is a folder, not a checkpoint file")
+        return "file"
+    if checkpoints.lookup_filename(text) is not None:
+        return "registry"
+    known = ", ".join([*checkpoints.REGISTRY, *_architectures()])
+    raise UsageError(f"{option} {text}: neither an existing file, a registered checkpoint nor an architecture; "
+                     f"known names: {known}")
+
+
+def check_cached(name: str | os.PathLike, *, cache_dir=None, offline=None) -> None:
+    """Registered weights that are neither cached nor downloadable (offline): the load's error, now (exit 1).
+
+    Called after the usage checks: a missing download is not a usage error,
+    but it is known before torch is imported.
+    """
+    from audioclip import checkpoints
+
+    text = os.fspath(name)
+    if not checkpoints.offline_mode(offline) or Path(text).expanduser().exists():
+        return
+    weights = checkpoints.lookup(text) or checkpoints.lookup_filename(text)
+    if weights is not None and checkpoints.cached_path(weights, cache_dir) is None:
+        checkpoints.resolve(text, cache_dir=cache_dir, offline=True)  # raises CheckpointError
 
 
 def check_device(name: str | None, option: str = "--device") -> None:
@@ -432,6 +446,60 @@ def require_extra(extra: str, modules: Sequence[str] | None = None) -> None:
     if missing:
         raise UsageError(f"this command needs the optional dependencies of audioclip[{extra}] "
                          f"({', '.join(missing)} missing): pip install \"audioclip[{extra}]\"")
+
+
+# -- start-up --------------------------------------------------------------------------------------------
+
+
+class _OnDemandPackage(types.ModuleType):
+    """A package whose ``__init__`` runs only when a name it defines is first asked for.
+
+    Its submodules import as usual (``import open_clip.model`` loads
+    ``open_clip/model.py`` and what that imports, nothing else).
+    """
+
+    def __getattr__(self, name: str):
+        state = self.__dict__
+        if name.startswith("__") or state.get("_initialised"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        state["_initialised"] = True
+        self.__spec__.loader.exec_module(self)  # the real __init__, into this module
+        return getattr(self, name)
+
+
+def light_open_clip() -> None:
+    """Let the model import ``open_clip.model`` and ``open_clip.tokenizer`` without open_clip's whole package.
+
+    ``import open_clip.model`` runs ``open_clip/__init__.py`` first, which
+    imports every model family, the Hugging Face hub client and timm: about
+    0.6-1 s of a command's start-up, for code AudioCLIP never runs (its text
+    and image heads are open_clip's plain CLIP). Here the package's
+    ``__init__`` is deferred until a name from it is used, and timm is left
+    out of ``open_clip.model`` (open_clip treats it as optional: only timm
+    towers need it). Done only by the command line, for its own process, and
+    only when open_clip is not imported yet; a later ``import open_clip``
+    still gets the whole package. Commands call it after their checks, just
+    before they import the model (it imports torch).
+    """
+    if "open_clip" in sys.modules:
+        return
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    package.__class__ = _OnDemandPackage
+    sys.modules["open_clip"] = package
+    blocked = "timm" not in sys.modules
+    if blocked:
+        sys.modules["timm"] = None  # type: ignore[assignment]  # "import timm" raises ImportError
+    try:
+        importlib.import_module("open_clip.model")
+    except ImportError:  # an open_clip that needs timm after all: import it as it is
+        for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+            del sys.modules[name]
+    finally:
+        if blocked:
+            del sys.modules["timm"]
 
 
 # -- running a command --------------------------------------------------------------------------------------

@@ -20,12 +20,14 @@ from .options import (
     add_logging_options,
     add_model_options,
     add_output_options,
+    check_cached,
     check_checkpoint,
     check_device,
     check_inputs,
     check_output_dir,
     error,
     exit_status,
+    light_open_clip,
     note,
     positive_int,
     require_extra,
@@ -180,10 +182,7 @@ def _check_train(args: argparse.Namespace, cfg: dict) -> None:
     root = cfg["data"].get("root")
     if root:
         check_inputs([root], "data.root (--data-root)")
-    device = str(cfg["train"]["device"])
-    if device.startswith("cuda:"):
-        raise UsageError(f"--device {device}: training picks one GPU per process (torchrun's LOCAL_RANK); "
-                         "choose GPUs with CUDA_VISIBLE_DEVICES and give --device cuda")
+    device = str(cfg["train"]["device"])  # auto, cpu or cuda (the config checks): a GPU per torchrun process
     weights = cfg["model"].get("weights")
     if weights:
         check_checkpoint(weights, option="model.weights (--checkpoint)")
@@ -193,6 +192,8 @@ def _check_train(args: argparse.Namespace, cfg: dict) -> None:
         check_output_dir(_output_dir(cfg), overwrite=args.overwrite, markers=_RUN_FILES,
                          hint="--resume continues it, --overwrite starts afresh")
     check_device(device)
+    if weights:
+        check_cached(weights)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -217,6 +218,7 @@ def run_train(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--folds {args.folds}: expected fold numbers like 1,2,3") from None
 
+    light_open_clip()
     from audioclip.train.cv import run_cross_validation
     from audioclip.train.distributed import setup_distributed
     from audioclip.train.engine import Trainer
