@@ -12,7 +12,6 @@ import math
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 import soundfile
 import soxr
@@ -115,6 +114,8 @@ def _read_soundfile(path: Path, max_duration: float | None) -> tuple[np.ndarray,
 
 
 def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    import av  # FFmpeg: imported when a file needs it (~0.1 s)
+
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import torch
 
 from .errors import MediaError, check_file
@@ -69,6 +68,8 @@ def frame_times(start: float, duration: float, num_frames: int) -> list[float]:
 
 
 def _open(path: Path):
+    import av  # FFmpeg: imported when a video is read
+
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:
@@ -83,6 +84,8 @@ def _open(path: Path):
 
 
 def _video_stream(container):
+    import av  # FFmpeg: imported when a video is read
+
     # Cover art in music files is a one-picture "video" stream; it is not a video.
     attached_pic = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
     for stream in container.streams.video:
@@ -98,6 +101,8 @@ def _time_span(path: Path) -> tuple[float, float]:
     like carry neither) by reading every packet's timestamp, which decodes nothing;
     a raw stream without timestamps counts packets at its nominal frame rate.
     """
+    import av  # FFmpeg: imported when a video is read
+
     container, stream = _open(path)
     with container:
         if stream.duration and stream.time_base:
@@ -135,6 +140,8 @@ def _pictures_at(path: Path, times: list[float]):
     frame for t before it, the last frame for t after the end); a frame starting
     exactly at t counts, so that ties on frame boundaries go one way.
     """
+    import av  # FFmpeg: imported when a video is read
+
     container, stream = _open(path)
     stream.thread_type = "AUTO"
     pictures: list = []
