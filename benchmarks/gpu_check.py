@@ -106,7 +106,7 @@ def main() -> int:
         for case in "abc":
             wave = torch.from_numpy(ref[f"audio_{case}_wave"]).to(device)
             err = rel(model.encode_audio(wave), torch.from_numpy(ref[f"audio_{case}_embed"]))
-            row(f"fp32 audio {case} vs reference", f"{err:.2e}", "tolerance 1e-4", err <= 1e-4)
+            row(f"fp32 audio {case} on {kind.upper()} vs reference", f"{err:.2e}", "tolerance 1e-4", err <= 1e-4)
         err = rel(model.encode_image(torch.from_numpy(ref["images"]).to(device)), torch.from_numpy(ref["image_embed"]))
         row("fp32 image vs reference", f"{err:.2e}", "tolerance 1e-5 (CPU)", err <= 1e-4)
         text = torch.cat([model.encode_text([t]) for t in meta["text_embed_texts"]])
@@ -162,8 +162,8 @@ def main() -> int:
     run(cpu_fast, five[:cpu_n], 8)
     cpu_rate = cpu_n / (time.perf_counter() - start)
     row("embed 5 s clips, CPU (default mode)", f"{cpu_rate:.1f} clips/s", f"{torch.get_num_threads()} threads, batch 8")
-    row("embed 5 s clips, CUDA fp32", f"{gpu_fp32:.1f} clips/s", f"{gpu_fp32 / cpu_rate:.1f}x CPU, batch 32")
-    row("embed 5 s clips, CUDA bf16 autocast", f"{gpu_bf16:.1f} clips/s", f"{gpu_bf16 / cpu_rate:.1f}x CPU, batch 32")
+    row(f"embed 5 s clips, {kind.upper()} fp32", f"{gpu_fp32:.1f} clips/s", f"{gpu_fp32 / cpu_rate:.1f}x CPU, batch 32")
+    row(f"embed 5 s clips, {kind.upper()} bf16 autocast", f"{gpu_bf16:.1f} clips/s", f"{gpu_bf16 / cpu_rate:.1f}x CPU, batch 32")
 
     # 5. two AMP training steps
     train_model = AudioCLIP().to(device)
