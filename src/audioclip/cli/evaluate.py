@@ -195,8 +195,8 @@ def _default_output(args) -> Path:
     return Path("eval-results") / f"{args.task}-{args.dataset}-{name}"
 
 
-def _check(args: argparse.Namespace) -> list[str]:
-    """Everything that can be checked before the dataset is read; returns the templates."""
+def _check(args: argparse.Namespace) -> list[str] | None:
+    """Everything that can be checked before the dataset is read; returns the templates (None: a prompt set)."""
     missing = [f"--{n}" for n in ("task", "dataset", "root") if not getattr(args, n)]
     if missing:
         raise UsageError(f"evaluate needs {', '.join(missing)} (or --collect PATH to summarise earlier results)")
@@ -204,7 +204,7 @@ def _check(args: argparse.Namespace) -> list[str]:
     for option, value in (("--class-names", args.class_names), ("--templates-file", args.templates_file)):
         if value:
             check_inputs([value], option)
-    templates = _templates(args)
+    templates = None if args.prompt_set == "openai-imagenet" else _templates(args)  # a set: open_clip's, later
     if not _per_fold(args.checkpoint):
         check_checkpoint(args.checkpoint)
     elif args.task != "supervised":
@@ -240,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
     templates = _check(args)
 
     light_open_clip()
+    if templates is None:
+        templates = _templates(args)
     from audioclip.evaluate.conventions import conventions_for
     from audioclip.evaluate.datasets import load_eval_set
     from audioclip.evaluate.embed import EmbeddingStore, load_encoder

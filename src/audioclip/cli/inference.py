@@ -32,6 +32,7 @@ from .options import (
     note,
     positive_float,
     positive_int,
+    prefetch_checkpoint,
     progress_bar,
     read_list_file,
     set_command,
@@ -67,6 +68,7 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
 
 def _check_model_options(args: argparse.Namespace) -> None:
     check_checkpoint(args.checkpoint)
+    prefetch_checkpoint(args.checkpoint, args.cache_dir)  # read while torch is imported
     check_device(args.device)
     check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
 

@@ -57,6 +57,7 @@ __all__ = [
     "exit_status",
     "light_open_clip",
     "note",
+    "prefetch_checkpoint",
     "progress_bar",
     "read_list_file",
     "require_extra",
@@ -335,6 +336,37 @@ def check_cached(name: str | os.PathLike, *, cache_dir=None, offline=None) -> No
     weights = checkpoints.lookup(text) or checkpoints.lookup_filename(text)
     if weights is not None and checkpoints.cached_path(weights, cache_dir) is None:
         checkpoints.resolve(text, cache_dir=cache_dir, offline=True)  # raises CheckpointError
+
+
+def prefetch_checkpoint(name: str | os.PathLike, cache_dir=None) -> None:
+    """Ask the kernel to start reading a local checkpoint file into the page cache, in the background.
+
+    The file is then read while torch is being imported instead of after it
+    (a cold 0.5 GB checkpoint costs seconds of disk reads otherwise). Costs
+    nothing when the file is cached already, and is skipped where the
+    platform has no ``posix_fadvise``.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    from audioclip import checkpoints
+
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        weights = checkpoints.lookup(text) or checkpoints.lookup_filename(text)
+        path = checkpoints.cached_path(weights, cache_dir) if weights is not None else None
+    if path is None or not path.is_file():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_device(name: str | None, option: str = "--device") -> None:
