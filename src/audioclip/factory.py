@@ -423,6 +423,7 @@ def create_model(
 
         info = model.pretrained_cfg
         model = apply_audio_mode(model, audio_mode, inplace=True)
+        info["audio_mode"] = audio_mode  # recorded with embeddings made by the model
         model.pretrained_cfg = info
     return model
 

@@ -254,6 +254,38 @@ def embed_files(
     ``error`` set, and the rest go on.
     """
     options = options or DecodeOptions(image_size=model.visual.image_size)
+    loader = DataLoader(
+        _DecodedFiles(paths, options),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep_as_is,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    return embed_decoded(model, loader, batch_size=batch_size, device=device, precision=precision)
+
+
+def decode_file(path: str, options: DecodeOptions) -> dict:
+    """One file decoded for :func:`embed_decoded`: never raises; a bad file's reason is in ``"error"``.
+
+    ``{"path", "source", "windows": [(start, end, wave)], "frames": [(time, image)], "error"}``:
+    what :func:`embed_files` decodes in its workers (the distributed engines decode with it too).
+    """
+    return _DecodedFiles([path], options)[0]
+
+
+def embed_decoded(
+    model: AudioCLIP,
+    items: Iterable[dict],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> Iterator[FileResult]:
+    """Embed files already decoded by :func:`decode_file`; one :class:`FileResult` per item, in order.
+
+    Windows and images are batched across files (``batch_size`` per model call).
+    """
     device = torch.device(device) if device is not None else model.device
     model.to(device).eval()
 
@@ -266,17 +298,9 @@ def embed_files(
 
     audio = _Batcher(encoder(model.encode_audio), batch_size)
     images = _Batcher(encoder(model.encode_image), batch_size)
-    loader = DataLoader(
-        _DecodedFiles(paths, options),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_keep_as_is,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
 
     pending: deque[FileResult] = deque()
-    for item in loader:
+    for item in items:
         result = FileResult(item["path"], item["source"], error=item["error"])
         pending.append(result)
         if result.ok and not item["windows"] and not item["frames"]:
@@ -286,10 +310,11 @@ def embed_files(
                 kind = "image" if result.source == "image" else "frame"
                 slot = Embedding("image", kind, time, time, vector=None)
                 result.embeddings.append(slot)
-                images.add(("image",), result, slot, frame)
+                images.add(("image",), result, slot, torch.as_tensor(frame))
             for start, end, wave in item["windows"]:
                 slot = Embedding("audio", "window", start, end, vector=None)
                 result.embeddings.append(slot)
+                wave = torch.as_tensor(wave)
                 audio.add(("audio", wave.shape[0]), result, slot, wave)
         # Yield finished files in input order; a file waits until its batch ran.
         while pending and _finished(pending[0]):

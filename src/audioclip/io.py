@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_path", "atomic_write", "commit_file", "current_umask", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask", "exclusive_lock",
+           "write_bytes_atomic", "write_text_atomic"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -139,6 +140,55 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str | Non
     with atomic_write(path, "w", encoding=encoding, newline=newline) as f:
         f.write(text)
     return Path(path)
+
+
+class LockedError(RuntimeError):
+    """Another job holds the lock: it is writing the same output now."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the file ``path`` (created if missing), or raise :class:`LockedError` at once.
+
+    For jobs that write one output in several steps (parts, then a merge): a
+    second job on the same output fails instead of interleaving with the
+    first. The lock is the operating system's (``flock``), so it goes away
+    with a killed process and a stale lock file never blocks a re-run; the
+    file is removed when the lock is released. Where ``flock`` does not exist
+    (Windows) nothing is locked.
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"{path}: locked by another process") from None
+        # The holder before us may have removed the file between our open and our
+        # lock: then we hold a lock on a name that no longer exists. Try again.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
 
 
 # -- the steps ---------------------------------------------------------------------
