@@ -25,6 +25,8 @@ _EXPORTS = {
     "load_video_frames": "audioclip.media",
     "embed_files": "audioclip.inference",
     "classify": "audioclip.inference",
+    "read_embeddings": "audioclip.embeddings_io",
+    "embed_to": "audioclip.engines",
     "pipeline": "audioclip.pipelines",
     "Index": "audioclip.index",
 }
@@ -34,6 +36,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError, save_model
     from .factory import checkpoint_id, create_model, list_models, list_pretrained
+    from .embeddings_io import read_embeddings
+    from .engines import embed_to
     from .index import Index
     from .inference import classify, embed_files
     from .pipelines import pipeline
