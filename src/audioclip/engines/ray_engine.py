@@ -158,10 +158,10 @@ def _run(ray, model, todo, parts, settings, *, options, batch_size, precision, f
     blocks = min(len(todo), max(2 * int(cpus), math.ceil(len(todo) / 8)), 20000)
     dataset = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
     # Decoding stays in tasks of its own, so that it never waits for the model: Ray Data fuses a map
-    # into the next actor stage when their remote arguments are equal, and max_retries (a task's,
-    # not an actor's: a decoder that kills its worker is retried 3 times, then the job stops) makes
-    # them differ.
-    decoded = dataset.map(functools.partial(_decode_row, options=options), num_cpus=1, max_retries=3)
+    # into the next actor stage when their remote arguments are equal, and max_calls (a task's, not
+    # an actor's: a decode worker is replaced after that many tasks, which also bounds what a
+    # leaking decoder can hold) makes them differ.
+    decoded = dataset.map(functools.partial(_decode_row, options=options), num_cpus=1, max_calls=1000)
     written = decoded.map_batches(
         _EmbedAndWrite,
         fn_constructor_kwargs=dict(model_ref=[model_ref], device=device, batch_size=batch_size,
