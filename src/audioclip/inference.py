@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,12 @@ from .media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     MediaError,
+    MediaLimits,
     load_audio,
     load_image,
     load_video_frames,
     sniff_modality,
+    special_file_kind,
     split_windows,
 )
 from . import prompts
@@ -90,14 +93,23 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[s
     Returns ``(files, ignored)``: ``ignored`` are files under the directories
     whose extension is not a known media type. Names given directly are kept
     whatever their type (a bad one is reported when it is read); a missing
-    path is kept too, to be reported.
+    path is kept too, to be reported. A FIFO, socket or device with a media
+    name is kept as well, to be reported and skipped when it is read (it is
+    never opened); with another name it is ignored.
     """
     files: dict[str, None] = {}
     ignored: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            for child in sorted(path.rglob("*")):
+                try:
+                    mode = child.stat().st_mode
+                except OSError:  # a dangling link: nothing to read
+                    ignored.append(str(child))
+                    continue
+                if not (stat.S_ISREG(mode) or special_file_kind(mode)):
+                    continue  # a folder
                 if child.suffix.lower() in MEDIA_EXTENSIONS:
                     files[str(child)] = None
                 else:
@@ -136,6 +148,7 @@ class DecodeOptions:
     image_size: int = 224
     video_frames: str = "central"  # or "all": the ten equally spaced frames
     sample_rate: int = 44100
+    limits: MediaLimits = field(default_factory=MediaLimits)  # per-file bounds, checked from headers
 
 
 class _DecodedFiles(Dataset):
@@ -156,7 +169,8 @@ class _DecodedFiles(Dataset):
             if source is None:
                 raise MediaError(path, "not a recognised audio, image or video file")
             if source == "image":
-                item["frames"] = [(None, load_image(path, image_size=self.options.image_size))]
+                item["frames"] = [(None, load_image(path, image_size=self.options.image_size,
+                                                     limits=self.options.limits))]
             if source == "video":
                 item["frames"] = self._video_frames(path)
             if source in ("audio", "video"):
@@ -170,7 +184,7 @@ class _DecodedFiles(Dataset):
     def _audio_windows(self, path: str, optional: bool) -> list[tuple[float, float, torch.Tensor]]:
         o = self.options
         try:
-            wave = load_audio(path, sample_rate=o.sample_rate, mono=o.mono)
+            wave = load_audio(path, sample_rate=o.sample_rate, mono=o.mono, limits=o.limits)
         except MediaError:
             if optional:  # a video without sound still has pictures
                 return []
@@ -179,7 +193,8 @@ class _DecodedFiles(Dataset):
         return [(w.start, w.end, w.wave) for w in windows]
 
     def _video_frames(self, path: str) -> list[tuple[float | None, torch.Tensor]]:
-        frames = load_video_frames(path, which=self.options.video_frames, image_size=self.options.image_size)
+        frames = load_video_frames(path, which=self.options.video_frames, image_size=self.options.image_size,
+                                   limits=self.options.limits)
         return [(None, frame) for frame in frames]
 
 

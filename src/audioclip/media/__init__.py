@@ -10,7 +10,8 @@ Every reader reports a bad file as one :class:`MediaError` (``"{path}: {reason}"
 """
 
 from .audio import MAX_PEAK, SAMPLE_RATE, load_audio
-from .errors import MediaError
+from .errors import MediaError, special_file_kind
+from .limits import MediaLimits
 from .image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, clip_preprocess, load_image, to_rgb
 from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff_modality
 from .video import frame_times, load_video_frames
@@ -25,6 +26,7 @@ __all__ = [
     "IMAGE_SIZE",
     "MAX_PEAK",
     "MediaError",
+    "MediaLimits",
     "SAMPLE_RATE",
     "VIDEO_EXTENSIONS",
     "clip_preprocess",
@@ -33,6 +35,7 @@ __all__ = [
     "load_image",
     "load_video_frames",
     "sniff_modality",
+    "special_file_kind",
     "split_windows",
     "to_rgb",
 ]

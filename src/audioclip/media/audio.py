@@ -18,6 +18,7 @@ import soxr
 import torch
 
 from .errors import MediaError, check_file
+from .limits import MediaLimits
 from .sniff import VIDEO_EXTENSIONS, sniff_content
 
 __all__ = ["SAMPLE_RATE", "MAX_PEAK", "load_audio"]
@@ -36,6 +37,7 @@ def load_audio(
     sample_rate: int = SAMPLE_RATE,
     mono: bool = False,
     max_duration: float | None = None,
+    limits: MediaLimits | None = None,
 ) -> torch.Tensor:
     """Read a sound file (or a video's audio track) as float32 ``(channels, samples)``.
 
@@ -47,6 +49,11 @@ def load_audio(
     a peak up to ``MAX_PEAK`` (2.0) is clipped to [-1, 1], a larger one is refused, as
     it almost always means int-scaled samples stored as float. A truncated file
     returns whatever prefix still decodes. Anything unreadable raises ``MediaError``.
+
+    ``limits`` (default :class:`MediaLimits`) bounds the work: a header over a
+    limit (channels, sample rate, duration) is refused before anything is
+    decoded, and decoding stops with a refusal where a lying header would run
+    past the duration limit.
     """
     if sample_rate <= 0 or int(sample_rate) != sample_rate:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
@@ -54,8 +61,9 @@ def load_audio(
         raise ValueError(f"max_duration must be positive seconds, got {max_duration!r}")
     sample_rate = int(sample_rate)
     path = check_file(path)
+    limits = limits or MediaLimits()
 
-    wave, rate = _decode(path, max_duration)  # float32 (frames, channels) at the file's rate
+    wave, rate = _decode(path, max_duration, limits)  # float32 (frames, channels) at the file's rate
     if wave.shape[0] == 0:
         raise MediaError(path, "contains no audio samples (empty, truncated or corrupt)")
     if not np.isfinite(wave).all():
@@ -77,30 +85,36 @@ def load_audio(
     return torch.from_numpy(np.ascontiguousarray(wave.T))
 
 
-def _decode(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+def _decode(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
     """float32 ``(frames, channels)`` and the sample rate, by libsndfile, else FFmpeg."""
     if path.suffix.lower() not in _FFMPEG_ONLY:
         try:
-            wave, rate = _read_soundfile(path, max_duration)
+            wave, rate = _read_soundfile(path, max_duration, limits)
         except (soundfile.SoundFileError, RuntimeError):
             pass  # not a format libsndfile knows (or it broke on it): FFmpeg may do better
         else:
             if wave.shape[0] > 0:
                 return wave, rate
-    return _read_ffmpeg(path, max_duration)
+    return _read_ffmpeg(path, max_duration, limits)
 
 
 def _frame_limit(max_duration: float | None, rate: int) -> int | None:
     return None if max_duration is None else math.ceil((max_duration + _MARGIN) * rate)
 
 
-def _read_soundfile(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+def _read_soundfile(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
     blocks = []
     with soundfile.SoundFile(path) as f:
         rate, channels = f.samplerate, f.channels
+        problem = limits.check_audio(channels, rate, f.frames if f.seekable() else None)
+        if problem:
+            raise MediaError(path, problem)
         limit = _frame_limit(max_duration, rate)
+        bound = math.floor(limits.max_duration * rate)  # a header may lie about the length
         total = 0
         while limit is None or total < limit:
+            if total > bound:
+                raise MediaError(path, limits.too_long(total / rate))
             want = _BLOCK if limit is None else min(_BLOCK, limit - total)
             # dtype float32 maps integer PCM to [-1, 1) and leaves float samples as stored
             block = f.read(want, dtype="float32", always_2d=True)
@@ -113,7 +127,7 @@ def _read_soundfile(path: Path, max_duration: float | None) -> tuple[np.ndarray,
     return np.concatenate(blocks), rate
 
 
-def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+def _read_ffmpeg(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
     import av  # FFmpeg: imported when a file needs it (~0.1 s)
 
     try:
@@ -132,6 +146,9 @@ def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, in
             if not container.streams:
                 raise MediaError(path, "not a readable audio file (FFmpeg finds no streams in it)")
             raise MediaError(path, "has no audio stream")
+        problem = limits.check_audio(*_stream_header(container, stream))
+        if problem:
+            raise MediaError(path, problem)
         # Decode to planar float at the stream's own rate and layout; the resampler is
         # created at the first frame so that a mid-stream format change is converted.
         resampler = None
@@ -145,6 +162,9 @@ def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, in
                 for frame in frames:
                     if resampler is None:
                         rate = frame.sample_rate
+                        problem = limits.check_audio(len(frame.layout.channels), rate, None)
+                        if problem:  # the header said otherwise
+                            raise MediaError(path, problem)
                         limit = _frame_limit(max_duration, rate)
                         resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
                     for out in resampler.resample(frame):
@@ -152,6 +172,8 @@ def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, in
                         total += out.samples
                 if limit is not None and total >= limit:
                     break
+                if rate and total > limits.max_duration * rate:
+                    raise MediaError(path, limits.too_long(total / rate))
         except av.FFmpegError:
             pass  # the container breaks off (truncated): keep what decoded so far
         if resampler is not None:
@@ -160,6 +182,22 @@ def _read_ffmpeg(path: Path, max_duration: float | None) -> tuple[np.ndarray, in
         return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
     wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
     return np.ascontiguousarray(wave.T), rate
+
+
+def _stream_header(container, stream) -> tuple[int, float, int | None]:
+    """(channels, sample rate, frames or None) of an audio stream as its header states them."""
+    import av
+
+    context = stream.codec_context
+    channels = getattr(context, "channels", None) or len(getattr(getattr(context, "layout", None), "channels", ()))
+    rate = float(stream.sample_rate or getattr(context, "sample_rate", 0) or 0)
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    frames = None if seconds is None or not rate else int(seconds * rate)
+    return int(channels or 0), rate, frames
 
 
 def _best_audio_stream(container):

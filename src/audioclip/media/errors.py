@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["MediaError", "check_file", "one_line"]
+__all__ = ["MediaError", "check_file", "one_line", "special_file_kind"]
 
 
 class MediaError(Exception):
@@ -37,13 +38,26 @@ def check_file(path: str | os.PathLike) -> Path:
         raise MediaError(path, "no such file") from None
     except OSError as e:
         raise MediaError(path, f"cannot access file ({e.strerror or e})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise MediaError(path, "is a directory, not a file")
+    kind = special_file_kind(info.st_mode)
+    if kind:
+        # opening a FIFO blocks until a writer appears; a device can be endless
+        raise MediaError(path, f"is a {kind}, not a regular file")
     if info.st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise MediaError(path, "permission denied")
     return path
+
+
+def special_file_kind(mode: int) -> str | None:
+    """``"FIFO"``, ``"socket"``, ``"character device"``, ``"block device"`` for such a ``st_mode``; else None."""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return None
 
 
 def one_line(error: BaseException) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import MediaError, check_file, one_line
+from .limits import MediaLimits
 
 __all__ = ["IMAGE_SIZE", "CLIP_MEAN", "CLIP_STD", "load_image", "to_rgb", "clip_preprocess"]
 
@@ -22,17 +24,27 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def load_image(path: str | os.PathLike, image_size: int = IMAGE_SIZE) -> torch.Tensor:
+def load_image(path: str | os.PathLike, image_size: int = IMAGE_SIZE, limits: MediaLimits | None = None) -> torch.Tensor:
     """Read a picture as float32 ``(3, image_size, image_size)``, CLIP-normalised.
 
     Any file Pillow reads (the first frame of an animation), in any mode, turned
     upright by its EXIF orientation and made RGB by :func:`to_rgb`, then
     preprocessed exactly as OpenAI CLIP does (:func:`clip_preprocess`).
-    Anything unreadable raises ``MediaError``.
+    Anything unreadable raises ``MediaError``, and so does a picture whose
+    header claims more pixels than ``limits.max_pixels`` (checked before its
+    pixels are decoded).
     """
     path = check_file(path)
+    limits = limits or MediaLimits()
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above its own bound; the limit below decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            problem = limits.check_pixels(*img.size)
+            if problem:
+                raise MediaError(path, problem)
             img.load()
             rgb = to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "sniff_modality", "sniff_content"]
@@ -45,10 +46,19 @@ def sniff_modality(path: str | os.PathLike) -> str | None:
 def sniff_content(path: str | os.PathLike) -> str | None:
     """Like :func:`sniff_modality` but from the first bytes only, whatever the name."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(128)
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; only
+        # regular files are read
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:  # missing, a directory, unreadable
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 128)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return _modality_of_bytes(head)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from .errors import MediaError, check_file
 from .image import IMAGE_SIZE, clip_preprocess
+from .limits import MediaLimits
 
 __all__ = ["load_video_frames", "frame_times"]
 
@@ -31,6 +32,7 @@ def load_video_frames(
     image_size: int = IMAGE_SIZE,
     *,
     generator: torch.Generator | int | None = None,
+    limits: MediaLimits | None = None,
 ) -> torch.Tensor:
     """Frames of a video as float32 ``(k, 3, image_size, image_size)``, CLIP-normalised.
 
@@ -39,7 +41,9 @@ def load_video_frames(
     ``"random"`` one of them picked with ``generator`` (a torch.Generator or an int
     seed; None uses torch's global generator), for training.
     The video is decoded from the start up to the last frame needed, which suits
-    clips (seconds to minutes). Anything unreadable raises ``MediaError``.
+    clips (seconds to minutes). Anything unreadable raises ``MediaError``;
+    so does a video over ``limits`` (duration, frame count, pixels per frame:
+    from the header before decoding, and while decoding).
     """
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
@@ -56,9 +60,13 @@ def load_video_frames(
         chosen = [int(torch.randint(num_frames, (1,), generator=generator))]
 
     path = check_file(path)
-    start, duration = _time_span(path)
+    limits = limits or MediaLimits()
+    start, duration = _time_span(path, limits)
+    problem = limits.check_video(duration, None)
+    if problem:
+        raise MediaError(path, problem)
     times = frame_times(start, duration, num_frames)
-    pictures = _pictures_at(path, [times[i] for i in chosen])
+    pictures = _pictures_at(path, [times[i] for i in chosen], limits)
     return torch.stack([clip_preprocess(picture, image_size) for picture in pictures])
 
 
@@ -94,7 +102,22 @@ def _video_stream(container):
     return None
 
 
-def _time_span(path: Path) -> tuple[float, float]:
+def _check_header(path: Path, container, stream, limits: MediaLimits) -> None:
+    import av
+
+    problem = limits.check_pixels(stream.codec_context.width or 0, stream.codec_context.height or 0,
+                                  "video frames")
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    problem = problem or limits.check_video(seconds, stream.frames or None)
+    if problem:
+        raise MediaError(path, problem)
+
+
+def _time_span(path: Path, limits: MediaLimits) -> tuple[float, float]:
     """(start, duration) of the video stream in seconds.
 
     From the stream's header, else the container's, else (streamed WebM and the
@@ -105,6 +128,7 @@ def _time_span(path: Path) -> tuple[float, float]:
 
     container, stream = _open(path)
     with container:
+        _check_header(path, container, stream, limits)
         if stream.duration and stream.time_base:
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             return start, float(stream.duration * stream.time_base)
@@ -115,6 +139,8 @@ def _time_span(path: Path) -> tuple[float, float]:
         try:
             for packet in container.demux(stream):
                 count += packet.size > 0  # the last packet is an empty flush marker
+                if count > limits.max_video_frames:
+                    raise MediaError(path, limits.check_video(None, count))
                 if packet.pts is None:
                     continue
                 begin = float(packet.pts * stream.time_base)
@@ -133,7 +159,7 @@ def _frame_rate(stream) -> float:
     return float(stream.average_rate or stream.guessed_rate or 25)
 
 
-def _pictures_at(path: Path, times: list[float]):
+def _pictures_at(path: Path, times: list[float], limits: MediaLimits):
     """RGB PIL images on screen at each of ``times`` (ascending seconds).
 
     The picture on screen at t is the last frame starting at or before t (the first
@@ -155,6 +181,8 @@ def _pictures_at(path: Path, times: list[float]):
                 except av.FFmpegError:
                     continue  # a corrupt packet: skip it, as ffmpeg itself does
                 for frame in frames:
+                    if decoded >= limits.max_video_frames:
+                        raise MediaError(path, limits.check_video(None, decoded + 1))
                     # raw streams have no timestamps: count frames at the nominal rate
                     t = frame.time if frame.time is not None else decoded / _frame_rate(stream)
                     current, decoded = [frame, None], decoded + 1
