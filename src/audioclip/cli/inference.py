@@ -135,7 +135,7 @@ def register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
     add_logging_options(parser)
-    set_command(parser, _run_checkpoints)
+    set_command(parser, _run_checkpoints, quick_exit=True)
 
 
 # --------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def register_download(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $AUDIOCLIP_CACHE or the user cache)")
     parser.add_argument("--offline", action="store_true", default=None, help="only verify what is cached")
     add_logging_options(parser)
-    set_command(parser, _run_download)
+    set_command(parser, _run_download, quick_exit=True)
 
 
 # --------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     _add_input_options(parser)
     add_logging_options(parser)
-    set_command(parser, _run_classify)
+    set_command(parser, _run_classify, quick_exit=True)
 
 
 # --------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def register_embed(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     _add_input_options(parser)
     add_logging_options(parser)
-    set_command(parser, _run_embed)
+    set_command(parser, _run_embed, quick_exit=True)
 
 
 # --------------------------------------------------------------------------
@@ -433,4 +433,4 @@ def register_similarity(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     _add_input_options(parser, windows=False)
     add_logging_options(parser)
-    set_command(parser, _run_similarity)
+    set_command(parser, _run_similarity, quick_exit=True)
