@@ -1,25 +1,35 @@
-"""Scale of the search index: build and query the LanceDB store at 10^4, 10^5, 10^6 vectors.
+"""Search at scale: the index's store at 10^4, 10^5, 10^6 vectors, exact and ANN, against a FAISS flat scan.
 
 Unit vectors (1024-d float32, AudioCLIP's size) in the index's real row schema
 (``audioclip.index.store``), written in chunks of 50,000 rows (one commit each,
-as indexing does), so 10^6 vectors (4 GB of floats) never sit in memory at once.
-For each size:
+as indexing does), so 10^6 vectors (4 GB of floats) never sit in memory at
+once while the store is built. For each size, in one run:
 
-- build: time to add all rows and compact them, and on-disk size; the ANN
-  index build (``store.create_ann_index``, what ``audioclip index`` does past
-  ``LanceStore.ANN_MIN_ROWS`` rows) is timed separately;
-- query latency p50/p99 of a top-64 search (what a ``k=10`` search asks the
-  store first), exact (flat scan) vs ANN at several ``nprobes``;
-- recall@10: overlap of the ANN top 10 with the exact top 10.
+- ``exact``: the store's exact search (``search(..., exact=True)``), which
+  scans every list of the FAISS index beside the table (``index/ann.py``);
+- ``ivf-flat``: the store's default ANN search at several ``nprobe`` (lists
+  scanned per query); its ``build_s`` is the time to build that index
+  (``LanceStore.build_ann``, what ``audioclip index`` does past
+  ``ANN_MIN_ROWS`` rows);
+- ``faiss-flat``: the baseline, FAISS ``IndexFlatIP`` holding every vector in
+  memory, queried one query at a time; it also gives the exact top 10 that
+  recall@10 is measured against;
+- ``lance-exact``: LanceDB's own flat scan (what the store did before), on a
+  few queries; ``--lance-ann ivf_sq ...`` adds LanceDB's own ANN indexes.
 
-    python benchmarks/bench_index.py                              # 1e4, 1e5, 1e6: ~8 min here
-    python benchmarks/bench_index.py --sizes 1e4 1e5              # ~1.5 min
-    python benchmarks/bench_index.py --data clustered --ann ivf_sq ivf_pq --refine 10
+Every query asks for the best 64 rows (what a ``k=10`` search asks the store
+first). Latency p50/p99 per query; peak RSS of this process while a setting
+runs (the high-water mark is reset before each, Linux). A Markdown table goes
+to stdout, with ratios against the FAISS flat scan of the same run;
+``--json PATH`` writes one object per setting.
 
-``--data random`` (default): uniformly random unit vectors, the worst case for
-an ANN index: no clusters to find, and the true top 10 barely closer than the
-rest. ``--data clustered``: points scattered around 1 centre per 100 vectors,
-closer to how embeddings of similar sounds and pictures group.
+    python benchmarks/bench_index.py --sizes 1e6 --data clustered --json out.json   # ~6 min here
+    python benchmarks/bench_index.py --sizes 1e4 1e5 --data random clustered         # ~2 min
+
+``--data random``: uniformly random unit vectors, the worst case for an ANN
+index: no clusters to find, and the true top 10 barely closer than the rest.
+``--data clustered``: points around one centre per 100 vectors (cosine ~0.74
+to it), closer to how embeddings of similar sounds and pictures group.
 Writes into ``--dir`` (default: a temporary folder under /tmp, removed after).
 """
 
@@ -27,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -88,7 +100,40 @@ def disk_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def search(table, q: np.ndarray, exact: bool, nprobes: int | None = None, refine: int | None = None) -> list[int]:
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (VmHWM), Linux 4.0+
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, queries) -> tuple[list[float], list[np.ndarray]]:
+    fn(queries[0])  # warm
+    times, results = [], []
+    for q in queries:
+        t = time.perf_counter()
+        results.append(fn(q))
+        times.append(time.perf_counter() - t)
+    return times, results
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def lance_search(table, q: np.ndarray, exact: bool, nprobes: int | None = None, refine: int | None = None):
     query = table.search(q, vector_column_name="vector").distance_type("dot").select(["file_id", "_distance"])
     if exact:
         query = query.bypass_vector_index()
@@ -96,130 +141,168 @@ def search(table, q: np.ndarray, exact: bool, nprobes: int | None = None, refine
         query = query.nprobes(nprobes)
     if refine:
         query = query.refine_factor(refine)
-    return query.limit(LIMIT).to_arrow()["file_id"].to_pylist()
+    return np.asarray(query.limit(LIMIT).to_arrow()["file_id"].to_pylist(), np.int64)
 
 
-def timed(table, queries, **kwargs) -> tuple[list[float], list[list[int]]]:
-    search(table, queries[0], **kwargs)  # warm
-    times, results = [], []
-    for q in queries:
-        t = time.perf_counter()
-        results.append(search(table, q, **kwargs))
-        times.append(time.perf_counter() - t)
-    return times, results
+def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
+    import faiss
 
-
-def row(n, method, build_s, index_s, disk, times, recall) -> dict:
-    return {"n": n, "method": method, "build_s": build_s, "index_s": index_s, "disk_gb": disk / 1e9,
-            "p50_ms": 1000 * float(np.percentile(times, 50)), "p99_ms": 1000 * float(np.percentile(times, 99)),
-            "recall": recall, "queries": len(times)}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def bench_size(n: int, args, root: str) -> list[dict]:
-    path = os.path.join(root, f"n{n}")
+    path = os.path.join(root, f"{kind}-n{n}")
     shutil.rmtree(path, ignore_errors=True)
     store = LanceStore(path, create=True)
     store.write_meta({"bench": True})
-    data = Data(args.data, n)
+    data = Data(kind, n)
     t0 = time.perf_counter()
     for start in range(0, n, CHUNK):
         store.add(chunk_table(start, data.sample(min(CHUNK, n - start))))
+    store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
+    table_s = time.perf_counter() - t0
     table = store._table(LanceStore.TABLE)
-    table.optimize()  # compaction, as after an indexing run
-    build_s = time.perf_counter() - t0
-    store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # scalar indexes; old versions gone
-    flat_disk = disk_bytes(path)
-    log(f"n={n:,}: built in {build_s:.1f} s, {flat_disk / 1e9:.2f} GB on disk")
+    log(f"{kind} n={n:,}: table built in {table_s:.1f} s, {disk_bytes(path) / 1e9:.2f} GB on disk")
 
     queries = data.sample(args.queries, np.random.default_rng(12345))
-    exact_count = args.exact_queries or (len(queries) if n <= 100_000 else min(10, len(queries)))
-    exact_queries = queries[:exact_count]
-    exact_times, exact_ids = timed(table, exact_queries, exact=True)
-    rows = [row(n, "exact (flat scan)", build_s, 0.0, flat_disk, exact_times, 1.0)]
-    log(f"n={n:,}: exact p50 {rows[0]['p50_ms']:.1f} ms over {len(exact_times)} queries")
+    exact_count = min(len(queries), args.exact_queries)
+    results: list[dict] = []
 
-    def recall(ids):
-        return float(np.mean([len(set(a[:10]) & set(e[:10])) / 10 for a, e in zip(ids, exact_ids)]))
+    def record(index: str, params: dict, build_s: float, times: list[float], ids: list[np.ndarray] | None,
+               rss: float) -> dict:
+        entry = {"n": n, "data": kind, "index": index, "params": params, "build_s": round(build_s, 2),
+                 "p50_ms": round(1000 * float(np.percentile(times, 50)), 3),
+                 "p99_ms": round(1000 * float(np.percentile(times, 99)), 3),
+                 "recall_at_10": None, "peak_rss_mb": round(rss, 1), "queries": len(times), "_ids": ids}
+        results.append(entry)
+        return entry
 
-    for kind in args.ann:
+    # the store's own search: the FAISS index beside the table, exact (every list) and ANN
+    reset_peak_rss()
+    t = time.perf_counter()
+    state = store.build_ann(log=log)
+    ann_s = time.perf_counter() - t
+    ann_rss = peak_rss_mb()
+    lists = state["lists"]
+    log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
+
+    def store_ids(exact: bool):
+        return lambda q: store.search(q, LIMIT, exact=exact)["file_id"].to_numpy()
+
+    reset_peak_rss()
+    times, ids = timed(store_ids(True), queries[:exact_count])
+    record("exact", {"lists": lists, "scan": "all lists"}, ann_s, times, ids, peak_rss_mb())
+    log(f"{kind} n={n:,}: exact p50 {results[-1]['p50_ms']:.1f} ms")
+    for nprobe in sorted({p for p in args.nprobe if p <= lists} or {lists}):
+        store.NPROBE = nprobe
+        reset_peak_rss()
+        times, ids = timed(store_ids(False), queries)
+        record("ivf-flat", {"lists": lists, "nprobe": nprobe}, ann_s, times, ids, peak_rss_mb())
+        log(f"{kind} n={n:,}: ivf-flat nprobe {nprobe}: p50 {results[-1]['p50_ms']:.2f} ms, "
+            f"p99 {results[-1]['p99_ms']:.2f} ms")
+    store.NPROBE = LanceStore.NPROBE
+
+    # the baseline: FAISS's flat scan of the same vectors, in memory; also the exact answers
+    reset_peak_rss()
+    t = time.perf_counter()
+    flat = faiss.IndexFlatIP(DIM)
+    file_ids = []
+    for batch in table.search().select(["file_id", "vector"]).limit(None).to_batches(16384):
+        column = batch.column(1)
+        flat.add(np.ascontiguousarray(column.values.to_numpy().reshape(-1, DIM)))
+        file_ids.append(batch.column(0).to_numpy())
+    file_ids = np.concatenate(file_ids)
+    flat_s = time.perf_counter() - t
+    _, truth_pos = flat.search(queries, 10)  # all queries at once: the exact top 10 of each
+    truth = [set(file_ids[row].tolist()) for row in truth_pos]
+    times, ids = timed(lambda q: file_ids[flat.search(q[None], LIMIT)[1][0]], queries[:exact_count])
+    record("faiss-flat", {"baseline": "IndexFlatIP, in memory"}, flat_s, times, ids, peak_rss_mb())
+    log(f"{kind} n={n:,}: faiss-flat p50 {results[-1]['p50_ms']:.1f} ms")
+    del flat
+
+    if args.lance_queries:
+        reset_peak_rss()
+        times, ids = timed(lambda q: lance_search(table, q, exact=True), queries[:args.lance_queries])
+        record("lance-exact", {"scan": "LanceDB flat"}, 0.0, times, ids, peak_rss_mb())
+        log(f"{kind} n={n:,}: lance-exact p50 {results[-1]['p50_ms']:.1f} ms")
+    for lance_kind in args.lance_ann:
         t = time.perf_counter()
-        create_ann_index(table, n, kind)
+        create_ann_index(table, n, lance_kind)
         index_s = time.perf_counter() - t
-        store.optimize(keep_versions=datetime.timedelta(0))  # as every indexing run ends
-        disk = disk_bytes(path)
         parts = ann_partitions(n)
-        probes = [p for p in args.nprobes if p <= parts] or [parts]
-        settings = [(p, None) for p in probes] + ([(probes[0], args.refine)] if args.refine else [])
-        for nprobes, refine in settings:
-            times, ids = timed(table, queries, exact=False, nprobes=nprobes, refine=refine)
-            ids = ids[: len(exact_ids)]
-            name = f"{kind.upper().replace('_', '-')} ({parts} lists, nprobes {nprobes}" + (
-                f", refine x{refine})" if refine else ")")
-            rows.append(row(n, name, build_s, index_s, disk, times, recall(ids)))
-            log(f"n={n:,}: {name}: index {index_s:.1f} s, p50 {rows[-1]['p50_ms']:.1f} ms, "
-                f"recall@10 {rows[-1]['recall']:.3f}")
+        for nprobes in [p for p in args.lance_nprobes if p <= parts] or [parts]:
+            reset_peak_rss()
+            times, ids = timed(lambda q: lance_search(table, q, exact=False, nprobes=nprobes), queries)
+            record(f"lance-{lance_kind}", {"partitions": parts, "nprobes": nprobes}, index_s, times, ids,
+                   peak_rss_mb())
+            log(f"{kind} n={n:,}: lance {lance_kind} nprobes {nprobes}: p50 {results[-1]['p50_ms']:.1f} ms")
+
+    for entry in results:
+        found = entry.pop("_ids")
+        entry["recall_at_10"] = round(float(np.mean([len(set(f[:10].tolist()) & truth[i]) / 10
+                                                     for i, f in enumerate(found)])), 4)
     if not args.keep:
         shutil.rmtree(path, ignore_errors=True)
-    return rows
+    return results
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ("vectors", "method", "build s", "ANN index s", "disk GB", "p50 ms", "p99 ms", "p50 ANN/exact",
-              "recall@10")
-    exact = {r["n"]: r for r in rows if r["method"].startswith("exact")}
+    header = ("vectors", "data", "index", "params", "build s", "p50 ms", "p99 ms", "p50 vs FAISS flat",
+              "recall@10", "peak RSS MB")
+    flat = {(r["n"], r["data"]): r for r in rows if r["index"] == "faiss-flat"}
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(" --- " for _ in header) + "|")
     for r in rows:
-        is_exact = r["method"].startswith("exact")
-        ratio = r["p50_ms"] / exact[r["n"]]["p50_ms"]
-        cells = (f"{r['n']:,}", r["method"], f"{r['build_s']:.1f}", "-" if is_exact else f"{r['index_s']:.1f}",
-                 f"{r['disk_gb']:.3f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                 "1" if is_exact else f"{ratio:.3f} ({1 / ratio:.0f}x faster)", f"{r['recall']:.3f}")
+        base = flat.get((r["n"], r["data"]))
+        ratio = r["p50_ms"] / base["p50_ms"] if base and base["p50_ms"] else float("nan")
+        params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
+        cells = (f"{r['n']:,}", r["data"], r["index"], params, f"{r['build_s']:.1f}", f"{r['p50_ms']:.2f}",
+                 f"{r['p99_ms']:.2f}", "1" if r is base else f"{ratio:.3g}x", f"{r['recall_at_10']:.3f}",
+                 f"{r['peak_rss_mb']:.0f}")
         print("| " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=lambda s: int(float(s)), default=[10_000, 100_000, 1_000_000],
-                        help="numbers of vectors (default: 1e4 1e5 1e6; about 8 minutes on 2 busy cores)")
-    parser.add_argument("--data", choices=("random", "clustered"), default="random",
-                        help="random unit vectors (default) or clustered ones")
-    parser.add_argument("--ann", nargs="*", default=["ivf_sq"], choices=ANN_KINDS,
-                        help="ANN index types to compare with the exact scan (default: ivf_sq, the index's)")
-    parser.add_argument("--nprobes", nargs="+", type=int, default=[20, 80],
-                        help="IVF partitions searched per query (default: 20, LanceDB's default, and 80)")
-    parser.add_argument("--refine", type=int, default=0,
-                        help="also measure with this refine factor (exact re-scoring of this many times the rows "
-                        "asked for; useful with ivf_pq); default 0: none")
-    parser.add_argument("--queries", type=int, default=50, help="queries for ANN latency (default: 50)")
-    parser.add_argument("--exact-queries", type=int, default=None,
-                        help="queries for exact latency and recall (default: all --queries up to 10^5 vectors, "
-                        "10 beyond: an exact query reads every vector)")
+                        help="numbers of vectors (default: 1e4 1e5 1e6)")
+    parser.add_argument("--data", nargs="+", choices=("random", "clustered"), default=["clustered"],
+                        help="clustered unit vectors (default) and/or random ones")
+    parser.add_argument("--nprobe", nargs="+", type=int, default=[4, 8, 16, 32, 64],
+                        help="IVF lists scanned per ANN query (default: 4 8 16 32 64; the store's default is "
+                        f"{LanceStore.NPROBE})")
+    parser.add_argument("--queries", type=int, default=200, help="queries for ANN latency and recall (default: 200)")
+    parser.add_argument("--exact-queries", type=int, default=20,
+                        help="queries timed for the exact scans (default: 20)")
+    parser.add_argument("--lance-queries", type=int, default=5,
+                        help="queries for LanceDB's own flat scan (default: 5; 0 skips it: ~4 s each at 10^6)")
+    parser.add_argument("--lance-ann", nargs="*", default=[], choices=ANN_KINDS,
+                        help="also build and measure LanceDB's own ANN index of these kinds (slow to build)")
+    parser.add_argument("--lance-nprobes", nargs="+", type=int, default=[20, 80],
+                        help="partitions searched by LanceDB's ANN index (default: 20 80)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a list of objects)")
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the built tables")
     args = parser.parse_args(argv)
 
+    import faiss
     import lancedb
 
     warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
     root = args.dir or tempfile.mkdtemp(prefix="audioclip-bench-index-")
     os.makedirs(root, exist_ok=True)
-    need = max(args.sizes) * DIM * 4 * 1.6  # the vectors, the compaction's copy, the index
+    need = max(args.sizes) * DIM * 4 * 2.6  # the table, the compaction's copy, the ANN index and its shards
     free = shutil.disk_usage(root).free
     if need > free:
         print(f"not enough disk in {root}: ~{need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free", file=sys.stderr)
         return 1
-    log(f"lancedb {lancedb.__version__}, {os.cpu_count()} CPU(s), load {os.getloadavg()[0]:.1f}, "
-        f"{args.data} data, dim {DIM}, into {root}")
-    rows = []
+    log(f"lancedb {lancedb.__version__}, faiss {faiss.__version__}, {os.cpu_count()} CPU(s), "
+        f"load {os.getloadavg()[0]:.1f}, {' and '.join(args.data)} data, dim {DIM}, into {root}")
+    rows: list[dict] = []
     started = time.perf_counter()
     try:
-        for n in args.sizes:
-            rows += bench_size(n, args, root)
+        for kind in args.data:
+            for n in args.sizes:
+                rows += bench_size(n, kind, args, root)
+                if args.json:  # as it goes, so that a long run killed late keeps what it measured
+                    with open(args.json, "w") as f:
+                        json.dump(rows, f, indent=1)
     finally:
         if not args.dir and not args.keep:
             shutil.rmtree(root, ignore_errors=True)

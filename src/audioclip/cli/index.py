@@ -1,4 +1,5 @@
-"""``audioclip index``, ``audioclip search`` and ``audioclip serve`` (the ``index`` extra: LanceDB)."""
+"""``audioclip index``, ``audioclip search`` and ``audioclip serve`` (the ``index`` extra: LanceDB and FAISS;
+``milvus`` for a Milvus store)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,22 @@ __all__ = ["register_index", "register_search", "register_serve"]
 
 _INDEX_EPILOG = ("exit status: 0 all files indexed (or nothing to do); 1 nothing could be indexed, or the index "
                  "cannot be used; 2 usage error; 3 some files failed (each is reported on stderr)")
-_EXTRAS = [("index", None)]
+_EXTRAS = [("index", ("lancedb", "faiss"))]
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, metavar="PATH", help="the index folder (LanceDB)")
+    parser.add_argument("--db", required=True, metavar="DB",
+                        help="the index: a folder (LanceDB), milvus:FILE.db (Milvus Lite) or http://HOST:19530 "
+                        "(a Milvus server; token from $AUDIOCLIP_MILVUS_TOKEN)")
+
+
+def _check_db_spec(args: argparse.Namespace) -> None:
+    from audioclip.index.milvus import is_milvus
+
+    if is_milvus(args.db):
+        from .options import require_extra
+
+        require_extra("milvus", ("pymilvus",))
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +69,10 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
-    if not Path(args.db).exists():
+    from audioclip.index.store import store_exists
+
+    _check_db_spec(args)
+    if not store_exists(args.db):
         raise UsageError(f"--db {args.db}: no index here; build one with 'audioclip index FOLDER --db {args.db}'")
 
 
@@ -96,6 +111,7 @@ def _run_index(args: argparse.Namespace) -> int:
         _check_db_exists(args)
         return _print_stats(args)
     check_inputs(args.inputs)
+    _check_db_spec(args)
     _check_model_options(args)
 
     from audioclip.index import IndexStoreError
@@ -108,6 +124,8 @@ def _run_index(args: argparse.Namespace) -> int:
     bar = progress_bar(args, 0)
 
     def progress(event: str, path: str, detail: str | None) -> None:
+        if args.verbose and event in ("embedded", "reused", "touched", "removed"):
+            bar.write(f"audioclip: {event} {path}", file=sys.stderr)
         if event == "failed":
             bar.write(f"audioclip: skipped {path}: {detail}", file=sys.stderr)
         elif event == "changed":

@@ -15,7 +15,7 @@ import numpy as np
 from ..inference import DecodeOptions, embed_files
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
-from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
+from .store import FileRecord, IndexStoreError, VectorStore, open_store
 
 __all__ = ["Index", "QueryError"]
 
@@ -73,7 +73,7 @@ class Index:
         ``precision``, ``cache_dir``, ``offline``, ``store``.
         """
         db = os.fspath(db)
-        store = kwargs.pop("store", None) or LanceStore(db, create=create)
+        store = kwargs.pop("store", None) or open_store(db, create=create)
         index = cls(store, db=db, checkpoint=None if checkpoint is None else os.fspath(checkpoint), config=config,
                     **kwargs)
         if checkpoint is not None and index.meta:
@@ -152,12 +152,14 @@ class Index:
     @contextlib.contextmanager
     def _writer(self):
         """One writer at a time (an advisory lock on a file in the index folder; released if killed)."""
-        lock_dir = getattr(self.store, "path", None)
-        if lock_dir is None:
+        lock_file = getattr(self.store, "lock_file", None)
+        if lock_file is None and getattr(self.store, "path", None) is not None:
+            lock_file = Path(self.store.path) / ".writer.lock"
+        if lock_file is None:  # a shared server: its own concurrency rules (docs/search.md, "Other stores")
             yield
             return
-        Path(lock_dir).mkdir(parents=True, exist_ok=True)
-        fd = os.open(Path(lock_dir) / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

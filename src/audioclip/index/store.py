@@ -28,9 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..io import atomic_write
+from .ann import AnnIndex
 
 __all__ = [
     "FailureRecord",
+    "open_store",
     "FileRecord",
     "IndexStoreError",
     "LanceStore",
@@ -59,6 +61,27 @@ FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "has
 
 class IndexStoreError(ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
+
+
+def open_store(db: str | os.PathLike, create: bool = False) -> VectorStore:
+    """The store a ``--db`` value names: ``milvus:FILE.db`` (Milvus Lite), ``http(s)://HOST:PORT`` (a Milvus
+    server; ``#NAME`` picks the collections' prefix), otherwise a LanceDB folder."""
+    db = os.fspath(db)
+    if db.startswith("milvus:") or db.startswith(("http://", "https://", "tcp://", "grpc://")):
+        from .milvus import MilvusStore
+
+        return MilvusStore(db, create=create)
+    return LanceStore(db, create=create)
+
+
+def store_exists(db: str | os.PathLike) -> bool:
+    """Whether ``db`` names an existing index (a Milvus server is asked only when opened: True)."""
+    db = os.fspath(db)
+    if db.startswith("milvus:") or db.startswith(("http://", "https://", "tcp://", "grpc://")):
+        from .milvus import MilvusStore
+
+        return MilvusStore.exists(db)
+    return Path(db).exists()
 
 
 def row_schema(dim: int) -> pa.Schema:
@@ -140,11 +163,13 @@ class LanceStore:
     TABLE = "media"
     FAILURES = "failures"
     META = "audioclip-index.json"
-    ANN_MIN_ROWS = 100_000  # below this an exact scan is fast enough (benchmarks/bench_index.py)
+    ANN_FOLDER = "ann"
+    ANN_MIN_ROWS = 2_048  # the FAISS index beside the table (ann.py) from this many rows; below, Lance scans
+    NPROBE = 16  # IVF lists a query scans (of ~4 sqrt(rows); docs/performance.md, "Search at scale")
+    REBUILD_FRACTION = 0.1  # rows of files written since the ANN build, scanned exactly until this share...
+    REBUILD_MAX_ROWS = 65_536  # ...or this many rows (256 MB of vectors, held by each searching process)
     SCALAR_MIN_ROWS = 20_000
-    REFINE_FACTOR: int | None = None  # for a compressing index (ivf_pq): e.g. 10
-    REBUILD_FRACTION = 0.1
-    ANN_KIND = "ivf_sq"
+    REFINE_FACTOR: int | None = None  # for LanceDB's own compressing index (ivf_pq), when one exists
 
     def __init__(self, path: str | os.PathLike, create: bool = False):
         os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger warns on stderr otherwise
@@ -159,6 +184,7 @@ class LanceStore:
         self._lancedb = lancedb
         self._connection = None  # connecting creates the folder: only when something is written or there
         self._tables: dict[str, object] = {}
+        self.ann = AnnIndex(self.path / self.ANN_FOLDER)
 
     @property
     def _db(self):
@@ -169,6 +195,16 @@ class LanceStore:
     @classmethod
     def exists(cls, path: str | os.PathLike) -> bool:
         return (Path(path) / cls.META).is_file()
+
+    @property
+    def lock_file(self) -> Path:
+        """The advisory lock of one writer at a time (``Index.add``)."""
+        return self.path / ".writer.lock"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the web page caches its pictures (waveforms, thumbnails)."""
+        return self.path / ".cache"
 
     # -- metadata ------------------------------------------------------------------
 
@@ -227,12 +263,14 @@ class LanceStore:
 
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
+            self.ann.mark(set(rows["file_id"].to_pylist()))  # before the commit: see ann.py
             self._create_or_add(self.TABLE, rows)
 
     def delete_files(self, file_ids: Sequence[int]) -> None:
         table = self._table(self.TABLE)
         ids = [int(i) for i in file_ids]
         if table is not None and ids:
+            self.ann.mark(ids)
             table.delete(_in("file_id", ids))  # one commit, however many files
 
     def update_files(self, records: Sequence[FileRecord]) -> None:
@@ -258,6 +296,13 @@ class LanceStore:
         table = self._table(self.TABLE)
         if table is None:
             return pa.table({"file_id": pa.array([], pa.int64()), "score": pa.array([], pa.float32())})
+        state = self.ann.state()
+        if state is not None:  # the FAISS index beside the table, plus an exact scan of rows written since
+            max_dirty = max(self.REBUILD_MAX_ROWS, int(2 * self.REBUILD_FRACTION * state.get("vectors", 0)))
+            found = self.ann.search(vector, limit, sources, exact, self.NPROBE, lambda: table.version, self.rows,
+                                    max_dirty)
+            if found is not None:
+                return found
         query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").distance_type("dot")
         if sources:
             query = query.where(_in("source", sources), prefilter=True)
@@ -294,43 +339,70 @@ class LanceStore:
 
     # -- maintenance -----------------------------------------------------------------------
 
-    def optimize(self, ann: str = "auto", keep_versions: datetime.timedelta = datetime.timedelta(minutes=5)) -> None:
-        """Compact small commits, drop old versions, keep the ANN index useful.
+    def optimize(self, ann: str = "auto", keep_versions: datetime.timedelta = datetime.timedelta(minutes=5),
+                 log=None) -> None:
+        """Compact small commits, drop old versions, keep the ANN index fresh.
 
-        ``ann``: "auto" builds an ANN index (``create_ann_index``) once the
-        table has ``ANN_MIN_ROWS`` rows, "off" never does, "rebuild" retrains
-        it now. Versions older than ``keep_versions`` are removed (a search
-        still reading one that old would fail; searches take milliseconds).
-
-        With an ANN index, rows added later are searched exactly beside it
-        until they are more than ``REBUILD_FRACTION`` of the table; then the
-        table is compacted and the index retrained. (LanceDB 0.40's
-        ``optimize()`` merges new rows into an IVF-SQ index in a way that makes
-        every later query scan all partitions, so it is not used to update it.)
+        ``ann``: "auto" builds the FAISS index beside the table (``ann.py``)
+        once the table has ``ANN_MIN_ROWS`` rows and rebuilds it when the rows
+        of files written since its build exceed ``REBUILD_FRACTION`` of the
+        table or ``REBUILD_MAX_ROWS`` (until then they are scanned exactly
+        beside it); "rebuild" rebuilds it now; "off" leaves it as it is.
+        Versions older than ``keep_versions`` are removed (a search still
+        reading one that old would fail; searches take milliseconds).
         """
         table = self._table(self.TABLE)
         if table is None:
             return
-        indices = table.list_indices()
-        vector_index = next((i for i in indices if tuple(i.columns) == ("vector",)), None)
-        rows = table.count_rows()
-        if vector_index is not None and ann != "rebuild":
-            if vector_index.num_unindexed_rows <= self.REBUILD_FRACTION * rows:
-                return  # cheap: the few new rows are scanned exactly
-            ann = "rebuild"
         # delete_unverified: stray files of a killed writer; safe, we hold the writer lock.
         table.optimize(cleanup_older_than=keep_versions, delete_unverified=True)
         failures = self._table(self.FAILURES)
         if failures is not None:
             failures.optimize(cleanup_older_than=keep_versions, delete_unverified=True)
-        indexed = {tuple(i.columns) for i in table.list_indices()}
+        rows = table.count_rows()
+        indexed = {tuple(i.columns): i for i in table.list_indices()}
         if rows >= self.SCALAR_MIN_ROWS:  # look-ups by file id, filters by source
             if ("file_id",) not in indexed:
                 table.create_scalar_index("file_id", index_type="BTREE")
             if ("source",) not in indexed:
                 table.create_scalar_index("source", index_type="BITMAP")
-        if ann == "rebuild" or (ann == "auto" and rows >= self.ANN_MIN_ROWS):
-            create_ann_index(table, rows, self.ANN_KIND)
+        if ann == "off":
+            return
+        if rows < self.ANN_MIN_ROWS:
+            self.ann.drop()
+            return
+        if ann != "rebuild" and self.ann.exists():
+            dirty = self.ann.dirty()
+            if not dirty:
+                return
+            limit = min(self.REBUILD_FRACTION * rows, self.REBUILD_MAX_ROWS)
+            if self._count_rows_of(dirty, stop_above=limit) <= limit:
+                return  # cheap: the few rows written since are scanned exactly
+        self.build_ann(log=log)
+        if ("vector",) in indexed:  # an older version's LanceDB index: the FAISS one replaces it
+            table.drop_index(indexed[("vector",)].name)
+
+    def build_ann(self, log=None) -> dict:
+        """(Re)build the FAISS index beside the table from its current rows (the writer lock held)."""
+        table = self._table(self.TABLE)
+        rows = table.count_rows()
+        dim = table.schema.field("vector").type.list_size
+        columns = ["file_id", "source", "kind", "start", "vector"]
+
+        def scan():
+            return table.search().select(columns).limit(None).to_batches(16384)
+
+        return self.ann.build(scan, rows, dim, table.version, log=log)
+
+    def _count_rows_of(self, file_ids: Sequence[int], stop_above: float) -> int:
+        table = self._table(self.TABLE)
+        total = 0
+        ids = sorted(int(i) for i in file_ids)
+        for chunk in range(0, len(ids), 500):
+            total += table.count_rows(_in("file_id", ids[chunk: chunk + 500]))
+            if total > stop_above:
+                break
+        return total
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -1,0 +1,499 @@
+"""A FAISS IVF index beside a store: fast, exact-scored search at 10^5-10^6 vectors and beyond.
+
+The store (LanceDB) stays the truth; this is a derived copy of its vectors,
+laid out for speed, in the folder ``ann/`` of the index:
+
+- ``g{G}.index`` + ``g{G}.ivfdata``: a FAISS ``IndexIVFFlat`` (inner product)
+  whose inverted lists live in a memory-mapped file, so a searching process
+  holds only what the OS keeps in its page cache. Lists hold the raw float32
+  vectors: every candidate's score is the exact cosine (no quantisation, no
+  re-ranking step needed), and scanning every list is the exact search.
+- ``g{G}.rows.npy``: for each vector (its FAISS id is its position), the row's
+  ``file_id``, ``start``, ``kind`` and ``source``.
+- ``state.json``: which generation is current, the table version it was built
+  from, and the *dirty* files: files written since (added, replaced or
+  deleted). Their vectors in the index are ignored, and their current rows are
+  read from the store and scanned exactly, so a search sees every committed
+  row once and never a deleted one.
+
+Writers mark files dirty (an atomic rewrite of ``state.json``) *before* the
+store commits, so a crash in between only leaves a file marked that did not
+change (harmless: its rows are scanned exactly). A build writes a new
+generation's files under new names, fsyncs them and then publishes them by
+replacing ``state.json``; a crash before that leaves the previous generation in
+use, and its stray files are deleted by the next build. Readers re-read the
+state when the file changes (one ``stat`` per query).
+
+Training: spherical k-means on a sample (``SAMPLE_PER_LIST`` vectors per list),
+with the assignments computed by torch matrix products in bfloat16 where the
+CPU does those faster than float32 (ties aside, the same lists; the scores
+that rank results are always float32). About 4·sqrt(n) lists of ~250 vectors;
+a query scans the ``nprobe`` lists whose centroids are nearest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..io import atomic_write
+
+__all__ = ["AnnIndex", "ann_lists"]
+
+KINDS = ("window", "image", "frame")
+SOURCES = ("audio", "image", "video")
+ROW_DTYPE = np.dtype([("file_id", "<i8"), ("start", "<f8"), ("kind", "i1"), ("source", "i1")])
+SAMPLE_PER_LIST = 24  # k-means training vectors per list
+KMEANS_ITERATIONS = 10
+SHARD_ROWS = 131_072  # vectors held in memory at once while building (512 MB at 1024-d)
+STATE = "state.json"
+
+
+def ann_lists(rows: int) -> int:
+    """IVF lists for ``rows`` vectors: a power of two near min(rows / 256, 4 sqrt(rows)); 1 below 2,048 rows."""
+    if rows < 2048:
+        return 1
+    target = min(rows / 256, 4 * rows**0.5)
+    return int(2 ** round(np.log2(target)))
+
+
+class AnnIndex:
+    """The FAISS sidecar of one store, in ``folder``. Safe to share between threads."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._state_key = None
+        self._state: dict | None = None
+        self._loaded = None  # (generation, faiss index, rows array, {source code: mask})
+        self._selectors: dict = {}
+        self._dirty_cache = None  # (key, table of the dirty files' rows, matrix)
+
+    # -- state ----------------------------------------------------------------------
+
+    def state(self) -> dict | None:
+        """The published state, re-read when ``state.json`` changed; None when there is no index."""
+        path = self.folder / STATE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._state_key, self._state = None, None
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._state_key:
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError):
+                return None  # unreadable: ignore the sidecar (searches scan the store exactly)
+            self._state_key, self._state = key, state
+        return self._state
+
+    def exists(self) -> bool:
+        return self.state() is not None
+
+    def _write_state(self, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.folder / STATE, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+
+    def mark(self, file_ids: Iterable[int]) -> None:
+        """Record, before the store commits, that these files' rows are about to change."""
+        state = self.state()
+        if state is None:
+            return
+        ids = {str(int(i)) for i in file_ids}
+        if not ids:
+            return
+        state = dict(state)
+        seq = int(state.get("seq", 0)) + 1
+        state["dirty"] = {**state.get("dirty", {}), **{i: seq for i in ids}}
+        state["seq"] = seq
+        self._write_state(state)
+
+    def dirty(self) -> list[int]:
+        state = self.state()
+        return [] if state is None else [int(i) for i in state.get("dirty", {})]
+
+    def drop(self) -> None:
+        """Remove the sidecar (state first: readers then stop using it)."""
+        (self.folder / STATE).unlink(missing_ok=True)
+        for f in self.folder.glob("g*"):
+            f.unlink(missing_ok=True)
+
+    # -- building -----------------------------------------------------------------
+
+    def build(self, scan: Callable[[], Iterable[pa.RecordBatch]], rows: int, dim: int, table_version: int,
+              log: Callable[[str], None] | None = None) -> dict:
+        """Build a new generation from ``scan()`` (called twice; batches with ``file_id, source, kind,
+        start, vector``), publish it and delete the old one. ``rows`` is the number of rows ``scan`` yields.
+        """
+        import faiss
+        from faiss.contrib.ondisk import merge_ondisk
+
+        say = log or (lambda message: None)
+        started = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        before = self.state() or {}
+        generation = int(before.get("generation", 0)) + 1
+        seq_at_start = int(before.get("seq", 0))
+        for stray in self.folder.glob(f"g{generation}.*"):  # left by a build killed before publishing
+            stray.unlink()
+        nlist = ann_lists(rows)
+
+        # 1. training sample (the first pass), spherical k-means
+        rng = np.random.default_rng(0)
+        if nlist > 1:
+            wanted = np.sort(rng.choice(rows, min(rows, nlist * SAMPLE_PER_LIST), replace=False))
+            sample = np.empty((len(wanted), dim), np.float32)
+            got, offset = 0, 0
+            for batch in scan():
+                n = batch.num_rows
+                hi = np.searchsorted(wanted, offset + n)
+                if hi > got:
+                    sample[got:hi] = _vectors(batch, dim)[wanted[got:hi] - offset]
+                    got = hi
+                offset += n
+            sample = sample[:got]
+            centroids = spherical_kmeans(sample, nlist, KMEANS_ITERATIONS, rng)
+            del sample
+        else:
+            centroids = np.zeros((1, dim), np.float32)
+        say(f"ann: trained {nlist} list(s) in {time.perf_counter() - started:.1f} s")
+
+        # 2. the vectors, in shards of at most SHARD_ROWS, each written to disk, then merged into one file
+        quantizer = faiss.IndexFlatIP(dim)
+        quantizer.add(centroids)
+        shard_paths: list[Path] = []
+        meta_parts: list[np.ndarray] = []
+        position = 0
+
+        def new_shard():
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.is_trained = True
+            return index
+
+        shard = new_shard()
+        try:
+            for batch in scan():
+                vectors = _vectors(batch, dim)
+                lists = assign(centroids, vectors) if nlist > 1 else np.zeros(len(vectors), np.int64)
+                ids = np.arange(position, position + len(vectors), dtype=np.int64)
+                shard.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+                meta_parts.append(_row_meta(batch))
+                position += len(vectors)
+                if shard.ntotal >= SHARD_ROWS:
+                    shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
+                    shard = new_shard()
+            if shard.ntotal or not shard_paths:
+                shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
+            del shard
+            merged = new_shard()
+            data_path = self.folder / f"g{generation}.ivfdata"
+            with _quiet_stdout():  # FAISS prints "resizing FILE" on the C stdout
+                merge_ondisk(merged, [str(p) for p in shard_paths], str(data_path))
+            index_path = self.folder / f"g{generation}.index"
+            faiss.write_index(merged, str(index_path))
+            del merged
+        finally:
+            for p in shard_paths:
+                p.unlink(missing_ok=True)
+        meta = np.concatenate(meta_parts) if meta_parts else np.zeros(0, ROW_DTYPE)
+        with atomic_write(self.folder / f"g{generation}.rows.npy", "wb") as f:
+            np.save(f, meta)
+        for path in (data_path, index_path):
+            _fsync(path)
+
+        # 3. publish: files marked dirty while building stay dirty (their rows may be newer than the scan)
+        current = self.state() or {}
+        dirty = {k: v for k, v in current.get("dirty", {}).items() if int(v) > seq_at_start}
+        state = {"format": 1, "generation": generation, "table_version": int(table_version), "vectors": position,
+                 "lists": nlist, "dim": dim, "data_file": str(data_path.resolve()), "seq": int(current.get("seq", 0)), "dirty": dirty,
+                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "build_seconds": round(time.perf_counter() - started, 1)}
+        self._write_state(state)
+        for old in self.folder.glob("g*"):
+            if not old.name.startswith(f"g{generation}."):
+                old.unlink(missing_ok=True)
+        say(f"ann: {position:,} vectors in {nlist} list(s), built in {state['build_seconds']} s")
+        return state
+
+    def _write_shard(self, shard, generation: int, number: int) -> Path:
+        import faiss
+
+        path = self.folder / f"g{generation}.shard{number}.tmp"
+        faiss.write_index(shard, str(path))
+        return path
+
+    # -- searching ---------------------------------------------------------------------
+
+    def _load(self, state: dict):
+        loaded = self._loaded
+        if loaded is not None and loaded[0] == state["generation"]:
+            return loaded
+        import faiss
+
+        generation = state["generation"]
+        path = str(self.folder / f"g{generation}.index")
+        if Path(state.get("data_file", "")) == (self.folder / f"g{generation}.ivfdata").resolve():
+            index = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
+        else:  # the index folder was moved since the build: look for the data beside the index file
+            with _quiet_stdout():  # FAISS says so on the C stdout
+                index = faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        meta = np.load(self.folder / f"g{generation}.rows.npy")
+        if index.ntotal != len(meta):
+            raise OSError(f"{self.folder}: generation {generation} is inconsistent ({index.ntotal} vectors, "
+                          f"{len(meta)} rows)")
+        # One thread per query: a single query's scan of a few lists gains nothing from a second thread,
+        # and waiting for it on a busy machine is what makes the slow percentile slow (docs/performance.md).
+        faiss.omp_set_num_threads(1)
+        self._loaded = (generation, index, meta)
+        self._selectors = {}
+        return self._loaded
+
+    def _selector(self, state: dict, meta: np.ndarray, sources: tuple[str, ...] | None):
+        """A FAISS id selector keeping clean rows of the given sources; None when every row is kept."""
+        import faiss
+
+        dirty = tuple(sorted(int(i) for i in state.get("dirty", {})))
+        key = (state["generation"], state.get("seq"), sources)
+        cached = self._selectors.get(key)
+        if cached is not None:
+            return cached
+        keep = None
+        if dirty:
+            keep = ~np.isin(meta["file_id"], np.asarray(dirty, np.int64))
+        if sources:
+            codes = [SOURCES.index(s) for s in sources if s in SOURCES]
+            wanted = np.isin(meta["source"], np.asarray(codes, np.int8))
+            keep = wanted if keep is None else keep & wanted
+        if keep is None:
+            entry = (None, None, int(len(meta)))
+        else:
+            bits = np.packbits(keep, bitorder="little")
+            entry = (faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits)), bits, int(keep.sum()))
+        if len(self._selectors) > 16:
+            self._selectors.clear()
+        self._selectors[key] = entry
+        return entry
+
+    def search(self, query: np.ndarray, limit: int, sources: Sequence[str] | None, exact: bool, nprobe: int,
+               table_version: Callable[[], int], read_rows: Callable[[list[int]], pa.Table], max_dirty_rows: int
+               ) -> pa.Table | None:
+        """The best ``limit`` rows (``file_id, kind, start, score``), or None when the sidecar cannot answer
+        (none, unreadable, or more dirty rows than ``max_dirty_rows``): the caller then scans the store."""
+        import faiss
+
+        with self._lock:
+            state = self.state()
+            if state is None or "generation" not in state:
+                return None
+            try:
+                generation, index, meta = self._load(state)
+            except (OSError, RuntimeError):
+                return None
+            selector, _bits, kept = self._selector(state, meta, tuple(sources) if sources else None)
+            dirty = self._dirty_rows(state, table_version, read_rows, max_dirty_rows)
+        if dirty is None:
+            return None
+        query = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
+        nlist = index.nlist
+        probes = nlist if exact else max(1, min(nprobe, nlist))
+        params = faiss.SearchParametersIVF(nprobe=probes, sel=selector) if selector is not None else \
+            faiss.SearchParametersIVF(nprobe=probes)
+        k = max(1, min(limit, kept)) if kept else 0
+        if k:
+            scores, ids = index.search(query, k, params=params)
+            scores, ids = scores[0], ids[0]
+            found = ids >= 0
+            scores, ids = scores[found], ids[found]
+        else:
+            scores, ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        rows = meta[ids]
+        file_ids, starts = rows["file_id"], rows["start"].astype(np.float64)
+        kinds = np.asarray(KINDS, dtype=object)[rows["kind"]]
+        starts_mask = rows["kind"] != 0  # images and frames have no start
+        dirty_table, matrix = dirty
+        if dirty_table.num_rows:
+            keep = np.ones(dirty_table.num_rows, bool)
+            if sources:
+                keep = np.isin(np.asarray(dirty_table["source"].to_pylist(), dtype=object), list(sources))
+            d_scores = matrix @ query[0]
+            d_scores = d_scores[keep]
+            d_table = dirty_table.filter(pa.array(keep))
+            file_ids = np.concatenate([file_ids, d_table["file_id"].to_numpy()])
+            d_starts = d_table["start"].to_numpy(zero_copy_only=False)
+            starts = np.concatenate([starts, np.nan_to_num(d_starts, nan=0.0)])
+            starts_mask = np.concatenate([starts_mask, d_table["start"].is_null().to_numpy(zero_copy_only=False)])
+            kinds = np.concatenate([kinds, np.asarray(d_table["kind"].to_pylist(), dtype=object)])
+            scores = np.concatenate([scores, d_scores.astype(np.float32)])
+        order = np.lexsort((np.arange(len(scores)), -scores))[:limit]
+        start_values = pa.array(starts[order], pa.float64(), mask=starts_mask[order])
+        return pa.table({"file_id": pa.array(file_ids[order], pa.int64()),
+                         "kind": pa.array(kinds[order].tolist(), pa.string()),
+                         "start": start_values,
+                         "score": pa.array(scores[order], pa.float32())})
+
+    def _dirty_rows(self, state: dict, table_version: int, read_rows, max_rows: int):
+        """The current rows of the dirty files (and their vectors as a matrix), cached per table version."""
+        ids = sorted(int(i) for i in state.get("dirty", {}))
+        key = (state["generation"], state.get("seq"), table_version() if ids else None)
+        if self._dirty_cache is not None and self._dirty_cache[0] == key:
+            return self._dirty_cache[1]
+        parts, total = [], 0
+        for chunk in range(0, len(ids), 500):
+            part = read_rows(ids[chunk: chunk + 500])
+            total += part.num_rows
+            if total > max_rows:
+                return None
+            parts.append(part.select(["file_id", "source", "kind", "start", "vector"]))
+        if parts:
+            table = pa.concat_tables(parts)
+            dim = table.schema.field("vector").type.list_size
+            matrix = _vectors(table.combine_chunks().to_batches()[0], dim) if table.num_rows else \
+                np.zeros((0, dim), np.float32)
+        else:
+            table = pa.table({"file_id": pa.array([], pa.int64()), "source": pa.array([], pa.string()),
+                              "kind": pa.array([], pa.string()), "start": pa.array([], pa.float64())})
+            matrix = np.zeros((0, 1), np.float32)
+        value = (table, matrix)
+        self._dirty_cache = (key, value)
+        return value
+
+    def describe(self) -> dict | None:
+        state = self.state()
+        if state is None or "generation" not in state:
+            return None
+        return {"vectors": state["vectors"], "lists": state["lists"], "dirty_files": len(state.get("dirty", {})),
+                "built": state.get("built"), "build_seconds": state.get("build_seconds")}
+
+
+# -- k-means and assignment -------------------------------------------------------------------------
+
+_MATMUL_DTYPE = None
+
+
+def _matmul_dtype():
+    """bfloat16 where this CPU multiplies it faster than float32 (AVX512-BF16, AMX), else float32."""
+    global _MATMUL_DTYPE
+    if _MATMUL_DTYPE is None:
+        import torch
+
+        a, b = torch.randn(2048, 1024), torch.randn(1024, 1024)
+        timings = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x, y = a.to(dtype), b.to(dtype)
+            x @ y
+            t = time.perf_counter()
+            for _ in range(3):
+                x @ y
+            timings[dtype] = time.perf_counter() - t
+        _MATMUL_DTYPE = torch.bfloat16 if timings[torch.bfloat16] * 1.3 < timings[torch.float32] else torch.float32
+    return _MATMUL_DTYPE
+
+
+def assign(centroids: np.ndarray, vectors: np.ndarray, batch: int = 16384) -> np.ndarray:
+    """The nearest centroid (largest inner product) of each vector."""
+    import torch
+
+    dtype = _matmul_dtype()
+    c = torch.from_numpy(np.require(centroids, np.float32, ["C", "W"])).to(dtype).T.contiguous()
+    out = np.empty(len(vectors), np.int64)
+    with torch.inference_mode():
+        for s in range(0, len(vectors), batch):
+            x = torch.from_numpy(np.require(vectors[s: s + batch], np.float32, ["C", "W"])).to(dtype)
+            out[s: s + batch] = (x @ c).argmax(1).numpy()
+    return out
+
+
+def spherical_kmeans(sample: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` unit centroids of unit vectors (cosine k-means); empty clusters re-seeded from the sample."""
+    import torch
+
+    if len(sample) <= k:
+        extra = sample[rng.integers(0, len(sample), k - len(sample))] if len(sample) else np.zeros((k, 1))
+        return np.ascontiguousarray(np.concatenate([sample, extra]).astype(np.float32))
+    centroids = sample[rng.choice(len(sample), k, replace=False)].copy()
+    data = torch.from_numpy(sample)
+    for _ in range(iterations):
+        labels = torch.from_numpy(assign(centroids, sample))
+        sums = torch.zeros(k, sample.shape[1]).index_add_(0, labels, data).numpy()
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        empty = np.flatnonzero(norms[:, 0] == 0)
+        centroids = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        if len(empty):
+            centroids[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]
+    return np.ascontiguousarray(centroids)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _vectors(batch, dim: int) -> np.ndarray:
+    column = batch.column(batch.schema.get_field_index("vector"))
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.values if column.offset == 0 else column.flatten()
+    return np.ascontiguousarray(values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+
+
+def _codes(column, names: tuple[str, ...]) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    codes = pc.fill_null(pc.index_in(column, value_set=pa.array(names)), 0)
+    return codes.to_numpy(zero_copy_only=False).astype(np.int8)
+
+
+def _row_meta(batch) -> np.ndarray:
+    meta = np.zeros(batch.num_rows, ROW_DTYPE)
+    meta["file_id"] = batch.column(batch.schema.get_field_index("file_id")).to_numpy()
+    start = batch.column(batch.schema.get_field_index("start"))
+    meta["start"] = np.nan_to_num(start.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+    meta["kind"] = _codes(batch.column(batch.schema.get_field_index("kind")), KINDS)
+    meta["source"] = _codes(batch.column(batch.schema.get_field_index("source")), SOURCES)
+    return meta
+
+
+_STDOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence what C code prints on file descriptor 1 meanwhile (Python's own output is flushed first)."""
+    import sys
+
+    with _STDOUT_LOCK:
+        try:
+            sys.stdout.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        try:
+            saved = os.dup(1)
+        except OSError:
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
