@@ -47,10 +47,15 @@ __all__ = [
 
 
 def list_models() -> list[str]:
-    """Architecture names (the bundled JSON configs in ``audioclip/model_configs``)."""
-    from .model.config import list_model_configs
+    """Architecture names (the bundled JSON configs in ``audioclip/model_configs``).
 
-    return list_model_configs()
+    Read from the package data directly, so that telling what a name means
+    (:func:`describe_source`) imports no torch.
+    """
+    from importlib import resources
+
+    files = resources.files("audioclip.model_configs").iterdir()
+    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
 
 
 def list_pretrained() -> list[tuple[str, str]]:

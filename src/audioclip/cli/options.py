@@ -298,28 +298,26 @@ def _architectures() -> list[str]:
 
 
 def check_checkpoint(name: str | os.PathLike, *, option: str = "--checkpoint") -> str:
-    """What ``name`` is for :func:`audioclip.factory.create_model`: ``"architecture"``, ``"registry"`` or ``"file"``.
+    """What ``name`` is for :func:`audioclip.factory.create_model`: ``"architecture"``, ``"registry"``,
+    ``"file"``, ``"folder"`` (a Hub-style model folder) or ``"hub"`` (``hf-hub:ORG/NAME``).
 
-    The same answer as :func:`audioclip.factory.describe_source`, told without
-    importing torch; a usage error if ``name`` is none of them.
+    :func:`audioclip.factory.describe_source`'s answer (told without importing
+    torch or downloading); a usage error if ``name`` is none of them.
     """
-    from audioclip import checkpoints
+    from audioclip.checkpoints import CheckpointError
+    from audioclip.factory import describe_source
 
-    text = os.fspath(name)
-    if text in _architectures():
-        return "architecture"
-    if checkpoints.lookup(text) is not None:
-        return "registry"
-    path = Path(text).expanduser()
-    if path.exists():
-        if path.is_dir():
-            raise UsageError(f"{option} {text}: is a folder, not a checkpoint file")
-        return "file"
-    if checkpoints.lookup_filename(text) is not None:
-        return "registry"
-    known = ", ".join([*checkpoints.REGISTRY, *_architectures()])
-    raise UsageError(f"{option} {text}: neither an existing file, a registered checkpoint nor an architecture; "
-                     f"known names: {known}")
+    try:
+        return describe_source(name).kind
+    except CheckpointError as err:
+        raise UsageError(f"{option} {os.fspath(name)}: {_without_name(str(err), os.fspath(name))}") from None
+
+
+def _without_name(message: str, name: str) -> str:
+    for prefix in (f"{name!r} is ", f"{name}: "):
+        if message.startswith(prefix):
+            return message[len(prefix):] if prefix.endswith(": ") else "is " + message[len(prefix):]
+    return message
 
 
 def check_cached(name: str | os.PathLike, *, cache_dir=None, offline=None) -> None:
