@@ -135,10 +135,12 @@ def test_embed_parquet_then_resume(checkpoint, folder, tmp_path):
     first = cli("embed", str(folder), "-o", str(out), checkpoint=checkpoint, check=0)
     assert "7 file(s) embedded" in first.stderr and "1 non-media" in first.stderr
     table = pq.read_table(out)
-    assert set(table.column_names) >= {"path", "modality", "kind", "start", "end", "embedding", "checkpoint"}
+    assert set(table.column_names) >= {"path", "modality", "kind", "start_s", "end_s", "embedding", "checkpoint"}
     assert len(set(table["path"].to_pylist())) == 7
-    # every wav: one 2 s window (shorter than 5 s: centre-padded) + pooled; the jpg: one image row
-    assert table.num_rows == 6 * 2 + 1
+    # every wav: one 2 s window (shorter than 5 s: centre-padded), which is its clip: one pooled row;
+    # the jpg: one image row
+    assert table.num_rows == 6 + 1
+    assert table.schema.metadata[b"audioclip.window_s"] == b"5.0"
     second = cli("embed", str(folder), "-o", str(out), checkpoint=checkpoint, check=0)
     assert "7 file(s) already" in second.stderr and "(0 now, 7 before)" in second.stderr
     assert pq.read_table(out).equals(table)
@@ -163,7 +165,7 @@ def test_two_shards_equal_one_run(checkpoint, folder, tmp_path):
             in_process=True)
         parts.append(pq.read_table(out))
     assert all(p.num_rows for p in parts)
-    key = lambda r: (r["path"], r["kind"], r["start"])  # noqa: E731
+    key = lambda r: (r["path"], r["kind"], r["start_s"])  # noqa: E731
     sharded = sorted((r for p in parts for r in p.to_pylist()), key=key)
     single = sorted(pq.read_table(whole).to_pylist(), key=key)
     assert [key(r) for r in sharded] == [key(r) for r in single]
@@ -178,9 +180,9 @@ def test_embed_with_another_audio_compute_mode(checkpoint, folder, tmp_path, mod
     clip = str(folder / "clip0.wav")
     cli("embed", clip, "-o", str(default), checkpoint=checkpoint, check=0, in_process=True)
     cli("embed", clip, "-o", str(other), "--audio-mode", mode, checkpoint=checkpoint, check=0, in_process=True)
-    want = np.stack(read_embeddings(default)["embedding"].to_numpy(zero_copy_only=False))
-    got = np.stack(read_embeddings(other)["embedding"].to_numpy(zero_copy_only=False))
-    assert got.shape == want.shape == (2, 64)
+    want = read_embeddings(default).matrix()
+    got = read_embeddings(other).matrix()
+    assert got.shape == want.shape == (1, 64)  # a single-window clip: one vector
     # unit vectors: float32 paths agree to rounding, bfloat16 to its precision
     np.testing.assert_allclose(got, want, atol=3e-2 if mode == "bf16" else 1e-5)
 
@@ -196,10 +198,10 @@ def test_embed_other_formats(checkpoint, folder, tmp_path, fmt):
     out = tmp_path / f"emb.{fmt}"
     cli("embed", str(folder / "clip0.wav"), str(folder / "pic.jpg"), "-o", str(out), checkpoint=checkpoint,
         check=0, in_process=True)
-    table = read_embeddings(out)
-    assert table.num_rows == 3
+    table, settings = read_embeddings(out)
+    assert table.num_rows == 2 and settings["checkpoint"] == table["checkpoint"][0].as_py()
     if fmt == "npy":
-        assert np.load(out).shape == (3, 64)
+        assert np.load(out).shape == (2, 64)
         assert (tmp_path / "emb.jsonl").exists()
 
 
@@ -226,7 +228,7 @@ def test_embed_killed_midway_loses_no_finished_work(checkpoint, tmp_path):
     assert f"{len(saved)} file(s) already" in resumed.stderr
     table = pq.read_table(out)
     assert sorted(set(table["path"].to_pylist())) == sorted(str(p) for p in folder.iterdir())
-    assert table.num_rows == 60 * 2  # one window + pooled each, no duplicates
+    assert table.num_rows == 60  # one vector each (a single window is its clip), no duplicates
     assert not parts.exists()
 
 
@@ -253,3 +255,22 @@ def test_similarity(checkpoint, folder):
     text_pair = next(line for line in lines if '"a dog"' in line and '"rain"' in line)
     assert text_pair.split()[-1] == "-"  # same modality: no logit
     assert cli("similarity", checkpoint=checkpoint, in_process=True).returncode == 2
+
+
+def test_convert_and_export_commands(tmp_path):
+    """audioclip convert (.pt <-> .safetensors, bit for bit) and export hub (a folder that loads as --checkpoint)."""
+    from audioclip import create_model as _create, save_model as _save
+    from audioclip.cli import main as cli_main
+
+    pt = _save(_create("AudioCLIP-tiny"), tmp_path / "tiny.pt")
+    assert cli_main(["convert", str(pt), str(tmp_path / "tiny.safetensors"), "-q"]) == 0
+    assert cli_main(["convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "back.pt"), "-q"]) == 0
+    assert (tmp_path / "back.pt").read_bytes() == pt.read_bytes()
+    assert cli_main(["convert", str(pt), str(tmp_path / "x.onnx")]) == 2
+    assert cli_main(["convert", str(pt), str(tmp_path / "tiny.safetensors")]) == 2  # exists
+    assert cli_main(["export", "hub", "--checkpoint", str(tmp_path / "tiny.safetensors"), "-o",
+                     str(tmp_path / "hub"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    model = _create(tmp_path / "hub")
+    assert model.pretrained_cfg["architecture"] == "AudioCLIP-tiny"
+    assert cli_main(["export", "hub", "--checkpoint", str(pt), "-o", str(tmp_path / "hub")]) == 2  # earlier export

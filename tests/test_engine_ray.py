@@ -22,15 +22,15 @@ from audioclip.engines import embed_to
 
 from conftest import SHARED_DATA
 
-ray = pytest.importorskip("ray", reason='the ray extra is not installed: pip install "audioclip[ray]"')
-
 ESC = SHARED_DATA / "esc50" / "audio"
 SR = 44100
+RAY_MISSING = 'the ray extra is not installed: pip install "audioclip[ray]"'
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance for the whole module (start-up takes seconds); the engine reuses it."""
+    ray = pytest.importorskip("ray", reason=RAY_MISSING)
     started = not ray.is_initialized()
     if started:
         import logging
@@ -70,7 +70,7 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain(model, inputs, tmp_path_factory):
+def plain(model, inputs, tmp_path_factory, local_ray):
     out = tmp_path_factory.mktemp("plain") / "emb.parquet"
     return embed_to(model, [inputs], out), read_embeddings(out)
 
@@ -128,3 +128,46 @@ def test_a_plain_output_is_resumed_by_ray(model, inputs, plain, tmp_path):
     report = embed_to(model, clips, out, engine="ray")
     assert report.skipped == 4 - sum(1 for p in clips[:4] if "broken" in p)
     _same(read_embeddings(out), plain[1])
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from audioclip.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+def test_cli_engine_ray_equals_plain(checkpoint, inputs, plain, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOCLIP_OFFLINE", "1")
+    out = tmp_path / "emb.parquet"
+    code, err = _cli("embed", inputs, "-o", out, "--engine", "ray", "--concurrency", "1", "--num-gpus", "0",
+                     "--flush-every", "4", "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 3, err  # two bad files: reported, the rest written
+    assert "8 file(s) embedded (8 now, 0 before), 2 failed" in err and "11 rows" in err
+    assert err.count("audioclip: skipped ") == 2 and "broken.png" in err and "Traceback" not in err
+    _same(read_embeddings(out), plain[1])
+    assert read_embeddings(out).settings["engine"] == "ray"
+
+
+def test_cli_ray_options_are_checked_before_the_model(checkpoint, inputs, tmp_path, monkeypatch):
+    from audioclip.cli import options
+
+    monkeypatch.setattr(options, "_importable", lambda module: module != "ray")
+    monkeypatch.setattr("audioclip.cli.inference.load_model", lambda args: pytest.fail("model loaded"))
+    code, err = _cli("embed", inputs, "-o", tmp_path / "e.parquet", "--engine", "ray", "--checkpoint", checkpoint)
+    assert code == 2 and 'pip install "audioclip[ray]"' in err and len(err.strip().splitlines()) == 1
+    code, err = _cli("embed", inputs, "-o", tmp_path / "e.parquet", "--concurrency", "2", "--checkpoint", checkpoint)
+    assert code == 2 and "--concurrency goes with --engine ray" in err
+    code, err = _cli("embed", inputs, "-o", tmp_path / "e.parquet", "--engine", "spark", "--checkpoint", checkpoint)
+    assert code == 2 and "--engine" in err

@@ -28,6 +28,7 @@ from .options import (
     error,
     exit_status,
     light_open_clip,
+    non_negative_float,
     non_negative_int,
     note,
     positive_float,
@@ -35,6 +36,7 @@ from .options import (
     prefetch_checkpoint,
     progress_bar,
     read_list_file,
+    require_extra,
     set_command,
     shard,
     verbose,
@@ -265,24 +267,48 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _remove_output(out) -> None:
-    """Everything an earlier embed wrote at ``out``: the file, its parts, an .npy's index."""
-    import shutil
-    from pathlib import Path
+    """Everything an earlier embed wrote at ``out``: the file, its parts, an .npy's index, the settings sidecar."""
+    from audioclip.engines import remove_output
 
-    out = Path(out)
-    parts = out.with_name(out.name + ".parts")
-    if parts.is_dir():
-        shutil.rmtree(parts)
-    if out.suffix.lower() == ".npy" and out.with_suffix(".jsonl").is_file():
-        out.with_suffix(".jsonl").unlink()
-    if out.is_file():
-        out.unlink()
+    remove_output(out)
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        require_extra("ray")
+        return
+    given = [flag for flag, value in (("--ray-address", args.ray_address), ("--num-gpus", args.num_gpus),
+                                      ("--concurrency", args.concurrency)) if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} goes with --engine ray")
+
+
+def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
+    """``embed --engine ray``: the same job on Ray Data (audioclip.engines.ray_engine), the same messages."""
+    from audioclip.engines.ray_engine import embed_with_ray
+
+    with progress_bar(args, len(paths)) as bar:
+        def on_result(path, error):
+            if error:
+                bar.write(f"audioclip: skipped {path}: {error}", file=sys.stderr)
+            bar.update()
+
+        report = embed_with_ray(model, paths, args.output, fmt=args.format, options=_decode_options(args, model),
+                                batch_size=args.batch_size, precision=args.precision, audio_mode=args.audio_mode,
+                                files_per_part=args.flush_every, on_result=on_result, address=args.ray_address,
+                                num_gpus=args.num_gpus, concurrency=args.concurrency, device=args.device)
+    note(args, f"{report.done + report.skipped} file(s) embedded ({report.done} now, {report.skipped} before), "
+         f"{len(report.failed)} failed, {len(ignored)} non-media file(s) ignored; {report.rows} rows in {args.output}")
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    return exit_status(report.done + report.skipped, len(report.failed))
 
 
 def _run_embed(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     check_output_file(args.output, overwrite=args.overwrite, resumable=True,
                       suffixes=None if args.format else EMBED_SUFFIXES)
+    _check_engine(args)
     _check_model_options(args)
 
     paths, ignored = _expand(args, args.inputs)
@@ -291,15 +317,18 @@ def _run_embed(args: argparse.Namespace) -> int:
 
         index, count = args.shard
         paths = shard_of(paths, index, count)
-    model = load_model(args)
+    # Ray's actors take the model to their own devices: the driver's copy stays on the CPU
+    model = load_model(args if args.engine == "plain" else argparse.Namespace(**{**vars(args), "device": "cpu"}))
 
-    from audioclip.embeddings_io import EmbeddingWriter
-    from audioclip.factory import checkpoint_id
+    from audioclip.embeddings_io import EmbeddingWriter, run_settings
 
     if args.overwrite:
         _remove_output(args.output)
-    writer = EmbeddingWriter(args.output, checkpoint=checkpoint_id(model), fmt=args.format,
-                             part_size=args.flush_every)
+    if args.engine == "ray":
+        return _embed_with_ray(args, model, paths, ignored)
+    settings = run_settings(model, _decode_options(args, model), precision=args.precision,
+                            audio_mode=args.audio_mode)
+    writer = EmbeddingWriter(args.output, fmt=args.format, part_size=args.flush_every, settings=settings)
     done_before = writer.done_paths()
     todo = [p for p in paths if p not in done_before]
     skipped = len(paths) - len(todo)
@@ -330,9 +359,10 @@ def register_embed(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "embed", help="embed audio, image and video files into a Parquet (or .npy/.jsonl) file",
         description="Embed every file (folders are searched recursively for media files). "
-        "Rows: path, source, modality, kind (window|pooled|image|frame), start, end, checkpoint, "
-        "embedding (L2-normalised). Finished files are saved as the job goes; a re-run with the "
-        "same output skips files already embedded with the same checkpoint (--overwrite starts over).",
+        "Rows: path, source, modality, kind (window|pooled|image|frame), start_s, end_s, windows, checkpoint, "
+        "embedding (L2-normalised; docs/output-format.md), and the run's settings in the file's metadata. "
+        "Finished files are saved as the job goes; a re-run with the same output skips files already "
+        "embedded with the same checkpoint (--overwrite starts over).",
         epilog=STATUS_EPILOG)
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="files or folders")
     group = add_output_options(
@@ -345,6 +375,16 @@ def register_embed(subparsers: argparse._SubParsersAction) -> None:
                         help="embed only shard K of N (1-based); N runs together cover every file once")
     parser.add_argument("--flush-every", type=positive_int, default=64, metavar="FILES",
                         help="save progress every this many files (default: 64)")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("plain", "ray"), default="plain",
+                        help="plain (default): this process; ray: a Ray Data pipeline (decode tasks, an actor "
+                        'pool holding the model), local or on a cluster; needs pip install "audioclip[ray]"')
+    engine.add_argument("--ray-address", metavar="ADDRESS",
+                        help="join this Ray cluster (auto, ray://HEAD:10001; default: start a local instance)")
+    engine.add_argument("--num-gpus", type=non_negative_float, metavar="N",
+                        help="GPUs per model actor (default: 1 when the cluster has GPUs, else 0)")
+    engine.add_argument("--concurrency", type=positive_int, metavar="N",
+                        help="model actors (default: one per GPU, or 1 without GPUs)")
     add_model_options(parser)
     _add_input_options(parser)
     add_logging_options(parser)

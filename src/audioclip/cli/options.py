@@ -100,6 +100,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "index": ("lancedb",),
     "train": ("yaml", "webdataset"),
     "eval": ("torchmetrics", "matplotlib"),
+    "ray": ("ray",),
 }
 
 
