@@ -5,6 +5,7 @@
   reporting;
 - :mod:`.inference`: ``classify``, ``embed``, ``similarity``, ``checkpoints``, ``download``;
 - :mod:`.index`: ``index``, ``search``, ``serve``;
+- :mod:`.export`: ``convert`` (.pt <-> .safetensors), ``export hub|onnx``;
 - :mod:`.evaluate`: ``evaluate``;
 - :mod:`.train`: ``train``, ``prepare``.
 
@@ -19,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import evaluate, index, inference, train
+from . import evaluate, export, index, inference, train
 from .options import EXIT_USAGE, run
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -31,6 +32,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     inference.register_classify,
     inference.register_embed,
     inference.register_similarity,
+    export.register_convert,
+    export.register_export,
     index.register_index,
     index.register_search,
     index.register_serve,

@@ -27,6 +27,7 @@ Needs the ``[onnx]`` extra (onnx, onnxruntime, onnxscript).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -128,7 +129,12 @@ def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, dims:
     output.name = "embedding"
     # onnxscript's optimizer (constant folding, dead code, redundant casts and
     # reshapes); onnxslim recurses without end on the text head's graph
-    graph = onnxscript.optimizer.optimize(onnx_program.model_proto)
+    folding = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level, folding.level = folding.level, logging.ERROR  # its notes on ops it leaves alone
+    try:
+        graph = onnxscript.optimizer.optimize(onnx_program.model_proto)
+    finally:
+        folding.setLevel(level)
     onnx.checker.check_model(graph, full_check=True)
     with atomic_path(path) as tmp:
         onnx.save(graph, os.fspath(tmp))
