@@ -255,4 +255,3 @@ def test_similarity(checkpoint, folder):
     text_pair = next(line for line in lines if '"a dog"' in line and '"rain"' in line)
     assert text_pair.split()[-1] == "-"  # same modality: no logit
     assert cli("similarity", checkpoint=checkpoint, in_process=True).returncode == 2
-
