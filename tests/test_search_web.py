@@ -7,6 +7,7 @@ with Playwright's Python API; it is skipped, saying why, when either is missing.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import tempfile
@@ -43,7 +44,8 @@ def site(tmp_path_factory):
     media = root / "media"
     media.mkdir()
     rng = np.random.default_rng(0)
-    sf.write(media / "long.wav", (0.1 * rng.standard_normal((SR * 15, 1))).astype(np.float32), SR)
+    swell = 0.15 + 0.85 * np.abs(np.sin(np.linspace(0, 5 * np.pi, SR * 15)))[:, None] ** 2  # a varied waveform
+    sf.write(media / "long.wav", (0.1 * swell * rng.standard_normal((SR * 15, 1))).astype(np.float32), SR)
     sf.write(media / "short.flac", (0.1 * rng.standard_normal((SR * 2, 1))).astype(np.float32), SR)
     for name, seed in (("red.png", 1), ("blue.jpg", 2)):
         Image.fromarray((np.random.default_rng(seed).random((60, 90, 3)) * 255).astype(np.uint8)).save(media / name)
@@ -109,7 +111,15 @@ def test_text_search_api(site):
     assert top["score"] == pytest.approx(1.0, abs=1e-4) and top["media"] == f"/media/{top['id']}"
     pictures = get_json(site, "/api/search?q=rain&modality=image")[1]["results"]
     assert {r["name"] for r in pictures} == {"red.png", "blue.jpg"} and all(r["thumb"] for r in pictures)
-    for bad in ("q=rain&k=0", "q=rain&k=many", "q=rain&modality=smell", "q=+", "k=3"):
+    assert top["wave"] == f"/wave/{top['id']}" and all(r["wave"] is None for r in pictures)
+    # pages: two results, then the next two, then none
+    first = get_json(site, f"/api/search?q={QUERY.replace(' ', '+')}&k=2")[1]
+    second = get_json(site, f"/api/search?q={QUERY.replace(' ', '+')}&k=2&offset=2")[1]
+    assert [r["rank"] for r in first["results"]] == [1, 2] and first["more"] is True
+    assert [r["rank"] for r in second["results"]] == [3, 4] and second["more"] is False
+    assert {r["id"] for r in first["results"] + second["results"]} == {r["id"] for r in answer["results"]}
+    for bad in ("q=rain&k=0", "q=rain&k=many", "q=rain&modality=smell", "q=+", "k=3", "q=rain&offset=-1",
+                "q=rain&offset=100000"):
         status, answer = get_json(site, f"/api/search?{bad}")
         assert status == 400 and answer["error"], bad
     assert get_json(site, "/api/stats")[1]["files"] == 4
@@ -160,6 +170,36 @@ def test_media_are_served_by_id_with_ranges(site):
     status, headers, body = request(site, "GET", f"/thumb/{by_name['blue.jpg']['id']}")
     assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert request(site, "GET", f"/thumb/{long['id']}")[0] == 404
+    assert request(site, "GET", f"/wave/{by_name['blue.jpg']['id']}")[0] == 404
+
+
+def test_waveforms_are_drawn_once_and_cached_beside_the_index(site):
+    from PIL import Image
+
+    results = get_json(site, "/api/search?q=rain&k=4&modality=audio")[1]["results"]
+    cache = site["server"].pictures
+    for hit in results:
+        status, headers, body = request(site, "GET", hit["wave"])
+        assert status == 200 and headers["Content-Type"] == "image/png" and body[:4] == b"\x89PNG"
+        with Image.open(io.BytesIO(body)) as picture:
+            assert picture.size == (320, 56) and picture.getbbox() is not None  # something is drawn
+        assert request(site, "GET", hit["wave"])[2] == body  # the second time from the cache
+    assert cache.folder == site["root"] / "db" / ".cache" / "pictures"
+    assert len([p for p in cache.folder.iterdir() if p.name.startswith("wave-")]) == 2
+
+
+def test_the_picture_cache_is_bounded(tmp_path):
+    import time
+
+    from audioclip.index.pictures import PictureCache
+
+    cache = PictureCache(tmp_path / "pictures", max_bytes=10_000)
+    for i in range(30):
+        cache.put(f"wave-{i}.png", bytes(1000))
+        time.sleep(0.002)
+        assert cache.get("wave-0.png") is not None or i > 9  # used: kept while it is among the recent
+    assert cache.size() <= 10_000 and cache.get("wave-29.png") == bytes(1000)
+    assert cache.get("wave-1.png") is None  # the least recently used went first
     assert _parse_range("bytes=5-", 10) == (5, 9) and _parse_range("bytes=0-99", 10) == (0, 9)
     assert _parse_range("bytes=a-b", 10) is None and _parse_range("bytes=1-2,4-5", 10) is None
 
@@ -241,7 +281,30 @@ def test_search_page_in_a_real_browser(site, tmp_path):
             page.wait_for_function("() => document.querySelector('li.hit audio').readyState >= 1", timeout=30_000)
             assert audio.evaluate("a => a.currentTime") == pytest.approx(5.0, abs=0.05)
             assert audio.evaluate("a => a.duration") == pytest.approx(15.0, abs=0.1)
+            # its waveform, drawn by the server, with the matching window (5-10 s of 15 s) marked over it
+            page.wait_for_function("() => { const i = document.querySelector('li.hit .wave-img');"
+                                   " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            wave, mark = first.locator(".wave").bounding_box(), first.locator(".wave .mark").bounding_box()
+            assert (mark["x"] - wave["x"]) / wave["width"] == pytest.approx(1 / 3, abs=0.02)
+            assert mark["width"] / wave["width"] == pytest.approx(1 / 3, abs=0.02)
+            audio.evaluate("a => { a.currentTime = 12; }")
+            first.locator(".wave .mark").click()  # plays the match from its start
+            page.wait_for_function("() => { const a = document.querySelector('li.hit audio');"
+                                   " return !a.paused && a.currentTime >= 5 && a.currentTime < 9; }", timeout=30_000)
+            audio.evaluate("a => a.pause()")
+            assert hits.nth(1).locator(".wave").count() in (0, 1)
+            assert page.locator("#more").is_hidden()  # 4 results of 4 files: no more
 
+            # a page of two results, then "More results" adds the next ones
+            page.goto(f"{url}?q={QUERY.replace(' ', '+')}&k=2")
+            page.wait_for_function("() => document.querySelectorAll('li.hit').length === 2")
+            assert page.locator("#more").is_visible()
+            page.click("#more")
+            page.wait_for_function("() => document.querySelectorAll('li.hit').length === 4")
+            assert [page.locator("li.hit .rank").nth(i).text_content() for i in range(4)] == ["1", "2", "3", "4"]
+            assert page.locator("#more").is_hidden()
+
+            page.select_option("#k", "10")
             page.set_input_files("#image-file", str(site["media"] / "red.png"))
             page.wait_for_function("() => document.body.dataset.state === 'done' && "
                                    "document.getElementById('status').textContent.includes('red.png')")

@@ -51,9 +51,10 @@ __all__ = ["AnnIndex", "ann_lists"]
 KINDS = ("window", "image", "frame")
 SOURCES = ("audio", "image", "video")
 ROW_DTYPE = np.dtype([("file_id", "<i8"), ("start", "<f8"), ("kind", "i1"), ("source", "i1")])
-SAMPLE_PER_LIST = 24  # k-means training vectors per list
-KMEANS_ITERATIONS = 10
-SHARD_ROWS = 131_072  # vectors held in memory at once while building (512 MB at 1024-d)
+SAMPLE_PER_LIST = 16  # k-means training vectors per list
+KMEANS_ITERATIONS = 8
+BUILD_MEMORY_BYTES = 1 << 32  # vectors held in memory while building (4 GiB: 10^6 at 1024-d); more: shards
+SHARD_ROWS = 65_536  # the least vectors per shard
 STATE = "state.json"
 
 
@@ -133,12 +134,13 @@ class AnnIndex:
     # -- building -----------------------------------------------------------------
 
     def build(self, scan: Callable[[], Iterable[pa.RecordBatch]], rows: int, dim: int, table_version: int,
+              take: Callable[[np.ndarray], pa.Table] | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-        """Build a new generation from ``scan()`` (called twice; batches with ``file_id, source, kind,
-        start, vector``), publish it and delete the old one. ``rows`` is the number of rows ``scan`` yields.
+        """Build a new generation from ``scan()`` (batches with ``file_id, source, kind, start, vector``;
+        ``rows`` of them), publish it and delete the old one. ``take(offsets)`` reads the training sample
+        (rows at those positions of the scan, with a ``vector`` column); without it, a first scan does.
         """
         import faiss
-        from faiss.contrib.ondisk import merge_ondisk
 
         say = log or (lambda message: None)
         started = time.perf_counter()
@@ -150,38 +152,33 @@ class AnnIndex:
             stray.unlink()
         nlist = ann_lists(rows)
 
-        # 1. training sample (the first pass), spherical k-means
+        # 1. spherical k-means on a random sample
         rng = np.random.default_rng(0)
         if nlist > 1:
             wanted = np.sort(rng.choice(rows, min(rows, nlist * SAMPLE_PER_LIST), replace=False))
-            sample = np.empty((len(wanted), dim), np.float32)
-            got, offset = 0, 0
-            for batch in scan():
-                n = batch.num_rows
-                hi = np.searchsorted(wanted, offset + n)
-                if hi > got:
-                    sample[got:hi] = _vectors(batch, dim)[wanted[got:hi] - offset]
-                    got = hi
-                offset += n
-            sample = sample[:got]
+            sample = self._sample(scan, take, wanted, dim)
+            say(f"ann: read a sample of {len(sample):,} vectors in {time.perf_counter() - started:.1f} s")
             centroids = spherical_kmeans(sample, nlist, KMEANS_ITERATIONS, rng)
             del sample
         else:
             centroids = np.zeros((1, dim), np.float32)
         say(f"ann: trained {nlist} list(s) in {time.perf_counter() - started:.1f} s")
 
-        # 2. the vectors, in shards of at most SHARD_ROWS, each written to disk, then merged into one file
+        # 2. every vector into its list: in memory up to BUILD_MEMORY_BYTES, else in shards merged on disk
         quantizer = faiss.IndexFlatIP(dim)
         quantizer.add(centroids)
-        shard_paths: list[Path] = []
-        meta_parts: list[np.ndarray] = []
-        position = 0
+        shard_rows = max(SHARD_ROWS, BUILD_MEMORY_BYTES // (4 * dim))
 
         def new_shard():
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.is_trained = True
             return index
 
+        index_path = self.folder / f"g{generation}.index"
+        data_path = self.folder / f"g{generation}.ivfdata"
+        shard_paths: list[Path] = []
+        meta_parts: list[np.ndarray] = []
+        position = 0
         shard = new_shard()
         try:
             for batch in scan():
@@ -191,33 +188,41 @@ class AnnIndex:
                 shard.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
                 meta_parts.append(_row_meta(batch))
                 position += len(vectors)
-                if shard.ntotal >= SHARD_ROWS:
+                if shard.ntotal >= shard_rows:
                     shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
                     shard = new_shard()
-            if shard.ntotal or not shard_paths:
-                shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
-            del shard
-            merged = new_shard()
-            data_path = self.folder / f"g{generation}.ivfdata"
-            with _quiet_stdout():  # FAISS prints "resizing FILE" on the C stdout
-                merge_ondisk(merged, [str(p) for p in shard_paths], str(data_path))
-            index_path = self.folder / f"g{generation}.index"
-            faiss.write_index(merged, str(index_path))
-            del merged
+            say(f"ann: assigned {position:,} vectors in {time.perf_counter() - started:.1f} s")
+            if not shard_paths:  # one piece: a plain FAISS file, memory-mapped when read
+                faiss.write_index(shard, str(index_path))
+                files = [index_path]
+            else:
+                from faiss.contrib.ondisk import merge_ondisk
+
+                if shard.ntotal:
+                    shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
+                del shard
+                merged = new_shard()
+                with _quiet_stdout():  # FAISS prints "resizing FILE" on the C stdout
+                    merge_ondisk(merged, [str(p) for p in shard_paths], str(data_path))
+                faiss.write_index(merged, str(index_path))
+                del merged
+                files = [index_path, data_path]
         finally:
+            shard = None
             for p in shard_paths:
                 p.unlink(missing_ok=True)
         meta = np.concatenate(meta_parts) if meta_parts else np.zeros(0, ROW_DTYPE)
         with atomic_write(self.folder / f"g{generation}.rows.npy", "wb") as f:
             np.save(f, meta)
-        for path in (data_path, index_path):
+        for path in files:
             _fsync(path)
 
         # 3. publish: files marked dirty while building stay dirty (their rows may be newer than the scan)
         current = self.state() or {}
         dirty = {k: v for k, v in current.get("dirty", {}).items() if int(v) > seq_at_start}
         state = {"format": 1, "generation": generation, "table_version": int(table_version), "vectors": position,
-                 "lists": nlist, "dim": dim, "data_file": str(data_path.resolve()), "seq": int(current.get("seq", 0)), "dirty": dirty,
+                 "lists": nlist, "dim": dim, "seq": int(current.get("seq", 0)), "dirty": dirty,
+                 "data_file": str(data_path.resolve()) if data_path in files else None,
                  "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "build_seconds": round(time.perf_counter() - started, 1)}
         self._write_state(state)
@@ -226,6 +231,23 @@ class AnnIndex:
                 old.unlink(missing_ok=True)
         say(f"ann: {position:,} vectors in {nlist} list(s), built in {state['build_seconds']} s")
         return state
+
+    @staticmethod
+    def _sample(scan, take, wanted: np.ndarray, dim: int) -> np.ndarray:
+        if take is not None:
+            parts = [_vectors(take(wanted[i: i + 8192]).combine_chunks().to_batches()[0], dim)
+                     for i in range(0, len(wanted), 8192)]
+            return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        sample = np.empty((len(wanted), dim), np.float32)
+        got, offset = 0, 0
+        for batch in scan():
+            n = batch.num_rows
+            hi = np.searchsorted(wanted, offset + n)
+            if hi > got:
+                sample[got:hi] = _vectors(batch, dim)[wanted[got:hi] - offset]
+                got = hi
+            offset += n
+        return sample[:got]
 
     def _write_shard(self, shard, generation: int, number: int) -> Path:
         import faiss
@@ -244,7 +266,9 @@ class AnnIndex:
 
         generation = state["generation"]
         path = str(self.folder / f"g{generation}.index")
-        if Path(state.get("data_file", "")) == (self.folder / f"g{generation}.ivfdata").resolve():
+        if not state.get("data_file"):  # one file: its lists memory-mapped
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        elif Path(state["data_file"]) == (self.folder / f"g{generation}.ivfdata").resolve():
             index = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
         else:  # the index folder was moved since the build: look for the data beside the index file
             with _quiet_stdout():  # FAISS says so on the C stdout

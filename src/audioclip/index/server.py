@@ -9,9 +9,13 @@ Routes (everything else is 404):
   embedded and deleted before the answer is sent. The request must carry
   ``X-Audioclip: 1`` (a page on another site cannot send it without a CORS preflight, which is
   never granted).
-- ``GET /media/ID`` and ``GET /thumb/ID``: an indexed file (with HTTP range requests, so players
-  can seek) and a JPEG thumbnail of an indexed picture. ``ID`` is the file's id in the index; a
-  path is never taken from a request, so nothing but indexed files can be read.
+- ``GET /api/search?...&offset=N``: the next page of results (``more`` in the answer says whether
+  there may be one after it).
+- ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file (with HTTP range
+  requests, so players can seek), a JPEG thumbnail of an indexed picture, and a PNG waveform of an
+  indexed recording (the page marks the matching window over it). Pictures are rendered once and
+  cached beside the index (``pictures.py``), in a folder bounded in size. ``ID`` is the file's id in
+  the index; a path is never taken from a request, so nothing but indexed files can be read.
 - ``GET /api/stats``.
 
 When listening on a loopback address, requests must name it (or ``localhost``) in their
@@ -21,7 +25,6 @@ When listening on a loopback address, requests must name it (or ``localhost``) i
 from __future__ import annotations
 
 import http.server
-import io
 import ipaddress
 import json
 import mimetypes
@@ -34,7 +37,9 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..media import MediaError
 from .api import Index, QueryError
+from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
 from .store import IndexStoreError
 
@@ -42,10 +47,11 @@ __all__ = ["make_server", "serve"]
 
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
-MEDIA_ID = re.compile(r"/(media|thumb)/(-?[0-9]{1,20})")
+MEDIA_ID = re.compile(r"/(media|thumb|wave)/(-?[0-9]{1,20})")
 MAX_K = 100
+MAX_OFFSET = 400  # the deepest page: offset + k results are ranked for it
 DRAIN_LIMIT = 256_000_000  # an oversized upload up to this is read (and dropped) before the 413 answer
-THUMB_SIZE = 320
+CACHE_BYTES = 64_000_000  # the picture cache beside the index
 _TYPES = {".flac": "audio/flac", ".opus": "audio/ogg", ".oga": "audio/ogg", ".ogg": "audio/ogg", ".m4a": "audio/mp4",
           ".wav": "audio/wav", ".mp3": "audio/mpeg", ".aac": "audio/aac", ".weba": "audio/webm",
           ".mkv": "video/x-matroska", ".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime",
@@ -136,17 +142,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._fail(404, "not found")
 
-    def _params(self, query: dict[str, list[str]]) -> tuple[int, str | None]:
+    def _params(self, query: dict[str, list[str]]) -> tuple[int, int, str | None]:
         try:
             k = int(query.get("k", ["10"])[0])
+            offset = int(query.get("offset", ["0"])[0])
         except ValueError:
-            raise QueryError("k must be a whole number") from None
+            raise QueryError("k and offset must be whole numbers") from None
         if not 1 <= k <= MAX_K:
             raise QueryError(f"k must be between 1 and {MAX_K}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise QueryError(f"offset must be between 0 and {MAX_OFFSET}")
         modality = query.get("modality", [""])[0] or None
         if modality is not None and modality not in SOURCES:
             raise QueryError(f"modality must be one of {', '.join(SOURCES)}")
-        return k, modality
+        return k, offset, modality
 
     def _search_text(self, query: dict[str, list[str]]) -> None:
         text = query.get("q", [""])[0].strip()
@@ -159,9 +168,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         index = self.server.index
         started = time.perf_counter()
         try:
-            k, modality = self._params(query)
+            k, offset, modality = self._params(query)
             empty = index.store.count_rows() == 0
-            hits = [] if empty else index.search(**search_args, k=k, modality=modality)
+            ranked = [] if empty else index.search(**search_args, k=offset + k + 1, modality=modality)
         except QueryError as err:
             self._fail(400, str(err))
             return
@@ -169,20 +178,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._fail(503, str(err))
             return
         results = []
-        for rank, hit in enumerate(hits, 1):
+        for rank, hit in enumerate(ranked[offset: offset + k], offset + 1):
             item = {"rank": rank, **hit.to_dict(), "name": os.path.basename(hit.path), "media": f"/media/{hit.id}"}
             item["thumb"] = f"/thumb/{hit.id}" if hit.source == "image" else None
+            item["wave"] = f"/wave/{hit.id}" if hit.source != "image" and hit.duration else None
             results.append(item)
-        self._json(200, {"query": described, "results": results, "empty_index": empty,
-                         "took_ms": round(1000 * (time.perf_counter() - started), 1)})
+        more = len(ranked) > offset + k and offset + k <= MAX_OFFSET
+        self._json(200, {"query": described, "results": results, "empty_index": empty, "offset": offset,
+                         "more": more, "took_ms": round(1000 * (time.perf_counter() - started), 1)})
 
     def _media(self, what: str, file_id: int) -> None:
         record = self.server.index.get(file_id)
         if record is None or not os.path.isfile(record.path):
             self._fail(404, "not found")
             return
-        if what == "thumb":
-            self._thumbnail(record)
+        if what in ("thumb", "wave"):
+            self._picture(what, record)
             return
         suffix = os.path.splitext(record.path)[1].lower()
         content_type = _TYPES.get(suffix) or mimetypes.guess_type(record.path)[0] or "application/octet-stream"
@@ -229,22 +240,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):  # the player moved on
                 self.close_connection = True
 
-    def _thumbnail(self, record) -> None:
-        if record.source != "image":
-            self._fail(404, "no thumbnail")
+    def _picture(self, what: str, record) -> None:
+        """A thumbnail (pictures) or waveform (sounds), from the cache or rendered and cached now."""
+        if (what == "thumb") != (record.source == "image") or (what == "wave" and not record.duration):
+            self._fail(404, "no picture for this file")
             return
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(record.path) as image:
-                image = ImageOps.exif_transpose(image)
-                image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-                out = io.BytesIO()
-                image.convert("RGB").save(out, "JPEG", quality=85)
-        except Exception:  # noqa: BLE001 (whatever Pillow raises on a file changed since)
-            self._fail(404, "cannot read this picture")
-            return
-        self._send(200, out.getvalue(), "image/jpeg", {"Cache-Control": "private, max-age=300"})
+        suffix = "jpg" if what == "thumb" else "png"
+        key = f"{what}-{record.file_id}-{record.size}-{record.mtime_ns}.{suffix}"  # a changed file: a new key
+        cache = self.server.pictures
+        data = cache.get(key) if cache is not None else None
+        if data is None:
+            try:
+                data = render_thumbnail(record.path) if what == "thumb" else \
+                    render_waveform(record.path, record.duration)
+            except (MediaError, OSError, ValueError, RuntimeError):
+                self._fail(404, f"cannot draw this {'picture' if what == 'thumb' else 'sound'}")
+                return
+            except Exception:  # noqa: BLE001 (whatever Pillow or FFmpeg raise on a file changed since)
+                self._fail(404, "cannot read this file")
+                return
+            if cache is not None:
+                try:
+                    cache.put(key, data)
+                except OSError:
+                    pass  # a read-only index: serve it uncached
+        content_type = "image/jpeg" if what == "thumb" else "image/png"
+        self._send(200, data, content_type, {"Cache-Control": "private, max-age=300"})
 
     # -- POST (upload a query) -----------------------------------------------------------
 
@@ -329,10 +350,12 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, index: Index, max_upload: int, quiet: bool):
+    def __init__(self, address, index: Index, max_upload: int, quiet: bool, cache_bytes: int = CACHE_BYTES):
         self.index = index
         self.max_upload = max_upload
         self.quiet = quiet
+        folder = getattr(index.store, "cache_dir", None)
+        self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
         super().__init__(address, _Handler)
         host = address[0]
         self.allowed_hosts = _loopback_names(host)

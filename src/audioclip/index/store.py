@@ -392,7 +392,10 @@ class LanceStore:
         def scan():
             return table.search().select(columns).limit(None).to_batches(16384)
 
-        return self.ann.build(scan, rows, dim, table.version, log=log)
+        def take(offsets: np.ndarray) -> pa.Table:
+            return table.take_offsets(offsets.tolist()).select(["vector"]).to_arrow()
+
+        return self.ann.build(scan, rows, dim, table.version, take=take, log=log)
 
     def _count_rows_of(self, file_ids: Sequence[int], stop_above: float) -> int:
         table = self._table(self.TABLE)

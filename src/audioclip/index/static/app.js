@@ -34,6 +34,34 @@ function player(hit) {
   return media;
 }
 
+function waveform(hit, media) {
+  // The recording's waveform (drawn once by the server, cached); the matching window marked over it.
+  // A click plays from there; a click on the marked window plays it from its start.
+  const box = el("div", "wave");
+  box.title = "click to play from there";
+  const img = el("img", "wave-img");
+  img.src = hit.wave;
+  img.alt = `waveform of ${hit.name}`;
+  img.loading = "lazy";
+  img.addEventListener("error", () => box.remove(), { once: true });
+  box.appendChild(img);
+  if (hit.start !== null && hit.duration) {
+    const mark = el("div", "mark");
+    mark.style.left = `${(100 * hit.start / hit.duration).toFixed(2)}%`;
+    mark.style.width = `${Math.max(0.8, 100 * (hit.end - hit.start) / hit.duration).toFixed(2)}%`;
+    mark.title = `the matching window, ${clock(hit.start)} \u2013 ${clock(hit.end)}`;
+    box.appendChild(mark);
+  }
+  box.addEventListener("click", (event) => {
+    const rect = box.getBoundingClientRect();
+    const inMark = event.target.classList.contains("mark");
+    const at = inMark ? hit.start : hit.duration * Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+    media.currentTime = at;
+    media.play().catch(() => {});
+  });
+  return box;
+}
+
 function card(hit, best) {
   const item = el("li", `hit ${hit.source}`);
   item.dataset.id = hit.id;
@@ -74,7 +102,11 @@ function card(hit, best) {
     meta.appendChild(el("span", "range", "matches its picture"));
   }
   info.appendChild(meta);
-  if (hit.source !== "image") info.appendChild(player(hit));
+  if (hit.source !== "image") {
+    const media = player(hit);
+    if (hit.wave) info.appendChild(waveform(hit, media));
+    info.appendChild(media);
+  }
   item.appendChild(info);
 
   const score = el("div", "score");
@@ -91,21 +123,44 @@ function card(hit, best) {
   return item;
 }
 
-function show(answer, label) {
-  const best = Math.max(0, ...answer.results.map((hit) => hit.score));
-  list.replaceChildren(...answer.results.map((hit) => card(hit, best)));
+let best = 0;
+let nextPage = null; // (offset) => Promise of the next page's answer, for "More results"
+
+function show(answer, label, fetchPage) {
+  const moreButton = $("more");
+  if (!answer.offset) {
+    best = Math.max(0, ...answer.results.map((hit) => hit.score));
+    list.replaceChildren(...answer.results.map((hit) => card(hit, best)));
+  } else {
+    list.append(...answer.results.map((hit) => card(hit, best)));
+  }
+  nextPage = answer.more ? fetchPage : null;
+  moreButton.hidden = !nextPage;
   if (answer.empty_index) {
     statusLine.textContent = "The index is empty: add files with \u2018audioclip index FOLDER --db \u2026\u2019.";
-  } else if (!answer.results.length) {
+  } else if (!list.children.length) {
     statusLine.textContent = `No files of that kind for ${label}.`;
   } else {
-    statusLine.textContent = `${answer.results.length} result(s) for ${label} \u00b7 ${answer.took_ms} ms`;
+    statusLine.textContent = `${list.children.length} result(s) for ${label} \u00b7 ${answer.took_ms} ms`;
   }
   document.body.dataset.state = "done";
 }
 
+async function more() {
+  if (!nextPage) return;
+  const fetchPage = nextPage;
+  const label = statusLine.textContent.replace(/^\d+ result\(s\) for /, "").replace(/ \u00b7 .*$/, "");
+  document.body.dataset.state = "busy";
+  try {
+    show(await fetchPage(list.children.length), label, fetchPage);
+  } catch (err) {
+    failed(err.message);
+  }
+}
+
 function failed(message) {
   list.replaceChildren();
+  $("more").hidden = true;
   statusLine.textContent = message;
   statusLine.classList.add("error");
   document.body.dataset.state = "error";
@@ -143,8 +198,13 @@ async function searchText(event) {
   const params = options();
   params.set("q", text);
   history.replaceState(null, "", `?${params}`);
+  const fetchPage = async (offset) => {
+    const page = new URLSearchParams(params);
+    if (offset) page.set("offset", String(offset));
+    return answerOf(await fetch(`/api/search?${page}`));
+  };
   try {
-    show(await answerOf(await fetch(`/api/search?${params}`)), label);
+    show(await fetchPage(0), label, fetchPage);
   } catch (err) {
     failed(err.message);
   }
@@ -163,11 +223,16 @@ async function searchFile(kind, input) {
   const params = options();
   params.set("kind", kind);
   params.set("name", file.name);
-  try {
-    const response = await fetch(`/api/search?${params}`, {
+  const fetchPage = async (offset) => {
+    const page = new URLSearchParams(params);
+    if (offset) page.set("offset", String(offset));
+    const response = await fetch(`/api/search?${page}`, {
       method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
     });
-    show(await answerOf(response), label);
+    return answerOf(response);
+  };
+  try {
+    show(await fetchPage(0), label, fetchPage);
   } catch (err) {
     failed(err.message);
   } finally {
@@ -187,6 +252,7 @@ async function stats() {
 }
 
 $("search-form").addEventListener("submit", searchText);
+$("more").addEventListener("click", more);
 $("audio-file").addEventListener("change", () => searchFile("audio", $("audio-file")));
 $("image-file").addEventListener("change", () => searchFile("image", $("image-file")));
 stats();
@@ -194,5 +260,10 @@ const initial = new URLSearchParams(location.search);
 if (initial.get("q")) {
   $("q").value = initial.get("q");
   if (initial.get("modality")) $("modality").value = initial.get("modality");
+  const k = Number(initial.get("k"));
+  if (Number.isInteger(k) && k >= 1 && k <= 100) {
+    if (![...$("k").options].some((o) => o.value === String(k))) $("k").add(new Option(String(k)));
+    $("k").value = String(k);
+  }
   $("search-form").requestSubmit();
 }
