@@ -305,13 +305,19 @@ def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    check_inputs(args.inputs)
+    # the ray engine also reads object-store URIs (s3://...), listed and fetched through pyarrow
+    check_inputs([p for p in args.inputs if "://" not in p] if args.engine == "ray" else args.inputs)
     check_output_file(args.output, overwrite=args.overwrite, resumable=True,
                       suffixes=None if args.format else EMBED_SUFFIXES)
     _check_engine(args)
     _check_model_options(args)
 
-    paths, ignored = _expand(args, args.inputs)
+    if args.engine == "ray":
+        from audioclip.engines import list_inputs
+
+        paths, ignored = list_inputs(args.inputs)
+    else:
+        paths, ignored = _expand(args, args.inputs)
     if args.shard:
         from audioclip.inference import shard as shard_of
 
