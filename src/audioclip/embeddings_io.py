@@ -477,10 +477,11 @@ def _concat_unique(tables: list[pa.Table]) -> pa.Table:
         if not table.num_rows:
             continue
         table = table.replace_schema_metadata(None)
-        paths = table["path"]
-        if seen:
-            table = table.filter(pc.invert(pc.is_in(paths, value_set=pa.array(sorted(seen), pa.string()))))
-        seen.update(pc.unique(paths).to_pylist())
+        paths = set(pc.unique(table["path"]).to_pylist())
+        again = paths & seen  # linear in the table's size: no cost when nothing overlaps
+        if again:
+            table = table.filter(pc.invert(pc.is_in(table["path"], value_set=pa.array(sorted(again), pa.string()))))
+        seen |= paths
         kept.append(table)
     if not kept:
         return tables[0].slice(0, 0).replace_schema_metadata(None)
