@@ -20,3 +20,42 @@ def test_convert_and_export_commands(tmp_path):
     model = _create(tmp_path / "hub")
     assert model.pretrained_cfg["architecture"] == "AudioCLIP-tiny"
     assert cli_main(["export", "hub", "--checkpoint", str(pt), "-o", str(tmp_path / "hub")]) == 2  # earlier export
+
+
+def test_onnxruntime_backend_on_the_command_line(tmp_path):
+    """classify/embed/similarity with --backend onnxruntime give the PyTorch backend's answers."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pytest
+    import soundfile as sf
+
+    pytest.importorskip("onnxruntime", reason="the ONNX backend needs audioclip[onnx]")
+    from audioclip import create_model as _create, save_model as _save
+    from audioclip.cli import main as cli_main
+
+    pt = _save(_create("AudioCLIP-tiny"), tmp_path / "tiny.pt")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        sf.write(tmp_path / f"c{i}.wav", (0.1 * rng.standard_normal((44100 * (i + 1), 1))).astype(np.float32), 44100)
+    cache = tmp_path / "cache"
+
+    def classify(*extra):
+        run = subprocess.run([sys.executable, "-m", "audioclip", "classify", str(tmp_path / "c1.wav"), "--labels",
+                              "dog,rain,siren", "--json", "--checkpoint", str(pt), "--cache-dir", str(cache), "-q",
+                              *extra], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        return {x["label"]: x["probability"] for x in json.loads(run.stdout)["labels"]}
+
+    torch_probs = classify()
+    onnx_probs = classify("--backend", "onnxruntime")  # exports once into the cache folder
+    assert list((cache / "onnx").iterdir())
+    for label, p in torch_probs.items():
+        assert abs(onnx_probs[label] - p) < 1e-4
+    folder = next(p for p in (cache / "onnx").iterdir() if p.is_dir())
+    assert classify("--backend", "onnxruntime", "--onnx-dir", str(folder)).keys() == torch_probs.keys()
+    assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--onnx-dir", str(folder)]) == 2
+    assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--backend", "onnxruntime",
+                     "--onnx-dir", str(tmp_path)]) == 2

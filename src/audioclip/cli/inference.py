@@ -53,7 +53,37 @@ EMBED_SUFFIXES = (".parquet", ".npy", ".jsonl")
 # --------------------------------------------------------------------------
 
 
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backend")
+    group.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                       help="pytorch (default), or onnxruntime: the exported ONNX models on the CPU (same answers; "
+                       "needs audioclip[onnx]); --audio-mode does not apply")
+    group.add_argument("--onnx-dir", metavar="DIR",
+                       help="with --backend onnxruntime: a folder from 'audioclip export onnx' (default: export the "
+                       "checkpoint once into the cache folder)")
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits (per file, read from its header; a file over one is skipped and reported)")
+    group.add_argument("--max-duration", type=positive_float, metavar="SECONDS",
+                       help="audio or video longer than this (default: 86400, a day)")
+    group.add_argument("--max-channels", type=positive_int, metavar="N", help="audio channels (default: 64)")
+    group.add_argument("--max-sample-rate", type=positive_int, metavar="HZ", help="sample rate (default: 768000)")
+    group.add_argument("--max-pixels", type=positive_int, metavar="N",
+                       help="pixels of a picture or a video frame (default: 128000000)")
+    group.add_argument("--max-video-frames", type=positive_int, metavar="N", help="frames of a video (default: 5000000)")
+
+
+def _limits(args: argparse.Namespace):
+    from audioclip.media.limits import MediaLimits
+
+    given = {name: getattr(args, name, None) for name in
+             ("max_duration", "max_channels", "max_sample_rate", "max_pixels", "max_video_frames")}
+    return MediaLimits(**{k: v for k, v in given.items() if v is not None})
+
+
 def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) -> None:
+    _add_limit_options(parser)
     group = parser.add_argument_group("input")
     group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
     group.add_argument("--workers", type=non_negative_int, default=0,
@@ -69,6 +99,20 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
+    if getattr(args, "backend", "pytorch") == "onnxruntime":
+        require_extra("onnx", ("onnx", "onnxruntime", "onnxscript"))
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(f"--device {args.device}: --backend onnxruntime runs on the CPU here")
+        if getattr(args, "engine", "plain") != "plain":
+            raise UsageError("--backend onnxruntime goes with the plain engine")
+        if args.onnx_dir is not None:
+            from pathlib import Path
+
+            if not (Path(args.onnx_dir) / "audioclip-onnx.json").is_file():
+                raise UsageError(f"--onnx-dir {args.onnx_dir}: not a folder written by 'audioclip export onnx'")
+            return  # the folder is the model
+    elif getattr(args, "onnx_dir", None) is not None:
+        raise UsageError("--onnx-dir goes with --backend onnxruntime")
     check_checkpoint(args.checkpoint)
     prefetch_checkpoint(args.checkpoint, args.cache_dir)  # read while torch is imported
     check_device(args.device)
@@ -76,9 +120,16 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """The model the options name, on its device, in eval mode (``audioclip.factory.create_model``)."""
+    """The model the options name, on its device, in eval mode (``audioclip.factory.create_model``).
+
+    With ``--backend onnxruntime``: the ONNX export (``--onnx-dir``, or one made
+    once from the checkpoint into the cache folder) run by ONNX Runtime.
+    """
     light_open_clip()
     from audioclip import factory
+
+    if getattr(args, "backend", "pytorch") == "onnxruntime":
+        return _onnx_model(args)
 
     start = time.perf_counter()
     model = factory.create_model(args.checkpoint, device=args.device, audio_mode=args.audio_mode,
@@ -89,11 +140,33 @@ def load_model(args: argparse.Namespace):
     return model
 
 
+def _onnx_model(args: argparse.Namespace):
+    """``--backend onnxruntime``: the folder given, or the checkpoint's export in the cache (made on first use)."""
+    import re
+
+    from audioclip import checkpoints, factory
+    from audioclip.export.onnx import META_FILE, OnnxAudioCLIP, export_onnx
+    from audioclip.io import exclusive_lock
+
+    if args.onnx_dir is not None:
+        return OnnxAudioCLIP(args.onnx_dir)
+    model = factory.create_model(args.checkpoint, device="cpu", cache_dir=args.cache_dir, offline=args.offline,
+                                 progress=not args.quiet)
+    ident = factory.checkpoint_id(model)
+    folder = checkpoints.cache_dir(args.cache_dir) / "onnx" / re.sub(r"[^A-Za-z0-9._@-]+", "_", ident)
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):  # one export at a time
+        if not (folder / META_FILE).is_file():
+            note(args, f"exporting {args.checkpoint} to ONNX once, into {folder} (a few minutes)")
+            export_onnx(model, folder, checkpoint_id=ident)
+    return OnnxAudioCLIP(folder)
+
+
 def _decode_options(args: argparse.Namespace, model):
     from audioclip.inference import DecodeOptions
 
-    return DecodeOptions(window=args.window, hop=args.hop, mono=args.mono,
-                         image_size=model.visual.image_size, video_frames=args.video_frames)
+    return DecodeOptions(window=getattr(args, "window", 5.0), hop=getattr(args, "hop", None),
+                         mono=getattr(args, "mono", False), image_size=model.visual.image_size,
+                         video_frames=getattr(args, "video_frames", "central"), limits=_limits(args))
 
 
 def _embed(args: argparse.Namespace, model, paths):
@@ -256,6 +329,7 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=positive_int, default=5, help="labels shown per file (default: 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     add_model_options(parser)
+    _add_backend_options(parser)
     _add_input_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_classify, quick_exit=True)
@@ -333,7 +407,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _embed_with_ray(args, model, paths, ignored)
     settings = run_settings(model, _decode_options(args, model), precision=args.precision,
-                            audio_mode=args.audio_mode)
+                            audio_mode="onnxruntime" if args.backend == "onnxruntime" else args.audio_mode)
     writer = EmbeddingWriter(args.output, fmt=args.format, part_size=args.flush_every, settings=settings)
     done_before = writer.done_paths()
     todo = [p for p in paths if p not in done_before]
@@ -392,6 +466,7 @@ def register_embed(subparsers: argparse._SubParsersAction) -> None:
     engine.add_argument("--concurrency", type=positive_int, metavar="N",
                         help="model actors (default: one per GPU, or 1 without GPUs)")
     add_model_options(parser)
+    _add_backend_options(parser)
     _add_input_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_embed, quick_exit=True)
@@ -419,7 +494,7 @@ def _run_similarity(args: argparse.Namespace) -> int:
     failed = 0
     files = [(p, "audio") for p in args.audio] + [(p, "image") for p in args.image]
     results = embed_files(model, [p for p, _ in files], batch_size=args.batch_size, workers=args.workers,
-                          precision=args.precision)
+                          precision=args.precision, options=_decode_options(args, model))
     for (path, modality), result in zip(files, results):
         vector = result.pooled(modality) if result.ok else None
         if vector is None:
@@ -477,6 +552,7 @@ def register_similarity(subparsers: argparse._SubParsersAction) -> None:
                         help="one JSON object per pair: a, b, modality_a, modality_b, cosine, logit "
                         "(null for two items of one modality)")
     add_model_options(parser)
+    _add_backend_options(parser)
     _add_input_options(parser, windows=False)
     add_logging_options(parser)
     set_command(parser, _run_similarity, quick_exit=True)

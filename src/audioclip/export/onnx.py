@@ -248,12 +248,23 @@ class OnnxAudioCLIP:
         self.context_length = int(self.meta["context_length"])
         self.visual = _Visual(int(self.meta["image_size"]))
         self.pretrained_cfg = {"architecture": self.meta.get("architecture"), "backend": "onnxruntime",
-                               "checkpoint_id": self.meta.get("checkpoint")}
+                               "checkpoint_id": self.meta.get("checkpoint") or self._content_id()}
         self.training = False
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def _content_id(self) -> str:
+        """``onnx@<sha256 of the three graphs, 16 hex>``, for an export that does not name its weights."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(ONNX_FILES.values()):
+            with open(self.folder / name, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        return f"onnx@{digest.hexdigest()[:16]}"
 
     def eval(self) -> OnnxAudioCLIP:
         return self
