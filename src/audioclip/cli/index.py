@@ -7,7 +7,6 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
 from .options import (
     EXIT_NOTHING_DONE,
@@ -145,7 +144,8 @@ def _run_index(args: argparse.Namespace) -> int:
         report = index.add(args.inputs, batch_size=args.batch_size, workers=args.workers,
                            flush_every=args.flush_every, retry_failed=args.retry_failed, prune=args.prune,
                            window=args.window, hop=args.hop, mono=True if args.mono else None,
-                           video_frames=args.video_frames, progress=progress, on_plan=planned)
+                           video_frames=args.video_frames, progress=progress, on_plan=planned,
+                           log=lambda message: note(args, f"{args.db}: {message}"))
     except IndexStoreError as err:
         bar.close()
         error(args, err)
@@ -187,6 +187,10 @@ def _print_stats(args: argparse.Namespace) -> int:
           f"{stats['failed']} failed file(s) remembered")
     print(f"checkpoint {meta.get('checkpoint')} from {meta.get('checkpoint_source')} "
           f"(config {meta.get('config')}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
+    ann = getattr(getattr(index.store, "ann", None), "describe", lambda: None)()
+    if ann:
+        print(f"ANN index: FAISS IVF, {ann['lists']} list(s) over {ann['vectors']} vector(s), built {ann['built']} "
+              f"in {ann['build_seconds']} s; {ann['dirty_files']} file(s) written since (scanned exactly)")
     return EXIT_OK
 
 

@@ -1,7 +1,9 @@
 """Search a media library by text, sound or picture.
 
 - :class:`Index`: build (incrementally) and query an index of audio, image and video files.
-- :class:`VectorStore`: the storage interface; :class:`LanceStore` implements it with LanceDB.
+- :class:`VectorStore`: the storage interface; :class:`LanceStore` implements it with LanceDB (and a FAISS
+  index beside the table, ``ann.py``), :class:`MilvusStore` with Milvus or Milvus Lite; :func:`open_store`
+  picks one from a ``--db`` value.
 - ``audioclip index``, ``audioclip search``, ``audioclip serve``: see :mod:`audioclip.cli.index`.
 
 See ``docs/search.md``. Names are imported on first use, so that the store can be used
@@ -22,7 +24,9 @@ _EXPORTS = {
     "FileRecord": "audioclip.index.store",
     "IndexStoreError": "audioclip.index.store",
     "LanceStore": "audioclip.index.store",
+    "MilvusStore": "audioclip.index.milvus",
     "VectorStore": "audioclip.index.store",
+    "open_store": "audioclip.index.store",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -31,7 +35,8 @@ if TYPE_CHECKING:
     from .api import Index, QueryError
     from .indexing import IndexReport
     from .search import SearchHit, merge_windows
-    from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
+    from .milvus import MilvusStore
+    from .store import FileRecord, IndexStoreError, LanceStore, VectorStore, open_store
 
 
 def __getattr__(name: str):

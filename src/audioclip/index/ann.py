@@ -142,7 +142,8 @@ class AnnIndex:
         """
         import faiss
 
-        say = log or (lambda message: None)
+        final = log or (lambda message: None)
+        say = final if rows >= 100_000 else (lambda message: None)  # steps of a long build only
         started = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
         before = self.state() or {}
@@ -157,12 +158,12 @@ class AnnIndex:
         if nlist > 1:
             wanted = np.sort(rng.choice(rows, min(rows, nlist * SAMPLE_PER_LIST), replace=False))
             sample = self._sample(scan, take, wanted, dim)
-            say(f"ann: read a sample of {len(sample):,} vectors in {time.perf_counter() - started:.1f} s")
+            say(f"ANN index: read a sample of {len(sample):,} vectors in {time.perf_counter() - started:.1f} s")
             centroids = spherical_kmeans(sample, nlist, KMEANS_ITERATIONS, rng)
             del sample
         else:
             centroids = np.zeros((1, dim), np.float32)
-        say(f"ann: trained {nlist} list(s) in {time.perf_counter() - started:.1f} s")
+        say(f"ANN index: trained {nlist} list(s) in {time.perf_counter() - started:.1f} s")
 
         # 2. every vector into its list: in memory up to BUILD_MEMORY_BYTES, else in shards merged on disk
         quantizer = faiss.IndexFlatIP(dim)
@@ -191,7 +192,7 @@ class AnnIndex:
                 if shard.ntotal >= shard_rows:
                     shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
                     shard = new_shard()
-            say(f"ann: assigned {position:,} vectors in {time.perf_counter() - started:.1f} s")
+            say(f"ANN index: assigned {position:,} vectors in {time.perf_counter() - started:.1f} s")
             if not shard_paths:  # one piece: a plain FAISS file, memory-mapped when read
                 faiss.write_index(shard, str(index_path))
                 files = [index_path]
@@ -229,7 +230,7 @@ class AnnIndex:
         for old in self.folder.glob("g*"):
             if not old.name.startswith(f"g{generation}."):
                 old.unlink(missing_ok=True)
-        say(f"ann: {position:,} vectors in {nlist} list(s), built in {state['build_seconds']} s")
+        final(f"ANN index: {position:,} vectors in {nlist} list(s), built in {state['build_seconds']} s")
         return state
 
     @staticmethod

@@ -15,7 +15,7 @@ import numpy as np
 from ..inference import DecodeOptions, embed_files
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
-from .store import FileRecord, IndexStoreError, VectorStore, open_store
+from .store import FileRecord, IndexStoreError, LanceStore, VectorStore, open_store
 
 __all__ = ["Index", "QueryError"]
 
@@ -65,7 +65,8 @@ class Index:
     @classmethod
     def open(cls, db: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
              config: str | None = None, create: bool = True, **kwargs) -> Index:
-        """Open the index in the folder ``db`` (made on first :meth:`add` when ``create``).
+        """Open the index ``db`` (made on first :meth:`add` when ``create``): a LanceDB folder,
+        ``milvus:FILE.db`` (Milvus Lite) or ``http://HOST:19530`` (a Milvus server; see ``open_store``).
 
         Other keyword arguments: ``model`` (an AudioCLIP already loaded from
         ``checkpoint``, to skip loading it again; or, with ``model_id``, any
@@ -173,13 +174,15 @@ class Index:
     def add(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int = 16,
             workers: int = 0, flush_every: int = 32, retry_failed: bool = False, prune: bool = False,
             window: float | None = None, hop: float | None = None, mono: bool | None = None,
-            video_frames: str | None = None, progress: Progress | None = None, on_plan=None) -> IndexReport:
+            video_frames: str | None = None, progress: Progress | None = None, on_plan=None,
+            log=None) -> IndexReport:
         """Bring the index up to date with ``paths`` (files and folders, searched recursively).
 
         New files are embedded, changed ones embedded again, files under
         ``paths`` that are gone are dropped (``prune``: gone files anywhere).
         Files that failed before and have not changed are skipped unless
-        ``retry_failed``. Decoding options are fixed at the first add.
+        ``retry_failed``. Decoding options are fixed at the first add. At the end the store is
+        tidied and its ANN index built or refreshed when needed (``log`` gets a line on what it did).
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -199,7 +202,10 @@ class Index:
             report = update_index(self.store, model, paths, options=options, batch_size=batch_size,
                                   workers=workers, precision=self._precision, flush_every=flush_every,
                                   retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan)
-            self.store.optimize()
+            if log is not None and isinstance(self.store, LanceStore):
+                self.store.optimize(log=log)
+            else:
+                self.store.optimize()
             return report
 
     update = add

@@ -36,8 +36,7 @@ import time
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from ..media import MediaError
+from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from .api import Index, QueryError
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
