@@ -27,7 +27,8 @@ from PIL import Image
 from audioclip import AudioCLIP, create_model, save_model
 from audioclip.index import Index, IndexStoreError, LanceStore, QueryError, merge_windows
 from audioclip.index.search import rank
-from audioclip.index.store import file_id_of, open_store, row_schema
+from audioclip.index.store import file_id_of, row_schema
+from audioclip.index.stores import open_store
 
 SR = 44100
 TINY = dict(config="AudioCLIP-tiny", device="cpu")

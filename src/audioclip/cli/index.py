@@ -68,7 +68,7 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
-    from audioclip.index.store import store_exists
+    from audioclip.index.stores import store_exists
 
     _check_db_spec(args)
     if not store_exists(args.db):

@@ -26,7 +26,7 @@ _EXPORTS = {
     "LanceStore": "audioclip.index.store",
     "MilvusStore": "audioclip.index.milvus",
     "VectorStore": "audioclip.index.store",
-    "open_store": "audioclip.index.store",
+    "open_store": "audioclip.index.stores",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from .indexing import IndexReport
     from .search import SearchHit, merge_windows
     from .milvus import MilvusStore
-    from .store import FileRecord, IndexStoreError, LanceStore, VectorStore, open_store
+    from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
+    from .stores import open_store
 
 
 def __getattr__(name: str):

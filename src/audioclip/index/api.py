@@ -15,7 +15,8 @@ import numpy as np
 from ..inference import DecodeOptions, embed_files
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
-from .store import FileRecord, IndexStoreError, LanceStore, VectorStore, open_store
+from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
+from .stores import open_store
 
 __all__ = ["Index", "QueryError"]
 

@@ -32,7 +32,6 @@ from .ann import AnnIndex
 
 __all__ = [
     "FailureRecord",
-    "open_store",
     "FileRecord",
     "IndexStoreError",
     "LanceStore",
@@ -61,27 +60,6 @@ FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "has
 
 class IndexStoreError(ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
-
-
-def open_store(db: str | os.PathLike, create: bool = False) -> VectorStore:
-    """The store a ``--db`` value names: ``milvus:FILE.db`` (Milvus Lite), ``http(s)://HOST:PORT`` (a Milvus
-    server; ``#NAME`` picks the collections' prefix), otherwise a LanceDB folder."""
-    db = os.fspath(db)
-    if db.startswith("milvus:") or db.startswith(("http://", "https://", "tcp://", "grpc://")):
-        from .milvus import MilvusStore
-
-        return MilvusStore(db, create=create)
-    return LanceStore(db, create=create)
-
-
-def store_exists(db: str | os.PathLike) -> bool:
-    """Whether ``db`` names an existing index (a Milvus server is asked only when opened: True)."""
-    db = os.fspath(db)
-    if db.startswith("milvus:") or db.startswith(("http://", "https://", "tcp://", "grpc://")):
-        from .milvus import MilvusStore
-
-        return MilvusStore.exists(db)
-    return Path(db).exists()
 
 
 def row_schema(dim: int) -> pa.Schema:
