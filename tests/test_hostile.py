@@ -156,3 +156,48 @@ def test_fifos_are_reported_and_never_opened(tiny_model, tmp_path):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="max_channels must be positive"):
         MediaLimits(max_channels=0)
+
+
+def test_long_recordings_are_streamed_with_the_same_vectors(tiny_model, tmp_path):
+    """A long file is decoded and embedded piece by piece; windows and the pooled vector are today's."""
+    import torch.nn.functional as F
+
+    from audioclip.inference import _WINDOWS_PER_PIECE, _DecodedFiles
+    from audioclip.media import split_windows
+
+    seconds = 5 * (2 * _WINDOWS_PER_PIECE + 3) + 2.5  # several pieces and an end-aligned tail
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "long.flac", (0.1 * rng.standard_normal((int(48000 * seconds), 2))).astype(np.float32), 48000)
+    options = DecodeOptions(image_size=64)
+    pieces = list(_DecodedFiles([str(tmp_path / "long.flac")], options))
+    assert len(pieces) == 3 and [p["final"] for p in pieces] == [False, False, True]
+    assert max(len(p["windows"]) for p in pieces) == _WINDOWS_PER_PIECE  # never the whole file at once
+
+    (result,) = embed_files(tiny_model, [str(tmp_path / "long.flac")], options=options, batch_size=4)
+    windows = split_windows(load_audio(tmp_path / "long.flac"), window=5.0)
+    assert [(e.start, e.end) for e in result.embeddings if e.kind == "window"] == [(w.start, w.end) for w in windows]
+    with torch.inference_mode():
+        expected = F.normalize(tiny_model.encode_audio(torch.stack([w.wave for w in windows])), dim=-1)
+    got = torch.stack([e.vector for e in result.embeddings if e.kind == "window"])
+    assert torch.allclose(got, expected, atol=1e-6)
+    pooled = next(e.vector for e in result.embeddings if e.kind == "pooled")
+    assert torch.allclose(pooled, F.normalize(expected.mean(0), dim=-1), atol=1e-6)
+
+
+def test_streamed_decoding_equals_whole_file_decoding(tmp_path):
+    from audioclip.media import stream_audio
+
+    rng = np.random.default_rng(4)
+    sf.write(tmp_path / "x.flac", (0.2 * rng.standard_normal((48000 * 13 + 5, 2))).astype(np.float32), 48000)
+    for mono in (False, True):
+        whole = load_audio(tmp_path / "x.flac", mono=mono)
+        blocks = list(stream_audio(tmp_path / "x.flac", mono=mono))
+        assert len(blocks) > 1 and torch.equal(torch.cat(blocks, dim=1), whole)
+
+
+def test_a_late_problem_in_a_streamed_file_drops_what_came_before(tiny_model, tmp_path):
+    wave = np.zeros((44100 * 60, 1), np.float32)
+    wave[-10] = 7.0  # an overshoot in the last second: the file is refused as a whole
+    sf.write(tmp_path / "late.wav", wave, 44100, subtype="FLOAT")
+    (result,) = embed_files(tiny_model, [str(tmp_path / "late.wav")], options=DecodeOptions(image_size=64))
+    assert not result.ok and "peak 7" in result.error and result.embeddings == []

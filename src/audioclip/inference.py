@@ -13,17 +13,17 @@ the renormalised mean of its window embeddings.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import hashlib
 import os
 import stat
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .media import (
     AUDIO_EXTENSIONS,
@@ -36,7 +36,8 @@ from .media import (
     load_video_frames,
     sniff_modality,
     special_file_kind,
-    split_windows,
+    stream_audio,
+    stream_windows,
 )
 from . import prompts
 from .model import AudioCLIP
@@ -151,17 +152,35 @@ class DecodeOptions:
     limits: MediaLimits = field(default_factory=MediaLimits)  # per-file bounds, checked from headers
 
 
-class _DecodedFiles(Dataset):
+#: windows per decoded piece of a long recording: a few of them are in memory at a time
+_WINDOWS_PER_PIECE = 8
+
+
+class _DecodedFiles(IterableDataset):
+    """Files decoded into pieces: ``{"index", "path", "source", "windows", "frames", "error", "final"}``.
+
+    A long recording is streamed (:func:`~audioclip.media.stream_audio`): its
+    windows come in pieces of :data:`_WINDOWS_PER_PIECE`, so memory does not
+    grow with its length; the last piece of a file has ``final=True``. With
+    DataLoader workers, file ``i`` is decoded by worker ``i % workers``;
+    pieces of different files interleave, and :func:`embed_decoded` puts them
+    back together by ``index``.
+    """
+
     def __init__(self, paths: Sequence[str], options: DecodeOptions):
         self.paths = list(paths)
         self.options = options
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        step, first = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        for index in range(first, len(self.paths), step):
+            yield from self.pieces(index)
 
-    def __getitem__(self, index: int) -> dict:
+    def pieces(self, index: int) -> Iterator[dict]:
         path = self.paths[index]
-        item = {"path": path, "source": None, "windows": [], "frames": [], "error": None}
+        item = {"index": index, "path": path, "source": None, "windows": [], "frames": [], "error": None,
+                "final": False}
         try:
             if not os.path.exists(path):
                 raise MediaError(path, "no such file or directory")
@@ -174,23 +193,30 @@ class _DecodedFiles(Dataset):
             if source == "video":
                 item["frames"] = self._video_frames(path)
             if source in ("audio", "video"):
-                item["windows"] = self._audio_windows(path, optional=source == "video")
+                for window in self._audio_windows(path, optional=source == "video"):
+                    item["windows"].append(window)
+                    if len(item["windows"]) == _WINDOWS_PER_PIECE:
+                        yield item
+                        item = {**item, "windows": [], "frames": []}
         except MediaError as err:
             item["error"] = err.reason
         except Exception as err:  # a worker must never die on one file
             item["error"] = f"{type(err).__name__}: {err}"
-        return item
+        item["final"] = True
+        yield item
 
-    def _audio_windows(self, path: str, optional: bool) -> list[tuple[float, float, torch.Tensor]]:
+    def _audio_windows(self, path: str, optional: bool) -> Iterator[tuple[float, float, torch.Tensor]]:
         o = self.options
+        blocks = stream_audio(path, sample_rate=o.sample_rate, mono=o.mono, limits=o.limits)
         try:
-            wave = load_audio(path, sample_rate=o.sample_rate, mono=o.mono, limits=o.limits)
+            first = next(blocks)
         except MediaError:
             if optional:  # a video without sound still has pictures
-                return []
+                return
             raise
-        windows = split_windows(wave, sample_rate=o.sample_rate, window=o.window, hop=o.hop)
-        return [(w.start, w.end, w.wave) for w in windows]
+        for w in stream_windows(itertools.chain([first], blocks), sample_rate=o.sample_rate, window=o.window,
+                                hop=o.hop):
+            yield w.start, w.end, w.wave
 
     def _video_frames(self, path: str) -> list[tuple[float | None, torch.Tensor]]:
         frames = load_video_frames(path, which=self.options.video_frames, image_size=self.options.image_size,
@@ -286,7 +312,16 @@ def decode_file(path: str, options: DecodeOptions) -> dict:
     ``{"path", "source", "windows": [(start, end, wave)], "frames": [(time, image)], "error"}``:
     what :func:`embed_files` decodes in its workers (the distributed engines decode with it too).
     """
-    return _DecodedFiles([path], options)[0]
+    whole = None
+    for piece in _DecodedFiles([path], options).pieces(0):
+        if whole is None:
+            whole = piece
+        else:
+            whole["windows"] += piece["windows"]
+            whole["error"] = whole["error"] or piece["error"]
+    whole.pop("index", None)
+    whole.pop("final", None)
+    return whole
 
 
 def embed_decoded(
@@ -314,12 +349,19 @@ def embed_decoded(
     audio = _Batcher(encoder(model.encode_audio), batch_size)
     images = _Batcher(encoder(model.encode_image), batch_size)
 
-    pending: deque[FileResult] = deque()
+    open_files: dict[int, FileResult] = {}  # by input position; pieces of several files interleave
+    closed: set[int] = set()
+    next_out = count = 0
     for item in items:
-        result = FileResult(item["path"], item["source"], error=item["error"])
-        pending.append(result)
-        if result.ok and not item["windows"] and not item["frames"]:
-            result.error = "nothing to embed"
+        index = item.get("index")
+        if index is None:  # a whole file (decode_file): the next position
+            index = count
+        count = max(count, index + 1)
+        result = open_files.get(index)
+        if result is None:
+            result = open_files[index] = FileResult(item["path"], item["source"], error=item["error"])
+        elif item["error"] and result.ok:
+            result.error = item["error"]  # found late in a streamed file: what came before is dropped
         if result.ok:
             for time, frame in item["frames"]:
                 kind = "image" if result.source == "image" else "frame"
@@ -331,13 +373,19 @@ def embed_decoded(
                 result.embeddings.append(slot)
                 wave = torch.as_tensor(wave)
                 audio.add(("audio", wave.shape[0]), result, slot, wave)
+        if item.get("final", True):
+            closed.add(index)
+            if result.ok and not result.embeddings:
+                result.error = "nothing to embed"
         # Yield finished files in input order; a file waits until its batch ran.
-        while pending and _finished(pending[0]):
-            yield _complete(pending.popleft())
+        while next_out in closed and _finished(open_files[next_out]):
+            closed.discard(next_out)
+            yield _complete(open_files.pop(next_out))
+            next_out += 1
     audio.flush()
     images.flush()
-    while pending:
-        yield _complete(pending.popleft())
+    for index in sorted(open_files):
+        yield _complete(open_files.pop(index))
 
 
 def _finished(result: FileResult) -> bool:

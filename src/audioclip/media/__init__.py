@@ -9,13 +9,13 @@
 Every reader reports a bad file as one :class:`MediaError` (``"{path}: {reason}"``).
 """
 
-from .audio import MAX_PEAK, SAMPLE_RATE, load_audio
+from .audio import MAX_PEAK, SAMPLE_RATE, load_audio, stream_audio
 from .errors import MediaError, special_file_kind
 from .limits import MediaLimits
 from .image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, clip_preprocess, load_image, to_rgb
 from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff_modality
 from .video import frame_times, load_video_frames
-from .windows import AudioWindow, split_windows
+from .windows import AudioWindow, split_windows, stream_windows
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -37,5 +37,7 @@ __all__ = [
     "sniff_modality",
     "special_file_kind",
     "split_windows",
+    "stream_audio",
+    "stream_windows",
     "to_rgb",
 ]

@@ -21,7 +21,7 @@ from .errors import MediaError, check_file
 from .limits import MediaLimits
 from .sniff import VIDEO_EXTENSIONS, sniff_content
 
-__all__ = ["SAMPLE_RATE", "MAX_PEAK", "load_audio"]
+__all__ = ["SAMPLE_RATE", "MAX_PEAK", "load_audio", "stream_audio"]
 
 SAMPLE_RATE = 44100  # Hz, the rate AudioCLIP's audio head was trained at
 MAX_PEAK = 2.0  # the model refuses input whose peak exceeds this (int16-scaled floats)
@@ -85,6 +85,75 @@ def load_audio(
     return torch.from_numpy(np.ascontiguousarray(wave.T))
 
 
+def stream_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    mono: bool = False,
+    limits: MediaLimits | None = None,
+):
+    """:func:`load_audio` block by block: float32 ``(channels, n)`` tensors, in order, at ``sample_rate``.
+
+    The concatenated blocks equal :func:`load_audio`'s result bit for bit (soxr's
+    streaming resampler gives the one-shot result), while memory holds one block
+    (about 6 s) at a time, so an hour of audio costs what a minute does. Checks
+    are made as blocks arrive: a NaN or an overshoot found late raises
+    ``MediaError`` after earlier blocks were yielded, and the caller discards
+    what it made of them.
+    """
+    if sample_rate <= 0 or int(sample_rate) != sample_rate:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    sample_rate = int(sample_rate)
+    path = check_file(path)
+    limits = limits or MediaLimits()
+    resampler, produced, channels = None, 0, 1
+    for rate, block in _blocks(path, limits):
+        if not np.isfinite(block).all():
+            raise MediaError(path, "contains NaN or infinite samples")
+        peak = float(np.abs(block).max()) if block.size else 0.0
+        if peak > MAX_PEAK:
+            raise MediaError(path, f"samples far outside [-1, 1] (peak {peak:.5g})")
+        if mono and block.shape[1] > 1:
+            block = block.mean(axis=1, keepdims=True, dtype=np.float32)
+        channels = block.shape[1]
+        if rate != sample_rate:
+            if resampler is None:
+                resampler = soxr.ResampleStream(rate, sample_rate, block.shape[1], dtype="float32", quality="VHQ")
+            block = resampler.resample_chunk(np.ascontiguousarray(block))
+        if len(block):
+            produced += len(block)
+            yield _clipped(block)
+    if resampler is not None:  # the filter's tail
+        tail = resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+        if len(tail):
+            produced += len(tail)
+            yield _clipped(tail)
+    if produced == 0:
+        raise MediaError(path, "contains no audio samples (empty, truncated or corrupt)")
+
+
+def _clipped(block: np.ndarray) -> torch.Tensor:
+    block = np.array(block, dtype=np.float32, copy=True)
+    np.clip(block, -1.0, 1.0, out=block)  # overshoot from the file (peak <= MAX_PEAK) or resampling
+    return torch.from_numpy(np.ascontiguousarray(block.T))
+
+
+def _blocks(path: Path, limits: MediaLimits):
+    """``(rate, (frames, channels))`` raw blocks by libsndfile, else (before any block) FFmpeg."""
+    if path.suffix.lower() not in _FFMPEG_ONLY:
+        blocks = _soundfile_blocks(path, None, limits)
+        try:
+            first = next(blocks)
+        except StopIteration:
+            first = None
+        except (soundfile.SoundFileError, RuntimeError):
+            first = None  # not a format libsndfile knows: FFmpeg may do better
+        if first is not None:
+            yield first
+            yield from blocks
+            return
+    yield from _ffmpeg_blocks(path, None, limits)
+
+
 def _decode(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
     """float32 ``(frames, channels)`` and the sample rate, by libsndfile, else FFmpeg."""
     if path.suffix.lower() not in _FFMPEG_ONLY:
@@ -103,7 +172,16 @@ def _frame_limit(max_duration: float | None, rate: int) -> int | None:
 
 
 def _read_soundfile(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
-    blocks = []
+    blocks, rate = [], None
+    for rate, block in _soundfile_blocks(path, max_duration, limits):
+        blocks.append(block)
+    if not blocks:
+        return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
+    return np.concatenate(blocks), rate
+
+
+def _soundfile_blocks(path: Path, max_duration: float | None, limits: MediaLimits):
+    """``(rate, float32 (frames, channels))`` blocks by libsndfile, the header checked first."""
     with soundfile.SoundFile(path) as f:
         rate, channels = f.samplerate, f.channels
         problem = limits.check_audio(channels, rate, f.frames if f.seekable() else None)
@@ -120,14 +198,21 @@ def _read_soundfile(path: Path, max_duration: float | None, limits: MediaLimits)
             block = f.read(want, dtype="float32", always_2d=True)
             if len(block) == 0:
                 break
-            blocks.append(block)
             total += len(block)
-    if not blocks:
-        return np.zeros((0, channels), np.float32), rate
-    return np.concatenate(blocks), rate
+            yield rate, block
 
 
 def _read_ffmpeg(path: Path, max_duration: float | None, limits: MediaLimits) -> tuple[np.ndarray, int]:
+    blocks, rate = [], None
+    for rate, block in _ffmpeg_blocks(path, max_duration, limits):
+        blocks.append(block)
+    if not blocks:  # load_audio reports this; the shape only has to say "no frames"
+        return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
+    return np.ascontiguousarray(np.concatenate(blocks)), rate
+
+
+def _ffmpeg_blocks(path: Path, max_duration: float | None, limits: MediaLimits):
+    """``(rate, float32 (frames, channels))`` blocks by FFmpeg (PyAV), the header checked first."""
     import av  # FFmpeg: imported when a file needs it (~0.1 s)
 
     try:
@@ -170,6 +255,9 @@ def _read_ffmpeg(path: Path, max_duration: float | None, limits: MediaLimits) ->
                     for out in resampler.resample(frame):
                         chunks.append(out.to_ndarray())
                         total += out.samples
+                if sum(c.shape[1] for c in chunks) >= _BLOCK:
+                    yield rate, _frames_first(chunks)
+                    chunks = []
                 if limit is not None and total >= limit:
                     break
                 if rate and total > limits.max_duration * rate:
@@ -178,10 +266,13 @@ def _read_ffmpeg(path: Path, max_duration: float | None, limits: MediaLimits) ->
             pass  # the container breaks off (truncated): keep what decoded so far
         if resampler is not None:
             chunks.extend(out.to_ndarray() for out in resampler.resample(None))
-    if not chunks:  # load_audio reports this; the shape only has to say "no frames"
-        return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
-    wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-    return np.ascontiguousarray(wave.T), rate
+        if chunks:
+            yield rate, _frames_first(chunks)
+
+
+def _frames_first(chunks: list[np.ndarray]) -> np.ndarray:
+    """PyAV's planar ``(channels, n)`` pieces as one float32 ``(frames, channels)`` block."""
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False).T
 
 
 def _stream_header(container, stream) -> tuple[int, float, int | None]:
