@@ -274,6 +274,31 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch, media, loader, capsy
     assert code == 2 and "audioclip[" not in err
 
 
+def test_core_commands_run_without_the_extras(media, tmp_path):
+    """classify, embed and similarity with the extras' modules unimportable, as in a core-only install."""
+    code = (
+        "import sys\n"
+        "EXTRAS = {'lancedb', 'faiss', 'pymilvus', 'yaml', 'webdataset', 'tensorboard', 'torchmetrics',\n"
+        "          'matplotlib', 'scipy', 'sklearn', 'pandas'}\n"
+        "class NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in EXTRAS:\n"
+        "            raise ImportError(f'{name}: not installed (test)')\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from audioclip.cli import main\n"
+        "tiny = ['--checkpoint', 'AudioCLIP-tiny', '--device', 'cpu']\n"
+        f"wav, out = {str(media / 'a.wav')!r}, {str(tmp_path / 'emb.parquet')!r}\n"
+        "codes = [main(['classify', wav, '--labels', 'dog,rain', *tiny]),\n"
+        "         main(['embed', wav, '-o', out, *tiny]),\n"
+        "         main(['similarity', '--audio', wav, '--text', 'a dog', '--json', *tiny])]\n"
+        "print('codes', codes, sorted(m for m in sys.modules if m.split('.')[0] in EXTRAS))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "AUDIOCLIP_OFFLINE": "1"})
+    assert "codes [0, 0, 0] []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "emb.parquet").is_file()
+
+
 # -- one command line ------------------------------------------------------------------------------------
 
 
