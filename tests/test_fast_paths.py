@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from audioclip import AudioCLIP, ESResNeXtFbsp
-from audioclip.model import transforms
 from audioclip.model.esresnext import AudioHeadConfig
 from audioclip.model.fast import FastAudioHead, build_fast_head
 from audioclip.model.transforms import (

@@ -359,8 +359,6 @@ def create_model(
     ``weights_only=True`` and memory-mapped where possible; parameters that are
     loaded are not randomly initialised first.
     """
-    import torch
-
     source = describe_source(name)
     target = resolve_device(device)
     if source.kind == "architecture" and pretrained is not None:

@@ -31,7 +31,6 @@ from .media import (
     VIDEO_EXTENSIONS,
     MediaError,
     MediaLimits,
-    load_audio,
     load_image,
     load_video_frames,
     sniff_modality,
