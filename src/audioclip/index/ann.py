@@ -55,6 +55,7 @@ SAMPLE_PER_LIST = 16  # k-means training vectors per list
 KMEANS_ITERATIONS = 8
 BUILD_MEMORY_BYTES = 1 << 32  # vectors held in memory while building (4 GiB: 10^6 at 1024-d); more: shards
 SHARD_ROWS = 65_536  # the least vectors per shard
+IN_MEMORY_BYTES = 1 << 30  # a searching process reads an index up to this size into memory, else maps it
 STATE = "state.json"
 
 
@@ -267,7 +268,9 @@ class AnnIndex:
 
         generation = state["generation"]
         path = str(self.folder / f"g{generation}.index")
-        if not state.get("data_file"):  # one file: its lists memory-mapped
+        if not state.get("data_file") and os.path.getsize(path) <= IN_MEMORY_BYTES:
+            index = faiss.read_index(path)  # small: in memory, where a scan streams fastest
+        elif not state.get("data_file"):  # one file: its lists memory-mapped
             index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         elif Path(state["data_file"]) == (self.folder / f"g{generation}.ivfdata").resolve():
             index = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
