@@ -290,3 +290,30 @@ def test_the_duckdb_queries_of_the_docs_run(model, tmp_path, monkeypatch):
     per_modality = {row[0]: row[1:] for row in counts}
     assert per_modality["audio"][-1] == 6 and (per_modality.get("image", (0, 0, 1))[-1] == 1) == photo.is_file()
     assert dict(settings)["audioclip.window_s"] == "5.0"
+
+
+# -- object stores (pyarrow file systems), with the local one standing in for s3:// ---------------------------
+
+
+def test_outputs_on_a_pyarrow_file_system(parquet, model, inputs, tmp_path, monkeypatch):
+    from audioclip import embeddings_io
+    from audioclip.engines.ray_engine import _decode_remote
+
+    monkeypatch.setattr(embeddings_io, "_is_uri", lambda path: "://" in path)  # file:// takes the object-store path
+    want = read_embeddings(parquet)
+    uri = f"file://{tmp_path}/store/emb.parquet"
+    report = embed_to(model, [inputs], uri, files_per_part=3)
+    assert report.rows == want.table.num_rows and not list((tmp_path / "store").glob(".*lock"))
+    for got in (read_embeddings(uri), read_embeddings(tmp_path / "store" / "emb.parquet")):
+        assert got.table.drop_columns(["embedding"]).equals(want.table.drop_columns(["embedding"]))
+        assert got.settings["checkpoint"] == want.settings["checkpoint"]
+    assert not (tmp_path / "store" / "emb.parquet.parts").exists()
+    folder = f"file://{tmp_path}/store/parts/"
+    embed_to(model, [inputs], folder, files_per_part=3)
+    assert read_embeddings(folder).table.num_rows == want.table.num_rows
+    assert embed_to(model, [inputs], folder).skipped == 7
+    clip = sorted(inputs.glob("*.flac"))[0]
+    item = _decode_remote(f"file://{clip}", DecodeOptions(image_size=64))  # a decode task fetching its file
+    assert item["error"] is None and item["path"] == f"file://{clip}" and len(item["windows"]) == 1
+    missing = _decode_remote(f"file://{tmp_path}/nothing.wav", DecodeOptions())
+    assert missing["error"].startswith("cannot fetch")

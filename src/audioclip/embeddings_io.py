@@ -500,12 +500,10 @@ class _Files:
 
     def __init__(self, target: str | os.PathLike):
         text = os.fspath(target)
-        if text.startswith("file://"):
-            text = text[len("file://"):]
         self.local = not _is_uri(text)
         if self.local:
             self.fs = None
-            self.root = str(Path(text))
+            self.root = str(Path(text[len("file://"):] if text.startswith("file://") else text))
         else:
             from pyarrow import fs as pafs
 
