@@ -159,6 +159,14 @@ def in_child(fn, *args):
         return pool.apply(fn, args)
 
 
+def build_ann(path: str) -> tuple[float, dict, float]:
+    """Build the store's ANN index as ``audioclip index`` does at the end of a run: seconds, state, peak RSS."""
+    reset_peak_rss()
+    t = time.perf_counter()
+    state = LanceStore(path).build_ann(log=log)
+    return time.perf_counter() - t, state, peak_rss_mb()
+
+
 def measure_store(path: str, queries: np.ndarray, exact_count: int, nprobes: list[int]) -> list[tuple]:
     """The store's ANN search at each nprobe, then its exact search (which touches every vector) last."""
     store = LanceStore(path)
@@ -235,11 +243,7 @@ def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
         return entry
 
     # the store's own search: the FAISS index beside the table, exact (every list) and ANN
-    reset_peak_rss()
-    t = time.perf_counter()
-    state = store.build_ann(log=log)
-    ann_s = time.perf_counter() - t
-    ann_rss = peak_rss_mb()
+    ann_s, state, ann_rss = in_child(build_ann, path)
     lists = state["lists"]
     log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
 

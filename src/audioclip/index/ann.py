@@ -211,6 +211,7 @@ class AnnIndex:
                 files = [index_path, data_path]
         finally:
             shard = None
+            _release_memory()
             for p in shard_paths:
                 p.unlink(missing_ok=True)
         meta = np.concatenate(meta_parts) if meta_parts else np.zeros(0, ROW_DTYPE)
@@ -489,6 +490,16 @@ def _row_meta(batch) -> np.ndarray:
     meta["kind"] = _codes(batch.column(batch.schema.get_field_index("kind")), KINDS)
     meta["source"] = _codes(batch.column(batch.schema.get_field_index("source")), SOURCES)
     return meta
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps the lists' many 1 MB blocks otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 _STDOUT_LOCK = threading.Lock()

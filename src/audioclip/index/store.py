@@ -398,7 +398,8 @@ def ann_partitions(rows: int) -> int:
 
 
 def create_ann_index(table, rows: int, kind: str = "ivf_sq") -> None:
-    """An ANN index on the vectors (dot product), sized for ``rows``.
+    """LanceDB's own ANN index on the vectors (dot product), sized for ``rows``: for comparison only
+    (``benchmarks/bench_index.py --lance-ann``); the store searches the FAISS index beside the table.
 
     ``ivf_sq`` (the default; measurements in docs/search.md): vectors
     clustered into about sqrt(rows)/2 IVF partitions and stored as 8-bit
