@@ -55,7 +55,16 @@ SAMPLE_PER_LIST = 16  # k-means training vectors per list
 KMEANS_ITERATIONS = 8
 BUILD_MEMORY_BYTES = 1 << 32  # vectors held in memory while building (4 GiB: 10^6 at 1024-d); more: shards
 SHARD_ROWS = 65_536  # the least vectors per shard
-IN_MEMORY_BYTES = 1 << 30  # a searching process reads an index up to this size into memory, else maps it
+def _in_memory_bytes() -> int:
+    """The largest index a searching process reads into memory (a quarter of RAM, at most 8 GiB); larger: mapped."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        ram = 4 << 30
+    return min(8 << 30, ram // 4)
+
+
+IN_MEMORY_BYTES = _in_memory_bytes()  # scans stream about 3x faster from memory than through a file mapping
 STATE = "state.json"
 
 
@@ -270,7 +279,7 @@ class AnnIndex:
         generation = state["generation"]
         path = str(self.folder / f"g{generation}.index")
         if not state.get("data_file") and os.path.getsize(path) <= IN_MEMORY_BYTES:
-            index = faiss.read_index(path)  # small: in memory, where a scan streams fastest
+            index = faiss.read_index(path)  # in memory, where a scan streams fastest
         elif not state.get("data_file"):  # one file: its lists memory-mapped
             index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         elif Path(state["data_file"]) == (self.folder / f"g{generation}.ivfdata").resolve():
