@@ -189,7 +189,9 @@ def test_hub_name_downloads_through_huggingface_hub(tiny_file, tmp_path, fake_hu
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         expected = float(model.encode_audio(torch.rand(1, 1, 4000, generator=g) - 0.5).sum())
-    assert run.stdout.split() == ["AudioCLIP-tiny", repr(expected)]
+    architecture, value = run.stdout.split()
+    assert architecture == "AudioCLIP-tiny"
+    assert float(value) == pytest.approx(expected, rel=1e-5)  # another process: other thread counts
     assert any(path.endswith("/model.safetensors") for method, path in fake_hub.requests if method == "GET")
     # offline: from huggingface_hub's cache, no request
     fake_hub.requests.clear()
