@@ -379,3 +379,10 @@ def test_int8_needs_calibration():
         build_fast_head(head, "int8")
     with pytest.raises(ValueError, match="calibration"):
         quantize_int8(head, [])
+
+
+def test_fast_transforms_leave_a_training_model_training():
+    head = tiny_head().train()
+    fuse(head)
+    quantize_int8(head, tiny_wave(batch=2))
+    assert head.training and all(m.training for m in head.modules())

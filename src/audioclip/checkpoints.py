@@ -580,7 +580,11 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert a checkpoint between ``.pt`` and ``.safetensors`` (direction from the suffixes).
 
     Every tensor is kept bit for bit under its key and dtype, so a ``.pt``
-    converted to safetensors and back still loads in the original code. A
+    converted to safetensors and back still loads in the original code. As
+    everywhere in :func:`load_state_dict`, a state dict wrapped under
+    ``"state_dict"`` or ``"model"`` is unwrapped (the rest of such a training
+    checkpoint is not converted) and a ``module.`` prefix shared by every key
+    (DDP) is removed. A
     ``.safetensors`` file is read without unpickling anything; a ``.pt`` with
     ``weights_only=True``. Returns ``dst``.
     """

@@ -97,8 +97,10 @@ HUB_WEIGHTS = "model.safetensors"
 def describe_source(name: str | os.PathLike) -> ModelSource:
     """Tell what ``name`` is without importing torch or downloading; raise ``CheckpointError`` if nothing.
 
-    A registry name wins over a file of that name in the working folder only
-    when no such file exists, as in :func:`audioclip.checkpoints.resolve`.
+    As in :func:`audioclip.checkpoints.resolve`, a registry name (``"full"``)
+    wins over a file of that name in the working folder; a registry *file*
+    name (``"AudioCLIP-Full-Training.pt"``) is taken as the registry's only when
+    no such file exists.
     """
     text = os.fspath(name)
     if text in list_models():

@@ -167,7 +167,7 @@ class _FeatureExtraction(_Pipeline):
         if isinstance(item, Image.Image):
             with torch.inference_mode():
                 return F.normalize(model.encode_image(_image_tensor(item, model.visual.image_size)).float(), dim=-1)[0]
-        if _is_path(item) and (modality in ("audio", "image") or Path(item).is_file()):
+        if _is_path(item) and modality != "text" and (modality in ("audio", "image") or Path(item).is_file()):
             result = next(iter(embed_files(model, [os.fspath(item)])))
             if not result.ok:
                 raise MediaError(result.path, result.error)

@@ -49,7 +49,9 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
         "convert", help="convert a checkpoint between .pt and .safetensors",
         description="Convert a checkpoint between PyTorch's .pt and .safetensors (the direction comes from the "
         "suffixes). Every tensor is kept bit for bit under the original's keys and dtypes, so a converted file "
-        "converted back still loads in the original code. A .safetensors file is read without unpickling.",
+        "converted back still loads in the original code. A state dict wrapped under 'state_dict' or 'model' "
+        "is unwrapped (optimizer state and the like are left out) and a DDP 'module.' prefix is removed. A "
+        ".safetensors file is read without unpickling.",
         epilog=STATUS_EPILOG)
     parser.add_argument("input", metavar="IN", help="the checkpoint to convert (.pt or .safetensors)")
     parser.add_argument("output", metavar="OUT", help="the file to write (.safetensors or .pt)")
@@ -75,7 +77,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.format == "hub":
         from audioclip.export.hub import export_hub_folder
 
-        paths = export_hub_folder(model, out, checkpoint_id=factory.checkpoint_id(model))
+        # loaded and written at once: the weights are the ones the checkpoint names
+        paths = export_hub_folder(model, out, checkpoint_id=factory.checkpoint_id(model), unchanged=True)
         note(args, f"wrote {', '.join(p.name for p in paths.values())} into {out}; upload with: "
                    f"huggingface-cli upload ORG/NAME {out} .")
         return EXIT_OK

@@ -146,7 +146,7 @@ def _onnx_model(args: argparse.Namespace):
 
     from audioclip import checkpoints, factory
     from audioclip.export.onnx import META_FILE, OnnxAudioCLIP, export_onnx
-    from audioclip.io import exclusive_lock
+    from audioclip.io import LockedError, exclusive_lock
 
     if args.onnx_dir is not None:
         return OnnxAudioCLIP(args.onnx_dir)
@@ -154,10 +154,14 @@ def _onnx_model(args: argparse.Namespace):
                                  progress=not args.quiet)
     ident = factory.checkpoint_id(model)
     folder = checkpoints.cache_dir(args.cache_dir) / "onnx" / re.sub(r"[^A-Za-z0-9._@-]+", "_", ident)
-    with exclusive_lock(folder.with_name(folder.name + ".lock")):  # one export at a time
-        if not (folder / META_FILE).is_file():
-            note(args, f"exporting {args.checkpoint} to ONNX once, into {folder} (a few minutes)")
-            export_onnx(model, folder, checkpoint_id=ident)
+    while not (folder / META_FILE).is_file():
+        try:
+            with exclusive_lock(folder.with_name(folder.name + ".lock")):  # one export at a time
+                if not (folder / META_FILE).is_file():
+                    note(args, f"exporting {args.checkpoint} to ONNX once, into {folder} (a few minutes)")
+                    export_onnx(model, folder, checkpoint_id=ident)
+        except LockedError:  # another job is exporting the same weights: wait for it
+            time.sleep(2)
     return OnnxAudioCLIP(folder)
 
 

@@ -45,10 +45,14 @@ def _untransformed(model: nn.Module) -> None:
                         "(export the model before audio_mode transforms)")
 
 
-def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_id: str | None = None) -> dict[str, Path]:
+def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoint_id: str | None = None,
+                      unchanged: bool = False) -> dict[str, Path]:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` (the model card) into ``out_dir``.
 
-    The weights keep the original's keys and dtypes. Returns the three paths.
+    The weights keep the original's keys and dtypes. ``unchanged=True`` says
+    the model holds the registered weights it was loaded with, untouched: only
+    then does the card name them as the origin (with their licence and the
+    paper's figures); a fine-tuned model must not claim them. Returns the three paths.
     """
     _untransformed(model)
     out = Path(out_dir)
@@ -62,7 +66,7 @@ def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoin
         "library": "audioclip",
         "architecture": info.get("architecture"),
         "model_cfg": model_cfg,
-        "weights": info.get("weights"),
+        "weights": info.get("weights") if unchanged else None,
         "checkpoint": checkpoint_id,
         "audioclip_version": _version(),
     }

@@ -166,6 +166,8 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
     say = progress or (lambda message: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The metadata goes last: without it a half-replaced folder does not load as a model.
+    (out / META_FILE).unlink(missing_ok=True)
     model = model.eval()
     # The fbsp kernels go into the graph as constants computed by PyTorch: computed
     # by ONNX Runtime's own sin/cos/pow they move low-power bins by decibels (the

@@ -94,7 +94,9 @@ def stream_audio(
     """:func:`load_audio` block by block: float32 ``(channels, n)`` tensors, in order, at ``sample_rate``.
 
     The concatenated blocks equal :func:`load_audio`'s result bit for bit (soxr's
-    streaming resampler gives the one-shot result), while memory holds one block
+    streaming resampler gives the one-shot result; a file that libsndfile fails
+    on part-way is refused here, where ``load_audio`` retries it with FFmpeg),
+    while memory holds one block
     (about 6 s) at a time, so an hour of audio costs what a minute does. Checks
     are made as blocks arrive: a NaN or an overshoot found late raises
     ``MediaError`` after earlier blocks were yielded, and the caller discards
@@ -149,7 +151,11 @@ def _blocks(path: Path, limits: MediaLimits):
             first = None  # not a format libsndfile knows: FFmpeg may do better
         if first is not None:
             yield first
-            yield from blocks
+            try:
+                yield from blocks
+            except (soundfile.SoundFileError, RuntimeError) as e:
+                # load_audio would retry the whole file with FFmpeg; a stream cannot go back
+                raise MediaError(path, f"decoding broke off ({type(e).__name__}: {e})") from e
             return
     yield from _ffmpeg_blocks(path, None, limits)
 

@@ -170,7 +170,7 @@ def fuse(
                    compile_options=compile_options)
     check_options(mode, **options)
     head = _audio_head(model)
-    fast = build_fast_head(head.eval(), mode, **options)
+    fast = _build_from(head, mode, **options)
     return _with_head(_copy_except_audio(model, inplace), fast).eval()
 
 
@@ -188,8 +188,17 @@ def quantize_int8(
     Not exact: see docs/performance.md.
     """
     head = _audio_head(model)
-    fast = build_fast_head(head.eval(), "int8", calibration=calibration, slice_kernel=slice_kernel)
+    fast = _build_from(head, "int8", calibration=calibration, slice_kernel=slice_kernel)
     return _with_head(_copy_except_audio(model, inplace), fast).eval()
+
+
+def _build_from(head: ESResNeXtFbsp, mode: str, **options) -> FastAudioHead:
+    """``build_fast_head`` from the head's eval-mode function, the head's own mode left as it was."""
+    training = head.training
+    try:
+        return build_fast_head(head.eval(), mode, **options)
+    finally:
+        head.train(training)
 
 
 def _copy_except_audio(model: nn.Module, inplace: bool) -> nn.Module:
