@@ -286,18 +286,6 @@ def progress_bar(args: argparse.Namespace, total: int, unit: str = "file"):
 # -- checks made before anything heavy ------------------------------------------------------------------
 
 
-def _architectures() -> list[str]:
-    """The bundled architecture names, read from the package data (as ``audioclip.factory.list_models``).
-
-    Read here because ``list_models`` imports :mod:`audioclip.model`, whose
-    package imports torch and open_clip: 3-5 s before a usage error.
-    """
-    from importlib import resources
-
-    return sorted(f.name[: -len(".json")] for f in resources.files("audioclip.model_configs").iterdir()
-                  if f.name.endswith(".json"))
-
-
 def check_checkpoint(name: str | os.PathLike, *, option: str = "--checkpoint") -> str:
     """What ``name`` is for :func:`audioclip.factory.create_model`: ``"architecture"``, ``"registry"``,
     ``"file"``, ``"folder"`` (a Hub-style model folder) or ``"hub"`` (``hf-hub:ORG/NAME``).
