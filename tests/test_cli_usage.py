@@ -366,3 +366,29 @@ def test_no_lower_layer_imports_the_command_line():
             if any(n == "audioclip.cli" or n.startswith("audioclip.cli.") or n.lstrip(".") == "cli" for n in names):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_counts_too_large_for_c_are_usage_errors(capsys):
+    """A count that would overflow in C (``-k 1e20``) is a one-line usage error, not an OverflowError."""
+    import pytest
+
+    from audioclip.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--db", "nowhere", "dog", "-k", "99999999999999999999"])
+    assert info.value.code == 2
+    assert "must be at most 2147483647" in capsys.readouterr().err
+
+
+def test_search_with_the_largest_k_answers(tmp_path):
+    """-k at its upper bound searches (candidates are capped at the table's size)."""
+    import numpy as np
+    import soundfile as sf
+
+    from audioclip import create_model as _create, save_model as _save
+    from audioclip.cli import main
+
+    ckpt = _save(_create("AudioCLIP-tiny"), tmp_path / "tiny.pt")
+    sf.write(tmp_path / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(44100)).astype("float32"), 44100)
+    assert main(["index", str(tmp_path / "a.wav"), "--db", str(tmp_path / "db"), "--checkpoint", str(ckpt), "-q"]) == 0
+    assert main(["search", "--db", str(tmp_path / "db"), "dog", "-k", "2147483647", "-q"]) == 0

@@ -107,10 +107,16 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 # -- argument types ----------------------------------------------------------------------------
 
 
+#: the largest count any option takes (counts go to C code as 32-bit ints: more overflows there)
+MAX_COUNT = 2**31 - 1
+
+
 def positive_int(text: str) -> int:
     value = _number(int, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT}, got {text}")
     return value
 
 
@@ -118,6 +124,8 @@ def non_negative_int(text: str) -> int:
     value = _number(int, text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT}, got {text}")
     return value
 
 

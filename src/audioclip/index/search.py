@@ -92,7 +92,7 @@ def rank(
         return []
     # Candidate files from the best rows; a long recording has many rows, so
     # ask for more rows until k distinct files are found or the table is exhausted.
-    limit = max(8 * k, 64)
+    limit = min(max(8 * k, 64), total)  # never more rows than there are (a huge k must not overflow below)
     while True:
         found = store.search(query, limit, sources=sources, exact=exact)
         ids = list(dict.fromkeys(found["file_id"].to_pylist()))
