@@ -112,18 +112,17 @@ MAX_COUNT = 2**31 - 1
 
 
 def positive_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT}, got {text}")
-    return value
+    return _count(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
+    return _count(text, 0, "0 or more")
+
+
+def _count(text: str, minimum: int, wording: str) -> int:
     value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {wording}, got {value}")
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT}, got {text}")
     return value
