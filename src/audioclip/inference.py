@@ -87,7 +87,7 @@ class FileResult:
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
-def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+def expand_paths(inputs: Iterable[str | os.PathLike], *, resolve: bool = False) -> tuple[list[str], list[str]]:
     """Files named directly plus the media files found under directories, sorted, deduplicated.
 
     Returns ``(files, ignored)``: ``ignored`` are files under the directories
@@ -96,9 +96,15 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[s
     path is kept too, to be reported. A FIFO, socket or device with a media
     name is kept as well, to be reported and skipped when it is read (it is
     never opened); with another name it is ignored.
+
+    ``resolve`` gives every path as its resolved absolute path (symbolic
+    links followed, ``..`` and ``.`` gone), so that a file named two ways, or
+    reached through a link, is listed once: the identity outputs and indexes
+    use for a file.
     """
     files: dict[str, None] = {}
     ignored: list[str] = []
+    name = os.path.realpath if resolve else str
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -106,17 +112,17 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[s
                 try:
                     mode = child.stat().st_mode
                 except OSError:  # a dangling link: nothing to read
-                    ignored.append(str(child))
+                    ignored.append(name(child))
                     continue
                 if not (stat.S_ISREG(mode) or special_file_kind(mode)):
                     continue  # a folder
                 if child.suffix.lower() in MEDIA_EXTENSIONS:
-                    files[str(child)] = None
+                    files[name(child)] = None
                 else:
-                    ignored.append(str(child))
+                    ignored.append(name(child))
         else:
-            files[str(path)] = None
-    return list(files), ignored
+            files[name(path)] = None
+    return list(files), list(dict.fromkeys(ignored))
 
 
 def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
