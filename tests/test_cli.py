@@ -146,6 +146,35 @@ def test_embed_parquet_then_resume(checkpoint, folder, tmp_path):
     assert pq.read_table(out).equals(table)
 
 
+def test_embed_keeps_one_row_set_per_file_however_it_is_named(checkpoint, folder, tmp_path):
+    clip = folder / "clip0.wav"
+    (tmp_path / "link.wav").symlink_to(clip)
+    (tmp_path / "dir").symlink_to(folder)
+    spellings = [str(clip), os.path.relpath(clip), str(folder / ".." / folder.name / "clip0.wav"),
+                 str(tmp_path / "link.wav"), str(tmp_path / "dir")]  # the last: the folder, through a link
+    out = tmp_path / "emb.parquet"
+    cli("embed", *spellings, "-o", str(out), checkpoint=checkpoint, check=0, in_process=True)
+    paths = pq.read_table(out)["path"].to_pylist()
+    assert paths.count(os.path.realpath(clip)) == 1  # a 2 s clip: one pooled row, whatever the spelling
+    assert set(paths) == {os.path.realpath(p) for p in folder.iterdir() if p.suffix in (".wav", ".jpg")}
+    again = cli("embed", str(tmp_path / "link.wav"), "-o", str(out), checkpoint=checkpoint, check=0, in_process=True)
+    assert "(0 now, 1 before)" in again.stderr
+
+
+def test_a_second_embed_job_on_one_output_exits_2_naming_the_holder(checkpoint, folder, tmp_path, monkeypatch):
+    from audioclip.embeddings_io import output_lock
+    from audioclip.io import exclusive_lock
+
+    out = tmp_path / "emb.parquet"
+    loads = []
+    monkeypatch.setattr("audioclip.cli.inference.load_model", lambda args: loads.append(args))
+    with exclusive_lock(output_lock(out)):  # another job (here: this process) writes the output
+        proc = cli("embed", str(folder), "-o", str(out), checkpoint=checkpoint, in_process=True)
+    assert proc.returncode == 2 and not loads and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"being written by another job now (process {os.getpid()} (" in lines[0]
+
+
 def test_embed_refuses_another_checkpoints_output(checkpoint, folder, tmp_path):
     out = tmp_path / "emb.parquet"
     cli("embed", str(folder / "clip0.wav"), "-o", str(out), checkpoint=checkpoint, check=0, in_process=True)

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +26,8 @@ from PIL import Image
 
 import audioclip
 from audioclip.embeddings_io import (
+    OutputLockedError,
+    check_not_locked,
     COLUMNS,
     SETTINGS,
     EmbeddingWriter,
@@ -207,7 +210,8 @@ def test_a_version_1_output_is_resumed_and_rewritten(tmp_path):
     shutil.copy(V1 / "v1.parquet", out)
     checkpoint = pq.read_table(out)["checkpoint"][0].as_py()
     writer = EmbeddingWriter(out, checkpoint=checkpoint, settings={"checkpoint": checkpoint, "window_s": 5.0})
-    assert writer.done_paths() == {"media/long.wav", "media/pic.jpg", "media/short.wav"}
+    # relative paths of old outputs are taken from the current folder, as they were written
+    assert writer.done_paths() == {os.path.realpath(p) for p in ("media/long.wav", "media/pic.jpg", "media/short.wav")}
     vector = torch.nn.functional.normalize(torch.ones(64), dim=0)
     writer.add(FileResult("media/new.wav", "audio", [Embedding("audio", "window", 0.0, 1.0, vector),
                                                      Embedding("audio", "pooled", 0.0, 1.0, vector)]))
@@ -229,13 +233,29 @@ def _result(path: str, seed: int = 0) -> FileResult:
 def test_a_second_job_on_the_same_output_is_refused(tmp_path):
     out = tmp_path / "emb.parquet"
     first = EmbeddingWriter(out, checkpoint="c@1")
-    with pytest.raises(OutputError, match="another job"):
+    with pytest.raises(OutputLockedError, match=f"another job now \\(process {os.getpid()} ") as caught:
         EmbeddingWriter(out, checkpoint="c@1")
-    first.add(_result("a.wav"))
+    assert caught.value.holder.startswith(f"process {os.getpid()} (") and isinstance(caught.value, OutputError)
+    with pytest.raises(OutputLockedError, match="another job"):  # the look before a model load says the same
+        check_not_locked(out)
+    first.add(_result(str(tmp_path / "a.wav")))
     assert first.finalize() == 1
+    check_not_locked(out)
     with EmbeddingWriter(out, checkpoint="c@1") as again:  # the lock went with the first job
-        assert again.done_paths() == {"a.wav"}
+        assert again.done_paths() == {str(tmp_path / "a.wav")}
     assert not list(tmp_path.glob(".*lock"))
+
+
+def test_outputs_with_paths_spelled_otherwise_resume_by_resolved_path(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    out = tmp_path / "emb.parquet"
+    with EmbeddingWriter(out, checkpoint="c@1") as writer:  # as an earlier version wrote them: unresolved
+        writer.add(_result(str(tmp_path / "link" / "a.wav")))
+        writer.add(_result(str(tmp_path / "real" / ".." / "real" / "b.wav")))
+        writer.finalize()
+    with EmbeddingWriter(out, checkpoint="c@1") as again:
+        assert again.done_paths() == {str(tmp_path / "real" / "a.wav"), str(tmp_path / "real" / "b.wav")}
 
 
 def test_part_names_never_collide_and_overlapping_parts_keep_one_copy(tmp_path):
@@ -245,7 +265,7 @@ def test_part_names_never_collide_and_overlapping_parts_keep_one_copy(tmp_path):
     assert len(names) == 50 and all(re.fullmatch(r"part-\d{8}T\d{6}-\d+-[0-9a-f]{12}\.parquet", n) for n in names)
     (parts / ".part-torn.parquet.1234.tmp").write_bytes(b"PAR1 half a file")  # a writer killed mid-write
     writer = EmbeddingWriter(tmp_path / "emb.parquet", checkpoint="c@1")
-    assert writer.done_paths() == {"x.wav"}
+    assert writer.done_paths() == {os.path.realpath("x.wav")}
     assert writer.finalize() == 1  # fifty copies of one file: kept once
     assert len(pq.read_table(tmp_path / "emb.parquet")) == 1
 
@@ -284,7 +304,7 @@ def test_the_duckdb_queries_of_the_docs_run(model, tmp_path, monkeypatch):
     assert len(blocks) >= 3
     results = [duckdb.connect().sql(block).fetchall() for block in blocks]
     neighbours, counts, settings = results[:3]
-    assert neighbours[0][0] == "sounds/4-125929-A-40.flac" and neighbours[0][-1] == pytest.approx(1.0, abs=1e-4)
+    assert neighbours[0][0] == str(sounds.resolve() / "4-125929-A-40.flac") and neighbours[0][-1] == pytest.approx(1.0, abs=1e-4)
     assert [row[-1] for row in neighbours] == sorted((row[-1] for row in neighbours), reverse=True)
     assert len(neighbours) == 5
     per_modality = {row[0]: row[1:] for row in counts}

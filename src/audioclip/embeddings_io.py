@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .inference import DecodeOptions, FileResult
-from .io import LockedError, atomic_path, atomic_write, exclusive_lock, write_text_atomic
+from .io import LockedError, atomic_path, atomic_write, exclusive_lock, held_by, write_text_atomic
 
 __all__ = [
     "COLUMNS",
@@ -69,6 +69,8 @@ __all__ = [
     "EmbeddingWriter",
     "Embeddings",
     "OutputError",
+    "OutputLockedError",
+    "check_not_locked",
     "format_for",
     "read_embeddings",
     "rows_table",
@@ -122,6 +124,13 @@ _ROW_SETTINGS = ("checkpoint", "window_s", "hop_s", "sample_rate", "mono", "vide
 
 class OutputError(ValueError):
     """The output cannot be written or resumed (e.g. it holds another checkpoint's vectors)."""
+
+
+class OutputLockedError(OutputError, LockedError):
+    """Another job is writing the output (``holder`` names it): the command line exits 2."""
+
+    def __init__(self, message: str, holder: str | None = None):
+        LockedError.__init__(self, message, holder)
 
 
 def format_for(path: str | os.PathLike, requested: str | None = None) -> str:
@@ -615,6 +624,22 @@ def write_part(parts: str | os.PathLike, table: pa.Table, settings: Mapping[str,
     return path
 
 
+def output_lock(out: str | os.PathLike, folder: bool | None = None) -> Path:
+    """The lock file of a local output: ``.lock`` inside a folder output, ``.NAME.lock`` beside a file."""
+    folder = os.path.isdir(out) or os.fspath(out).endswith("/") if folder is None else folder
+    return Path(out, ".lock") if folder else Path(out).with_name(f".{Path(out).name}.lock")
+
+
+def check_not_locked(out: str | os.PathLike) -> None:
+    """Raise :class:`OutputLockedError` if another job is writing ``out`` now (a look; takes no lock)."""
+    if _is_uri(os.fspath(out)):
+        return
+    holder = held_by(output_lock(out))
+    if holder is not None:
+        raise OutputLockedError(f"{out} is being written by another job now ({holder}); "
+                                "wait for it to finish, or write to another output", holder)
+
+
 class EmbeddingWriter:
     """Appends finished files' rows as parts and merges them into the final output.
 
@@ -646,14 +671,14 @@ class EmbeddingWriter:
         self._buffer: list[FileResult] = []
         self._lock = None
         if lock and self.files.local:
-            where = Path(self.out, ".lock") if self.folder else Path(self.out).with_name(f".{Path(self.out).name}.lock")
-            self._lock = exclusive_lock(where)
+            self._lock = exclusive_lock(output_lock(self.out, self.folder))
             try:
                 self._lock.__enter__()
-            except LockedError:
+            except LockedError as err:
                 self._lock = None
-                raise OutputError(f"{self.out} is being written by another job now (its lock is held); "
-                                  "wait for it, or write to another output") from None
+                raise OutputLockedError(
+                    f"{self.out} is being written by another job now ({err.holder or 'its lock is held'}); "
+                    "wait for it to finish, or write to another output", err.holder) from None
 
     # -- context and lock
     def __enter__(self) -> EmbeddingWriter:
@@ -693,7 +718,8 @@ class EmbeddingWriter:
         return found
 
     def done_paths(self) -> set[str]:
-        """Paths already embedded, in the output or its parts; refuses an output made with other settings."""
+        """Paths already embedded (local ones resolved), in the output or its parts; refuses an output made
+        with other settings."""
         done = set()
         for where, table, settings in self._existing(columns=["path", "checkpoint"]):
             checkpoints = set(table["checkpoint"].to_pylist())
@@ -708,7 +734,8 @@ class EmbeddingWriter:
                     raise OutputError(
                         f"{self.out} was made with {key} = {settings[key]} ({where}); this run uses "
                         f"{self.settings[key]}. Write to a new output, or use the same settings.")
-            done.update(table["path"].to_pylist())
+            # Outputs of earlier versions hold paths as they were spelled: compare resolved paths.
+            done.update(p if _is_uri(p) else os.path.realpath(p) for p in table["path"].to_pylist())
         return done
 
     # -- adding

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = ["LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask", "exclusive_lock",
-           "write_bytes_atomic", "write_text_atomic"]
+           "held_by", "lock_holder", "write_bytes_atomic", "write_text_atomic"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -143,7 +143,58 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str | Non
 
 
 class LockedError(RuntimeError):
-    """Another job holds the lock: it is writing the same output now."""
+    """Another job holds the lock: it is writing the same output now.
+
+    ``holder`` describes that job as its lock file names it (``process 1234
+    (audioclip embed ...), since 2026-12-02 16:40:01``), or is None when the
+    lock file says nothing yet.
+    """
+
+    def __init__(self, message: str, holder: str | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+def _holder_line() -> str:
+    """Who holds a lock, as written into the lock file: pid, command line, start time (one line)."""
+    import sys
+    import time
+
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+    return f"process {os.getpid()} ({command or 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def held_by(path: str | os.PathLike) -> str | None:
+    """If another process holds the lock ``path`` now: its holder line (or "another process"); else None.
+
+    A look without taking the lock, for failing fast before slow work (a model
+    load): the lock itself must still be taken with :func:`exclusive_lock`.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock_holder(path) or "another process"
+    finally:
+        os.close(fd)  # also releases our shared lock
+    return None
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """The holder line of the lock file ``path`` (see :func:`exclusive_lock`), None if unknown."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1024).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text.splitlines()[0] if text else None
 
 
 @contextlib.contextmanager
@@ -170,7 +221,8 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockedError(f"{path}: locked by another process") from None
+            holder = lock_holder(path)
+            raise LockedError(f"{path}: locked by {holder or 'another process'}", holder) from None
         # The holder before us may have removed the file between our open and our
         # lock: then we hold a lock on a name that no longer exists. Try again.
         try:
@@ -181,7 +233,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
             break
         os.close(fd)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{_holder_line()}\n".encode())  # for the message of a job that finds it locked
         yield path
     finally:
         try:

@@ -180,12 +180,15 @@ def _embed(args: argparse.Namespace, model, paths):
                        precision=args.precision, options=_decode_options(args, model))
 
 
-def _expand(args: argparse.Namespace, inputs) -> tuple[list[str], list[str]]:
-    """Files to process: the named ones and the media files under the named folders."""
+def _expand(args: argparse.Namespace, inputs, resolve: bool = False) -> tuple[list[str], list[str]]:
+    """Files to process: the named ones and the media files under the named folders.
+
+    ``resolve``: as resolved absolute paths (the identity of a file in an output), one per file.
+    """
     light_open_clip()
     from audioclip.inference import expand_paths
 
-    return expand_paths(inputs)
+    return expand_paths(inputs, resolve=resolve)
 
 
 # --------------------------------------------------------------------------
@@ -395,12 +398,15 @@ def _run_embed(args: argparse.Namespace) -> int:
 
         paths, ignored = list_inputs(args.inputs)
     else:
-        paths, ignored = _expand(args, args.inputs)
+        paths, ignored = _expand(args, args.inputs, resolve=True)
     if args.shard:
         from audioclip.inference import shard as shard_of
 
         index, count = args.shard
         paths = shard_of(paths, index, count)
+    from audioclip.embeddings_io import check_not_locked
+
+    check_not_locked(args.output)  # another job writing it: exit 2 now, not after loading the model
     # Ray's actors take the model to their own devices: the driver's copy stays on the CPU
     model = load_model(args if args.engine == "plain" else argparse.Namespace(**{**vars(args), "device": "cpu"}))
 

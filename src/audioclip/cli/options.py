@@ -14,7 +14,8 @@
   stops with the ``pip install "audioclip[...]"`` line to run.
 - :func:`run`: runs a parsed command and turns what it raises into exit
   statuses: 0 done, 1 nothing could be processed (or an error), 2 usage error,
-  3 some inputs failed; 130 interrupted. Errors are one line,
+  3 some inputs failed; 130 interrupted. An output locked by another job
+  (:class:`audioclip.io.LockedError`) is a usage error (2), its holder named. Errors are one line,
   ``audioclip CMD: error: ...``; ``--debug`` adds the traceback.
 
 Nothing here imports torch at module level: building the parser and the
@@ -31,6 +32,8 @@ import traceback
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from audioclip.io import LockedError
 
 __all__ = [
     "AUDIO_MODES",
@@ -546,6 +549,9 @@ def run(args: argparse.Namespace) -> int:
         status = args.func(args)
         return EXIT_OK if status is None else int(status)
     except UsageError as err:
+        error(args, err)
+        return EXIT_USAGE
+    except LockedError as err:  # another job writes the same output: nothing was done, try later
         error(args, err)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -49,6 +49,9 @@ class EmbedReport:
 def list_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
     """Files to embed, and the non-media files ignored: :func:`audioclip.inference.expand_paths`.
 
+    Local files are named by their resolved absolute paths (a file named two
+    ways, or through a link, is one file: one set of rows in the output).
+
     Inputs may also be object-store URIs (``s3://bucket/sounds/``, any
     :mod:`pyarrow.fs` scheme): a folder is listed recursively there too. Only
     the ``ray`` engine reads such files (each decode task fetches its file).
@@ -60,7 +63,7 @@ def list_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[st
         text = os.fspath(item)
         (remote if "://" in text and not text.startswith("file://") else local).append(
             text[len("file://"):] if text.startswith("file://") else text)
-    files, ignored = expand_paths(local)
+    files, ignored = expand_paths(local, resolve=True)
     if remote:
         from pyarrow import fs as pafs
 
