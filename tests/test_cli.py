@@ -284,3 +284,12 @@ def test_similarity(checkpoint, folder):
     text_pair = next(line for line in lines if '"a dog"' in line and '"rain"' in line)
     assert text_pair.split()[-1] == "-"  # same modality: no logit
     assert cli("similarity", checkpoint=checkpoint, in_process=True).returncode == 2
+
+
+def test_a_warning_is_one_line_too(checkpoint):
+    long_text = "a dog barking " * 100  # over the 77-token context: truncated, with a warning
+    proc = cli("similarity", "--text", "rain", "--text", long_text, checkpoint=checkpoint, check=0, in_process=True)
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warnings == ["audioclip similarity: warning: 1 text(s) exceed the 77-token context: #1 (302 tokens); "
+                        "truncated"], proc.stderr
+    assert "Traceback" not in proc.stderr and ".py" not in proc.stderr

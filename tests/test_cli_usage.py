@@ -111,6 +111,15 @@ def usage_cases(m):
         (["train", "--config", "esc50-audioclip", "--data-root", folder, "--checkpoint", "nope"], "nope"),
         (["train", "--config", "esc50-audioclip", "--data-root", folder, "--device", "cuda:1"], "train.device"),
         (["prepare", "extract", missing, m / "out"], "not found"),
+        # odd arguments: empty names (Path("") is the current folder), files that are not what they should be
+        (["classify", "", "--labels", "dog"], "an empty path"),
+        (["index", "", "--db", m / "newdb"], "an empty path"),
+        (["embed", wav, "-o", ""], "an empty file name"),
+        (["classify", wav, "--labels", "dog", "--checkpoint", ""], "an empty name"),
+        (["download", ""], "an empty checkpoint name"),
+        (["convert", m / "a.wav", ""], "an empty file name"),
+        (["export", "onnx", "--checkpoint", "AudioCLIP-tiny", "-o", ""], "an empty folder name"),
+        (["train", "--config", wav], "not a UTF-8 text"),
     ]
 
 
@@ -134,6 +143,15 @@ def test_usage_errors_exit_2_with_one_line_and_no_model_load(media, loader, caps
     (["embed", "a.wav", "-o", "x.parquet", "--audio-mode", "int8"], "--audio-mode"),
     (["classify", "a.wav"], "--labels"),
     (["embed", "a.wav", "--shard", "3/2", "-o", "x.parquet"], "K <= N"),
+    (["embed", "a.wav", "--shard", "1/99999999999999999999", "-o", "x.parquet"], "at most 2147483647"),
+    (["classify", "a.wav", "--labels", "dog", "--window", "inf"], "finite"),
+    (["classify", "a.wav", "--labels", "dog", "--window", "1e308"], "0.01 to 86400 seconds"),
+    (["classify", "a.wav", "--labels", "dog", "--hop", "1e-9"], "0.01 to 86400 seconds"),
+    (["classify", "a.wav", "--labels", "dog", "--window", "nan"], "must be positive"),
+    (["embed", "a.wav", "-o", "x.parquet", "--max-duration", "-1"], "must be positive"),
+    (["classify", "a.wav", "--labels", "dog", "-k", "0"], "at least 1"),
+    (["classify", "a.wav", "--labels", "dog", "--top-k", "1e3"], "an integer"),
+    (["index", "a.wav", "--db", "x", "--window", "-5"], "must be positive"),
 ])
 def test_parse_errors_exit_2_naming_the_option(args, words, loader, capsys):
     code, out, err = run(*args, capsys=capsys)

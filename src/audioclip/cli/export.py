@@ -28,6 +28,8 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    if not args.input.strip() or not args.output.strip():
+        raise UsageError("an empty file name was given")
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():
         raise UsageError(f"{args.input}: no such file")

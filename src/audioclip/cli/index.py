@@ -26,6 +26,7 @@ from .options import (
     note,
     port,
     positive_float,
+    seconds,
     positive_int,
     progress_bar,
     set_command,
@@ -213,9 +214,9 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
     group.add_argument("--workers", type=non_negative_int, default=0,
                        help="decoding processes (default: 0, decode in the main process)")
-    group.add_argument("--window", type=positive_float, default=None,
+    group.add_argument("--window", type=seconds, default=None,
                        help="audio window in seconds (default: 5)")
-    group.add_argument("--hop", type=positive_float, default=None,
+    group.add_argument("--hop", type=seconds, default=None,
                        help="seconds between window starts (default: the window)")
     group.add_argument("--mono", action="store_true", help="down-mix audio to one channel first")
     group.add_argument("--video-frames", choices=("central", "all"), default=None,

@@ -32,6 +32,7 @@ from .options import (
     non_negative_int,
     note,
     positive_float,
+    seconds,
     positive_int,
     prefetch_checkpoint,
     progress_bar,
@@ -89,9 +90,9 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
     group.add_argument("--workers", type=non_negative_int, default=0,
                        help="decoding processes (default: 0, decode in the main process)")
     if windows:
-        group.add_argument("--window", type=positive_float, default=5.0,
+        group.add_argument("--window", type=seconds, default=5.0,
                            help="audio window in seconds (default: 5, the ESC-50 clip length)")
-        group.add_argument("--hop", type=positive_float, default=None,
+        group.add_argument("--hop", type=seconds, default=None,
                            help="seconds between window starts (default: the window)")
         group.add_argument("--mono", action="store_true", help="down-mix audio to one channel first")
         group.add_argument("--video-frames", choices=("central", "all"), default="central",
@@ -228,6 +229,8 @@ def register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
 def _run_download(args: argparse.Namespace) -> int:
     from audioclip import checkpoints
 
+    if any(not name.strip() for name in args.names):
+        raise UsageError("an empty checkpoint name was given (see 'audioclip checkpoints' for the names)")
     status = EXIT_OK
     for name in args.names:
         try:
@@ -333,7 +336,7 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
                            help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")
     templates.add_argument("--templates-file", metavar="FILE",
                            help="one prompt template per line; their embeddings are averaged")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="labels shown per file (default: 5)")
+    parser.add_argument("-k", "--top-k", type=positive_int, default=5, help="labels shown per file (default: 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     add_model_options(parser)
     _add_backend_options(parser)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import traceback
@@ -160,6 +161,8 @@ def shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected K/N like 1/4, got {text!r}") from None
     if not 1 <= k <= n:
         raise argparse.ArgumentTypeError(f"need 1 <= K <= N, got {text!r}")
+    if n > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"N must be at most {MAX_COUNT}, got {text!r}")
     return k - 1, n
 
 
@@ -175,10 +178,27 @@ def device(text: str) -> str:
 
 def _number(kind, text: str):
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
             from None
+    if kind is float and math.isinf(value):  # a NaN fails every range check after this
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+MAX_SECONDS = 86_400.0  # a window or hop longer than the longest file decoded (a day) means nothing
+
+
+MIN_SECONDS = 0.01  # 441 samples at 44.1 kHz; a shorter hop only multiplies the work (a day: 8.6 M windows)
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds from :data:`MIN_SECONDS` to :data:`MAX_SECONDS` (``--window``, ``--hop``)."""
+    value = positive_float(text)
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, got {text}")
+    return value
 
 
 # -- option groups -----------------------------------------------------------------------------
@@ -306,6 +326,8 @@ def check_checkpoint(name: str | os.PathLike, *, option: str = "--checkpoint") -
     from audioclip.checkpoints import CheckpointError
     from audioclip.factory import describe_source
 
+    if not os.fspath(name).strip():
+        raise UsageError(f"{option}: an empty name was given (a checkpoint name, file or folder)")
     try:
         return describe_source(name).kind
     except CheckpointError as err:
@@ -379,8 +401,11 @@ def check_device(name: str | None, option: str = "--device") -> None:
 
 
 def check_inputs(paths: Iterable[str | os.PathLike], what: str = "input") -> None:
-    """Every path exists (a file or a folder)."""
-    missing = [os.fspath(p) for p in paths if not Path(p).exists()]
+    """Every path exists (a file or a folder); an empty name is refused (``Path("")`` would be the current folder)."""
+    paths = [os.fspath(p) for p in paths]
+    if any(not p.strip() for p in paths):
+        raise UsageError(f"{what}: an empty path was given")
+    missing = [p for p in paths if not Path(p).exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UsageError(f"{what} not found: {missing[0]}{more}")
@@ -429,6 +454,8 @@ def check_output_file(
     ``resumable``: an existing output is continued (the command checks it is
     its own); ``overwrite`` lets the command start it over.
     """
+    if not os.fspath(path).strip():
+        raise UsageError("-o: an empty file name was given")
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"-o {path}: is a folder; give a file name"
@@ -447,6 +474,8 @@ def check_output_file(
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, markers: Sequence[str] = (),
                      hint: str = "--overwrite replaces it") -> Path:
     """An output folder: not a file; refused when it holds one of ``markers`` (a finished output) unless ``overwrite``."""
+    if not os.fspath(path).strip():
+        raise UsageError("-o: an empty folder name was given")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {path}: exists and is not a folder")
@@ -542,7 +571,22 @@ def _plain_error(err: BaseException) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``args.func(args)`` and return its exit status, reporting errors as one line each."""
+    """Run ``args.func(args)`` and return its exit status, reporting errors and warnings as one line each."""
+    import warnings
+
+    shown = warnings.showwarning
+    if not getattr(args, "debug", False):  # a warning is one line too (no source line of the library)
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            print(f"{_prog(args)}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+        warnings.showwarning = one_line
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         for extra, modules in getattr(args, "extras", ()):
             require_extra(extra, modules)

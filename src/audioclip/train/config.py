@@ -114,11 +114,22 @@ def list_configs() -> list[str]:
     return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
 
 
+MAX_CONFIG_BYTES = 1_000_000
+
+
 def _read(name_or_path: str | Path) -> tuple[dict, str]:
     text_name = str(name_or_path)
     path = Path(text_name)
     if path.is_file():
-        text, name = path.read_text(), path.stem
+        if path.stat().st_size > MAX_CONFIG_BYTES:  # a config is a page of YAML, not a data file named by mistake
+            raise ConfigError(f"config {text_name}: {path.stat().st_size} bytes is not a config "
+                              f"(at most {MAX_CONFIG_BYTES} bytes)")
+        try:
+            text, name = path.read_text(encoding="utf-8"), path.stem
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {text_name}: not a UTF-8 text (YAML) file") from None
+        except OSError as err:
+            raise ConfigError(f"config {text_name}: cannot read ({err.strerror or err})") from None
     elif text_name in list_configs():
         text, name = resources.files(_PACKAGE).joinpath(f"{text_name}.yaml").read_text(), text_name
     else:
