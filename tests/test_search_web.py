@@ -80,7 +80,7 @@ def request(site, method: str, path: str, body: bytes | None = None, headers: di
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()  # names looked up without regard to case
     finally:
         conn.close()
 

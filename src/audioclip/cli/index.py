@@ -308,22 +308,32 @@ def _run_serve(args: argparse.Namespace) -> int:
         error(args, err)
         return EXIT_NOTHING_DONE
     return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6),
-                 quiet=args.quiet)
+                 quiet=args.quiet, allowed_hosts=args.allowed_host or (),
+                 max_query_seconds=args.max_query_seconds)
 
 
 def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="a web page to search an index (text, uploaded sound or picture)",
         description="Serve a search page for the index: a search box, sound and picture uploads, results with "
-        "players starting at the matching time and thumbnails. Only indexed files are served. Uploads are "
-        "kept in a temporary folder for the duration of the query.",
+        "players starting at the matching time and thumbnails. Only indexed files are served, and only while "
+        "they are the files indexed (a file changed or replaced by a link since is not). Requests must name "
+        "this machine as localhost, 127.0.0.1, [::1], the --host address or an --allowed-host. Uploads are "
+        "kept in a private temporary folder for the duration of the query, decoded by a separate process "
+        "within a time budget, two at a time.",
         epilog="exit status: 0 stopped (Ctrl-C); 1 the index or the address cannot be used; 2 usage error")
     _add_db(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                         "machine only; the page serves your indexed files to anyone who can reach it)")
     parser.add_argument("--port", type=port, default=8000, help="TCP port, 1-65535 (default: 8000)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+                        help="a host name (or address) that requests may name in their Host header, besides "
+                        "localhost, 127.0.0.1, [::1] and the --host address; repeat for more. Needed with "
+                        "--host 0.0.0.0 to be reached by a name (e.g. --allowed-host mypc.lan)")
     parser.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                         help="largest query upload (default: 20 MB)")
+    parser.add_argument("--max-query-seconds", type=positive_float, default=600.0, metavar="SECONDS",
+                        help="longest uploaded recording or video searched with (default: 600)")
     _add_model_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_serve, extras=_EXTRAS)

@@ -1,56 +1,97 @@
-"""``audioclip serve``: a small web page to search an index (standard library HTTP server).
+"""``audioclip serve``: a small web page to search an index (Starlette, served by uvicorn with h11).
 
-Routes (everything else is 404):
+Routes (everything else is 404; every answer but the page's files is JSON):
 
 - ``GET /`` and ``GET /static/{app.js,style.css}``: the page, from this package's ``static/``.
-- ``GET /api/search?q=TEXT&k=10&modality=audio``: results as JSON.
-- ``POST /api/search?kind=audio|image&name=FILE.wav&k=..&modality=..``: the request body is the
-  query file itself (at most ``max_upload`` bytes); it is written into a fresh temporary folder,
-  embedded and deleted before the answer is sent. The request must carry
-  ``X-Audioclip: 1`` (a page on another site cannot send it without a CORS preflight, which is
-  never granted).
-- ``GET /api/search?...&offset=N``: the next page of results (``more`` in the answer says whether
-  there may be one after it).
+- ``GET /api/search?q=TEXT&k=10&offset=0&modality=audio``: results as JSON. ``q`` is at most
+  :data:`MAX_QUERY_CHARS` characters, ``k`` 1-:data:`MAX_K`, ``offset`` 0-:data:`MAX_OFFSET` (``more``
+  in the answer says whether there may be a page after this one); anything else is a 400.
+- ``POST /api/search?kind=audio|image&name=FILE.wav&k=..&offset=..&modality=..``: the request body is
+  the query file itself, with a ``Content-Length`` (411 without) of at most ``max_upload`` bytes (413).
+  The request must carry ``X-Audioclip: 1`` (403 without): a page on another site cannot send it
+  without a CORS preflight, which is never granted. At most ``max_uploads`` are processed at a time
+  (503 beyond). The file goes into a private temporary folder, is decoded by a worker process within
+  ``decode_timeout`` seconds and the media limits (at most ``max_query_seconds`` of sound), and is
+  embedded here a batch of windows at a time (``uploads.py``); the folder is deleted before the
+  answer is sent. Errors name the file by the name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file (with HTTP range
   requests, so players can seek), a JPEG thumbnail of an indexed picture, and a PNG waveform of an
   indexed recording (the page marks the matching window over it). Pictures are rendered once and
-  cached beside the index (``pictures.py``), in a folder bounded in size. ``ID`` is the file's id in
-  the index; a path is never taken from a request, so nothing but indexed files can be read.
-- ``GET /api/stats``.
+  cached beside the index (``pictures.py``), in a folder bounded in size.
+- ``GET /api/stats``. ``HEAD`` is answered wherever ``GET`` is.
 
-When listening on a loopback address, requests must name it (or ``localhost``) in their
-``Host`` header, which defeats DNS-rebinding pages.
+What is served is only ever an indexed file. ``ID`` is a signed 64-bit id from the index (anything
+else is 404); a path is never taken from a request. The file is opened one path component at a time
+without following a symbolic link in any of them, must be a regular file, and must still be the file
+the index recorded (size and modification time; device and inode where the index has them): a file
+replaced since, or a link or linked folder swapped in, is 404. The bytes sent come from that open
+descriptor.
+
+Every request must name an expected host in its ``Host`` header (403 otherwise), which defeats
+DNS-rebinding pages: ``localhost``, ``127.0.0.1``, ``[::1]``, the address listened on (unless it is
+a wildcard such as ``0.0.0.0``) and the names given as ``allowed_hosts`` (``--allowed-host``).
+
+Connections (``httpd.py``): HTTP/1.1 parsed by h11; ``Transfer-Encoding`` with ``Content-Length`` is
+refused (400, connection closed: no request smuggling); a request head must arrive within
+``head_timeout``, an idle connection is closed after ``keep_alive``, an upload body must keep coming
+(``body_idle_timeout``, ``body_timeout``); past ``max_connections`` requests get 503 at once.
+Answers carry ``nosniff``, ``no-referrer`` and a strict Content-Security-Policy. Errors never show a
+server path: a store error is logged and answered with a generic message, an unexpected one is
+logged to stderr and answered 500.
 """
 
 from __future__ import annotations
 
-import http.server
+import asyncio
+import dataclasses
 import ipaddress
 import json
+import logging
 import mimetypes
 import os
 import re
+import shutil
+import socket
+import stat
 import sys
 import tempfile
+import threading
 import time
 from importlib import resources
-from urllib.parse import parse_qs, urlsplit
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..inference import DecodeOptions
 from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from .api import Index, QueryError
+from .httpd import ConnectionLimits, FramingGuard, protocol_class
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
 from .store import IndexStoreError
+from .uploads import QUERY_BATCH, UploadError, decode_upload, embed_upload, start_worker_pool
 
-__all__ = ["make_server", "serve"]
+__all__ = ["ConnectionLimits", "SearchServer", "allowed_host_names", "make_server", "serve"]
 
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
-MEDIA_ID = re.compile(r"/(media|thumb|wave)/(-?[0-9]{1,20})")
 MAX_K = 100
 MAX_OFFSET = 400  # the deepest page: offset + k results are ranked for it
-DRAIN_LIMIT = 256_000_000  # an oversized upload up to this is read (and dropped) before the 413 answer
+MAX_QUERY_CHARS = 1000  # of a text query (CLIP reads 77 tokens; this is far beyond)
+MAX_QUERY_STRING = 16_384  # bytes of a request's ?query
+MAX_FIELDS = 20  # parameters in it
+MAX_UPLOADS = 2  # uploads processed at once; more get 503
+MAX_QUERY_SECONDS = 600.0  # of an uploaded recording
+DECODE_TIMEOUT = 120.0  # s a worker may take to decode an upload
 CACHE_BYTES = 64_000_000  # the picture cache beside the index
+CHUNK = 1 << 16  # bytes per read of a served file
+_INT64 = re.compile(r"-?[0-9]{1,19}")
+_WHOLE = re.compile(r"[0-9]{1,9}")
 _TYPES = {".flac": "audio/flac", ".opus": "audio/ogg", ".oga": "audio/ogg", ".ogg": "audio/ogg", ".m4a": "audio/mp4",
           ".wav": "audio/wav", ".mp3": "audio/mpeg", ".aac": "audio/aac", ".weba": "audio/webm",
           ".mkv": "video/x-matroska", ".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime",
@@ -62,120 +103,95 @@ _SECURITY_HEADERS = {
                                "media-src 'self'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
                                "base-uri 'none'",
 }
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+log = logging.getLogger("audioclip.serve")
+
+
+class _Refused(Exception):
+    """An answer other than 200, raised from anywhere in a handler: ``status``, a message for the client."""
+
+    def __init__(self, status: int, message: str, *, close: bool = False, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.close, self.headers = status, message, close, headers or {}
+
+
+def _json(status: int, payload: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(payload, status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def _static(name: str) -> bytes:
     return (resources.files("audioclip.index") / "static" / name).read_bytes()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "audioclip"
-    sys_version = ""
+# -- the site: what each route does ------------------------------------------------------------
 
-    # -- plumbing ------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's name)
-        if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+class _Site:
+    """The routes' handlers and what they share: the index, the limits, the picture cache, the upload count."""
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**_SECURITY_HEADERS, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def __init__(self, index: Index, *, max_upload: int, max_uploads: int, max_query_seconds: float,
+                 decode_timeout: float, limits: ConnectionLimits, upload_batch: int = QUERY_BATCH,
+                 cache_bytes: int = CACHE_BYTES):
+        self.index = index
+        self.max_upload, self.max_uploads = max_upload, max_uploads
+        self.max_query_seconds, self.decode_timeout = max_query_seconds, decode_timeout
+        self.limits = limits
+        self.upload_batch = upload_batch
+        folder = getattr(index.store, "cache_dir", None)
+        self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
+        self.uploads = 0  # in progress; only changed on the event loop's thread
+        self._options: DecodeOptions | None = None
 
-    def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json", {"Cache-Control": "no-store"})
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.page, methods=["GET"]),
+            Route("/index.html", self.page, methods=["GET"]),
+            Route("/static/{name}", self.static, methods=["GET"]),
+            Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
+            Route("/api/search", self.search_text, methods=["GET"]),
+            Route("/api/search", self.search_upload, methods=["POST"]),
+            Route("/api/stats", self.stats, methods=["GET"]),
+            Route("/{what:str}/{ident:str}", self.media, methods=["GET"]),
+        ]
 
-    def _fail(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
+    # -- pages and small answers --
 
-    def _host_ok(self) -> bool:
-        allowed = self.server.allowed_hosts
-        if allowed is None:
-            return True
-        host = (self.headers.get("Host") or "").strip().lower()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name in allowed
+    def page(self, request: Request) -> Response:
+        return Response(_static("index.html"), media_type=STATIC["index.html"], headers={"Cache-Control": "no-cache"})
 
-    def _route(self) -> tuple[str, dict[str, list[str]]] | None:
-        if not self._host_ok():
-            self._fail(403, "unexpected Host header")
-            return None
-        parts = urlsplit(self.path)
-        try:
-            return parts.path, parse_qs(parts.query, max_num_fields=20)
-        except ValueError:
-            self._fail(400, "too many query parameters")
-            return None
+    def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            raise _Refused(404, "not found")
+        return Response(_static(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    # -- GET -----------------------------------------------------------------------------
+    def stats(self, request: Request) -> Response:
+        with _store_errors():
+            return _json(200, {**self.index.stats(), "max_upload": self.max_upload})
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.do_GET()
+    # -- searching --
 
-    def do_GET(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, query = routed
-        if path in ("/", "/index.html"):
-            self._send(200, _static("index.html"), STATIC["index.html"], {"Cache-Control": "no-cache"})
-        elif path.startswith("/static/") and path[len("/static/"):] in STATIC:
-            name = path[len("/static/"):]
-            self._send(200, _static(name), STATIC[name], {"Cache-Control": "no-cache"})
-        elif path == "/api/search":
-            self._search_text(query)
-        elif path == "/api/stats":
-            self._json(200, {**self.server.index.stats(), "max_upload": self.server.max_upload})
-        elif match := MEDIA_ID.fullmatch(path):
-            self._media(match.group(1), int(match.group(2)))
-        elif path == "/favicon.ico":
-            self._send(204, b"", "image/x-icon")
-        else:
-            self._fail(404, "not found")
-
-    def _params(self, query: dict[str, list[str]]) -> tuple[int, int, str | None]:
-        try:
-            k = int(query.get("k", ["10"])[0])
-            offset = int(query.get("offset", ["0"])[0])
-        except ValueError:
-            raise QueryError("k and offset must be whole numbers") from None
-        if not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise QueryError(f"offset must be between 0 and {MAX_OFFSET}")
-        modality = query.get("modality", [""])[0] or None
-        if modality is not None and modality not in SOURCES:
-            raise QueryError(f"modality must be one of {', '.join(SOURCES)}")
-        return k, offset, modality
-
-    def _search_text(self, query: dict[str, list[str]]) -> None:
-        text = query.get("q", [""])[0].strip()
-        if not text:
-            self._fail(400, "type something to search for")
-            return
-        self._run_search(query, {"text": text}, {"text": text})
-
-    def _run_search(self, query: dict, search_args: dict, described: dict) -> None:
-        index = self.server.index
+    def search_text(self, request: Request) -> Response:
         started = time.perf_counter()
-        try:
-            k, offset, modality = self._params(query)
-            empty = index.store.count_rows() == 0
-            ranked = [] if empty else index.search(**search_args, k=offset + k + 1, modality=modality)
-        except QueryError as err:
-            self._fail(400, str(err))
-            return
-        except IndexStoreError as err:
-            self._fail(503, str(err))
-            return
+        query = _query(request)
+        text = query.get("q", "").strip()
+        if not text:
+            raise _Refused(400, "type something to search for")
+        if len(text) > MAX_QUERY_CHARS:
+            raise _Refused(400, f"the text is too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
+        k, offset, modality = _params(query)
+        return self._answer(lambda n: self.index.search(text, k=n, modality=modality), k, offset, {"text": text},
+                            started)
+
+    def _answer(self, search, k: int, offset: int, described: dict, started: float) -> Response:
+        """Rank ``offset + k + 1`` results with ``search(n)`` and answer the page of ``k`` from ``offset``."""
+        with _store_errors():
+            try:
+                empty = self.index.store.count_rows() == 0
+                ranked = [] if empty else search(offset + k + 1)
+            except QueryError as err:
+                raise _Refused(400, str(err)) from None
         results = []
         for rank, hit in enumerate(ranked[offset: offset + k], offset + 1):
             item = {"rank": rank, **hit.to_dict(), "name": os.path.basename(hit.path), "media": f"/media/{hit.id}"}
@@ -183,157 +199,218 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             item["wave"] = f"/wave/{hit.id}" if hit.source != "image" and hit.duration else None
             results.append(item)
         more = len(ranked) > offset + k and offset + k <= MAX_OFFSET
-        self._json(200, {"query": described, "results": results, "empty_index": empty, "offset": offset,
-                         "more": more, "took_ms": round(1000 * (time.perf_counter() - started), 1)})
+        return _json(200, {"query": described, "results": results, "empty_index": empty, "offset": offset,
+                           "more": more, "took_ms": round(1000 * (time.perf_counter() - started), 1)})
 
-    def _media(self, what: str, file_id: int) -> None:
-        record = self.server.index.get(file_id)
-        if record is None or not os.path.isfile(record.path):
-            self._fail(404, "not found")
-            return
-        if what in ("thumb", "wave"):
-            self._picture(what, record)
-            return
-        suffix = os.path.splitext(record.path)[1].lower()
-        content_type = _TYPES.get(suffix) or mimetypes.guess_type(record.path)[0] or "application/octet-stream"
+    async def search_upload(self, request: Request) -> Response:
+        started = time.perf_counter()
+        if request.headers.get("x-audioclip") != "1":
+            raise _Refused(403, "missing X-Audioclip header")
+        given = request.headers.get("content-length")
+        if given is None:  # h11 has checked that one given is a number, and FramingGuard that it is alone
+            raise _Refused(411, "Content-Length required")
+        length = int(given)
+        if length > self.max_upload:
+            # answered now; the body is read and dropped after the answer (up to drain_bytes, see httpd.py)
+            raise _Refused(413, f"the file is too large ({length / 1e6:.1f} MB; at most {self.max_upload / 1e6:.1f} "
+                           "MB)", close=length > self.limits.drain_bytes)
+        if length == 0:
+            raise _Refused(400, "the uploaded file is empty")
+        query = _query(request)
+        kind = query.get("kind", "")
+        if kind not in ("audio", "image"):
+            raise _Refused(400, "kind must be audio or image")
+        k, offset, modality = _params(query)
+        name = _client_name(query.get("name", "")) or "the upload"
+        if self.uploads >= self.max_uploads:
+            raise _Refused(503, "busy: other uploads are being searched; try again in a moment",
+                           headers={"Retry-After": "5"})
+        self.uploads += 1
+        folder = tempfile.mkdtemp(prefix="audioclip-query-")  # mode 0700: the server's user only
         try:
-            f = open(record.path, "rb")
-        except OSError:
-            self._fail(404, "not found")
-            return
-        with f:
-            size = os.fstat(f.fileno()).st_size
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix not in AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                suffix = ""  # the content is sniffed instead
+            path = os.path.join(folder, "query" + suffix)
+            await self._receive(request, path, length, name)
+            options = self._options or await run_in_threadpool(self._upload_options)
+            decoded = await run_in_threadpool(decode_upload, path, name, options, self.decode_timeout)
+            with _store_errors():
+                vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name, self.upload_batch)
+            del decoded  # its memory maps, before the folder goes
+            return await run_in_threadpool(self._answer, lambda n: self.index.search(vector=vector, k=n,
+                                                                                      modality=modality),
+                                           k, offset, {kind: name}, started)
+        except UploadError as err:
+            raise _Refused(err.status, err.message) from None
+        finally:
+            self.uploads -= 1
+            await run_in_threadpool(shutil.rmtree, folder, True)
+
+    async def _receive(self, request: Request, path: str, length: int, name: str) -> None:
+        """Write the request body to ``path``: each piece within ``body_idle_timeout``, all within ``body_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout
+        received = 0
+        # Pieces are at most uvicorn's 64 kB high-water mark: written here, on the loop, without a thread hop.
+        with open(path, "wb") as out:
+            more = True
+            while more:
+                wait = min(self.limits.body_idle_timeout, deadline - loop.time())
+                try:
+                    message = await asyncio.wait_for(request.receive(), max(0.0, wait))
+                except TimeoutError:
+                    raise _Refused(408, f"{name}: the upload was too slow", close=True) from None
+                if message["type"] == "http.disconnect":
+                    raise _Refused(400, f"{name}: the upload was cut short", close=True)
+                body = message.get("body", b"")
+                received += len(body)
+                if received > length:  # h11 frames the body by Content-Length: cannot happen
+                    raise _Refused(400, "the body is longer than its Content-Length", close=True)
+                out.write(body)
+                more = message.get("more_body", False)
+        if received != length:
+            raise _Refused(400, f"{name}: the upload was cut short", close=True)
+
+    def _upload_options(self) -> DecodeOptions:
+        """The index's decoding options, with the query duration limit (loads the model if needed)."""
+        index = self.index
+        with _store_errors():
+            options = index._options() if index.meta else DecodeOptions(image_size=index.model.visual.image_size)
+        limits = dataclasses.replace(options.limits, max_duration=self.max_query_seconds)
+        self._options = dataclasses.replace(options, limits=limits)
+        return self._options
+
+    # -- indexed files --
+
+    def media(self, request: Request) -> Response:
+        what, ident = request.path_params["what"], request.path_params["ident"]
+        file_id = _int64(ident)
+        if what not in ("media", "thumb", "wave") or file_id is None:
+            raise _Refused(404, "not found")
+        with _store_errors():
+            record = self.index.get(file_id)
+        if record is None:
+            raise _Refused(404, "not found")
+        if what != "media" and ((what == "thumb") != (record.source == "image") or
+                                (what == "wave" and not record.duration)):
+            raise _Refused(404, "no picture for this file")
+        fd = _open_indexed(record)
+        if fd is None:
+            raise _Refused(404, "not found")
+        if what != "media":
+            try:
+                return self._picture(what, record, fd)
+            finally:
+                os.close(fd)
+        try:
+            size = os.fstat(fd).st_size
             start, end, status = 0, size - 1, 200
-            header = self.headers.get("Range")
+            header = request.headers.get("range")
             if header:
                 span = _parse_range(header, size)
                 if span is None:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    raise _Refused(416, "range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
                 start, end, status = span[0], span[1], 206
-            length = max(0, end - start + 1)
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(length))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Cache-Control", "private, max-age=60")
-            for name, value in _SECURITY_HEADERS.items():
-                self.send_header(name, value)
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            f.seek(start)
-            remaining = length
-            try:
-                while remaining > 0:
-                    block = f.read(min(1 << 16, remaining))
-                    if not block:
-                        break
-                    self.wfile.write(block)
-                    remaining -= len(block)
-            except (BrokenPipeError, ConnectionResetError):  # the player moved on
-                self.close_connection = True
+        except BaseException:
+            os.close(fd)
+            raise
+        suffix = os.path.splitext(record.path)[1].lower()
+        headers = {"Content-Length": str(max(0, end - start + 1)), "Accept-Ranges": "bytes",
+                   "Cache-Control": "private, max-age=60"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        content_type = _TYPES.get(suffix) or mimetypes.guess_type(record.path)[0] or "application/octet-stream"
+        return _OpenFileResponse(fd, start, max(0, end - start + 1), status, headers, content_type)
 
-    def _picture(self, what: str, record) -> None:
-        """A thumbnail (pictures) or waveform (sounds), from the cache or rendered and cached now."""
-        if (what == "thumb") != (record.source == "image") or (what == "wave" and not record.duration):
-            self._fail(404, "no picture for this file")
-            return
+    def _picture(self, what: str, record, fd: int) -> Response:
+        """A thumbnail (pictures) or waveform (sounds) of the open file ``fd``, from the cache or drawn now."""
         suffix = "jpg" if what == "thumb" else "png"
         key = f"{what}-{record.file_id}-{record.size}-{record.mtime_ns}.{suffix}"  # a changed file: a new key
-        cache = self.server.pictures
+        cache = self.pictures
         data = cache.get(key) if cache is not None else None
         if data is None:
+            # the renderers take a path: this one names the descriptor already opened and checked
+            source = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else record.path
             try:
-                data = render_thumbnail(record.path) if what == "thumb" else \
-                    render_waveform(record.path, record.duration)
+                data = render_thumbnail(source) if what == "thumb" else render_waveform(source, record.duration)
             except (MediaError, OSError, ValueError, RuntimeError):
-                self._fail(404, f"cannot draw this {'picture' if what == 'thumb' else 'sound'}")
-                return
+                raise _Refused(404, f"cannot draw this {'picture' if what == 'thumb' else 'sound'}") from None
             except Exception:  # noqa: BLE001 (whatever Pillow or FFmpeg raise on a file changed since)
-                self._fail(404, "cannot read this file")
-                return
+                raise _Refused(404, "cannot read this file") from None
             if cache is not None:
                 try:
                     cache.put(key, data)
                 except OSError:
                     pass  # a read-only index: serve it uncached
         content_type = "image/jpeg" if what == "thumb" else "image/png"
-        self._send(200, data, content_type, {"Cache-Control": "private, max-age=300"})
-
-    # -- POST (upload a query) -----------------------------------------------------------
-
-    def do_POST(self) -> None:  # noqa: N802
-        routed = self._route()
-        if routed is None:
-            return
-        path, query = routed
-        if path != "/api/search":
-            self.close_connection = True
-            self._fail(404, "not found")
-            return
-        if self.headers.get("X-Audioclip") != "1":
-            self.close_connection = True
-            self._fail(403, "missing X-Audioclip header")
-            return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            self._fail(411, "Content-Length required")
-            return
-        limit = self.server.max_upload
-        if length > limit or length < 0:
-            self.close_connection = True
-            if 0 < length <= DRAIN_LIMIT:  # read and drop it, so that the client gets to see the answer
-                self._discard(length)
-            self._fail(413, f"the file is too large ({length / 1e6:.1f} MB; at most {limit / 1e6:.1f} MB)")
-            return
-        if length == 0:
-            self._fail(400, "the uploaded file is empty")
-            return
-        kind = query.get("kind", [""])[0]
-        if kind not in ("audio", "image"):
-            self._fail(400, "kind must be audio or image")
-            return
-        name = query.get("name", ["upload"])[0]
-        suffix = os.path.splitext(name)[1].lower()
-        if suffix not in AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-            suffix = ""  # the content is sniffed instead
-        with tempfile.TemporaryDirectory(prefix="audioclip-query-") as folder:
-            target = os.path.join(folder, "query" + suffix)
-            with open(target, "wb") as out:
-                remaining = length
-                while remaining > 0:
-                    block = self.rfile.read(min(1 << 16, remaining))
-                    if not block:
-                        break
-                    out.write(block)
-                    remaining -= len(block)
-            if remaining:
-                self.close_connection = True
-                self._fail(400, "the upload was cut short")
-                return
-            self._run_search(query, {kind: target}, {kind: os.path.basename(name)[:200]})
+        return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=300"})
 
 
-    def _discard(self, length: int) -> None:
-        remaining = length
-        while remaining > 0:
-            block = self.rfile.read(min(1 << 16, remaining))
-            if not block:
-                return
-            remaining -= len(block)
+class _store_errors:  # noqa: N801 (used as a statement: `with _store_errors():`)
+    """Answer a store error 503 with a generic message: its text names the index's folder (logged instead)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, IndexStoreError):
+            log.error("the index cannot be read: %s", err)
+            raise _Refused(503, "the index cannot be read now; see the server's log") from None
+        return False
+
+
+# -- reading requests --------------------------------------------------------------------------
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The request's parameters (the first of each name), bounded in size and number."""
+    raw = request.scope.get("query_string", b"")
+    if len(raw) > MAX_QUERY_STRING:
+        raise _Refused(414, "the query string is too long")
+    items = request.query_params.multi_items()
+    if len(items) > MAX_FIELDS:
+        raise _Refused(400, "too many query parameters")
+    query: dict[str, str] = {}
+    for key, value in items:
+        query.setdefault(key, value)
+    return query
+
+
+def _params(query: dict[str, str]) -> tuple[int, int, str | None]:
+    """``k``, ``offset`` and ``modality``, checked: whole numbers in range, a known modality."""
+    k = _whole(query.get("k", "10"), "k", 1, MAX_K)
+    offset = _whole(query.get("offset", "0"), "offset", 0, MAX_OFFSET)
+    modality = query.get("modality", "") or None
+    if modality is not None and modality not in SOURCES:
+        raise _Refused(400, f"modality must be one of {', '.join(SOURCES)}")
+    return k, offset, modality
+
+
+def _whole(text: str, name: str, low: int, high: int) -> int:
+    # a strict pattern: int() would also take " 5", "5_0", "+5" and other scripts' digits
+    if not _WHOLE.fullmatch(text) or not low <= int(text) <= high:
+        raise _Refused(400, f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def _int64(text: str) -> int | None:
+    """A file id: a signed 64-bit integer written plainly, else None."""
+    if not _INT64.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 63) else None
+
+
+def _client_name(name: str) -> str:
+    """The upload's file name as its sender gave it, reduced to a short, printable base name."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:200]
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """``(start, end)`` inclusive for a single ``bytes=`` range, None if unsatisfiable or malformed."""
-    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    match = re.fullmatch(r"\s*bytes=(\d{0,19})-(\d{0,19})\s*", header, re.ASCII)
     if not match or size == 0 or (not match.group(1) and not match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
@@ -345,62 +422,282 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start <= end and start < size else None
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, index: Index, max_upload: int, quiet: bool, cache_bytes: int = CACHE_BYTES):
-        self.index = index
-        self.max_upload = max_upload
-        self.quiet = quiet
-        folder = getattr(index.store, "cache_dir", None)
-        self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
-        super().__init__(address, _Handler)
-        host = address[0]
-        self.allowed_hosts = _loopback_names(host)
+# -- indexed files: opened safely, sent from the descriptor --------------------------------------
 
 
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # a browser that stopped loading a sound, or went away
-        super().handle_error(request, client_address)
+def _open_indexed(record) -> int | None:
+    """A read-only descriptor of the file ``record`` describes, or None if that is not what is there now.
 
-
-def _loopback_names(host: str) -> set[str] | None:
-    """Host names accepted when listening on loopback; None (any) otherwise."""
+    The path is walked from ``/`` one component at a time, each opened
+    relative to its parent with ``O_NOFOLLOW``: a symbolic link anywhere on
+    the way (a file or a folder swapped for a link to elsewhere) fails the
+    open, rather than being checked first and followed later. The file must
+    be a regular one (``O_NONBLOCK``: a FIFO put in its place does not block
+    the open) of the recorded size and modification time, and device and
+    inode when the record has them.
+    """
+    parts = record.path.split("/")
+    if len(parts) < 2 or parts[0] != "" or any(p in ("", ".", "..") for p in parts[1:]):
+        return None  # not absolute, or not a plain path: the index never records one
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+        folder = os.open("/", flags | os.O_DIRECTORY)
+    except OSError:
         return None
-    return {"localhost", "127.0.0.1", "[::1]", host.lower()}
+    fd = None
+    try:
+        for part in parts[1:-1]:
+            child = os.open(part, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = child
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        info = os.fstat(fd)
+    except OSError:  # missing, a link (ELOOP / ENOTDIR), unreadable
+        if fd is not None:
+            os.close(fd)
+        return None
+    finally:
+        os.close(folder)
+    dev, inode = getattr(record, "dev", None), getattr(record, "inode", None)
+    same = (stat.S_ISREG(info.st_mode) and info.st_size == record.size and info.st_mtime_ns == record.mtime_ns
+            and (dev is None or info.st_dev == dev) and (inode is None or info.st_ino == inode))
+    if not same:
+        os.close(fd)
+        return None
+    return fd
+
+
+class _OpenFileResponse(StreamingResponse):
+    """``length`` bytes from ``start`` of an open file, read from its descriptor (closed when done)."""
+
+    def __init__(self, fd: int, start: int, length: int, status: int, headers: dict, media_type: str):
+        self.fd, self.start, self.length = fd, start, length
+        super().__init__(self._blocks(), status_code=status, headers=headers, media_type=media_type)
+
+    async def _blocks(self):
+        position, remaining = self.start, self.length
+        while remaining > 0:
+            block = await run_in_threadpool(os.pread, self.fd, min(CHUNK, remaining), position)
+            if not block:  # the file shrank while being sent: uvicorn closes the connection
+                return
+            position += len(block)
+            remaining -= len(block)
+            yield block
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            os.close(self.fd)
+
+
+# -- the application: routes, error answers, Host check, security headers --------------------------
+
+
+async def _refused(request: Request, err: _Refused) -> Response:
+    headers = {**err.headers, **({"Connection": "close"} if err.close else {})}
+    return _json(err.status, {"error": err.message}, headers)
+
+
+async def _http_error(request: Request, err: HTTPException) -> Response:
+    message = {404: "not found", 405: "method not allowed"}.get(err.status_code, str(err.detail).lower())
+    return _json(err.status_code, {"error": message}, dict(err.headers or {}))
+
+
+async def _internal_error(request: Request, err: Exception) -> Response:
+    # uvicorn logs the exception with its traceback (stderr) once this answer is sent
+    return _json(500, {"error": "internal error; see the server's log"})
+
+
+class _HostGuard:
+    """Pure ASGI middleware: 403 for a request whose ``Host`` names no accepted host."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and _host_name(scope) not in self.allowed:
+            await JSONResponse({"error": "unexpected Host header"}, 403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(scope) -> str:
+    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0]
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware: the security headers on every answer, errors included."""
+
+    def __init__(self, app):
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *[(k, v) for k, v in self.headers if k not in present]]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def allowed_host_names(host: str, extra=()) -> frozenset[str]:
+    """Names accepted in the ``Host`` header: loopback ones, ``host`` unless a wildcard, and ``extra``."""
+    names = set(_LOOPBACK_NAMES)
+    for name in [host, *extra]:
+        name = name.strip().lower()
+        try:
+            address = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            if name:
+                names.add(name)
+            continue
+        if not address.is_unspecified:
+            names.add(f"[{address.compressed}]" if address.version == 6 else address.compressed)
+    return frozenset(names)
+
+
+def build_app(site: _Site, allowed_hosts: frozenset[str]):
+    """The ASGI application: Starlette's routes inside the Host check, the framing check and the headers."""
+    app = Starlette(routes=site.routes(), exception_handlers={
+        _Refused: _refused, HTTPException: _http_error, Exception: _internal_error})
+    app.router.redirect_slashes = False  # "/api/stats/" is not found, not redirected
+    return _SecurityHeaders(FramingGuard(_HostGuard(app, allowed_hosts)))
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class SearchServer:
+    """The search page on a socket bound at creation (``port`` 0: a free one; see ``server_address``).
+
+    ``serve_forever`` runs uvicorn in the calling thread until ``shutdown``
+    (from another); ``start`` runs it in a thread of its own.
+    """
+
+    def __init__(self, site: _Site, app, sock: socket.socket, limits: ConnectionLimits, quiet: bool):
+        self.site = site
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            app, http=protocol_class(limits, _SECURITY_HEADERS), ws="none", lifespan="off", loop="asyncio",
+            log_config=None, log_level="error" if quiet else "info", access_log=not quiet,
+            timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
+            timeout_graceful_shutdown=5, server_header=False)
+        self._uvicorn = uvicorn.Server(config)
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not quiet:
+            access = logging.getLogger("uvicorn.access")
+            if not access.handlers:  # one line per request on stderr, as `host - "GET / HTTP/1.1" 200`
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter("%(message)s"))
+                access.addHandler(handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def pictures(self) -> PictureCache | None:
+        return self.site.pictures
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:  # noqa: ARG002 (socketserver's name)
+        self._done.clear()
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._done.set()
+
+    def start(self) -> SearchServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="audioclip-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def shutdown(self, timeout: float = 30) -> None:
+        """Stop serving and wait (at most ``timeout`` s) for ``serve_forever`` to return."""
+        self._uvicorn.should_exit = True
+        if self._uvicorn.started or (self._thread is not None and self._thread.is_alive()):
+            self._done.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    stop = shutdown
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # connections wait in the backlog until uvicorn starts accepting
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 20_000_000,
-                quiet: bool = False) -> _Server:
-    """A server for ``index`` (not yet serving; call ``serve_forever``). ``port=0`` picks a free one."""
-    return _Server((host, port), index, max_upload, quiet)
+                quiet: bool = False, *, allowed_hosts=(), max_uploads: int = MAX_UPLOADS,
+                max_query_seconds: float = MAX_QUERY_SECONDS, decode_timeout: float = DECODE_TIMEOUT,
+                limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH) -> SearchServer:
+    """A server for ``index``, bound but not yet serving (``serve_forever`` or ``start``). ``port=0`` picks a free one.
+
+    Raises ``OSError`` when the address cannot be used.
+    """
+    limits = limits or ConnectionLimits()
+    site = _Site(index, max_upload=max_upload, max_uploads=max_uploads, max_query_seconds=max_query_seconds,
+                 decode_timeout=decode_timeout, limits=limits, upload_batch=upload_batch)
+    app = build_app(site, allowed_host_names(host, allowed_hosts))
+    server = SearchServer(site, app, _bind(host, port), limits, quiet)
+    threading.Thread(target=start_worker_pool, daemon=True).start()  # so that the first upload need not wait
+    return server
 
 
 def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 20_000_000,
-          quiet: bool = False) -> int:
-    """Serve until interrupted; returns the exit status."""
+          quiet: bool = False, **options) -> int:
+    """Serve until interrupted; returns the exit status. ``options``: those of :func:`make_server`."""
     stats = index.stats()
     print(f"loading the model ({(index.meta or {}).get('checkpoint')}) ...", file=sys.stderr)
     index.model  # noqa: B018 (load now: the first query is then fast, and a bad checkpoint fails here)
     try:
-        server = make_server(index, host, port, max_upload, quiet)
+        server = make_server(index, host, port, max_upload, quiet, **options)
     except OSError as err:
         print(f"audioclip: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
         return 1
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {index.db} ({stats['files']} files) on http://{shown}:{server.server_address[1]}/ "
+    print(f"serving {index.db} ({stats['files']} files) on http://{shown}:{server.port}/ "
           "(Ctrl-C to stop)", file=sys.stderr)
+    names = sorted(allowed_host_names(host, options.get("allowed_hosts", ())))
+    print(f"requests must name one of these hosts: {', '.join(names)} (--allowed-host adds one)", file=sys.stderr)
+    server.start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        while server._thread.is_alive():
+            server._thread.join(0.5)
     except KeyboardInterrupt:
         print("audioclip: stopped", file=sys.stderr)
     finally:
+        server.shutdown()
         server.server_close()
     return 0
