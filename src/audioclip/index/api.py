@@ -7,16 +7,19 @@ import datetime
 import fcntl
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..inference import DecodeOptions, embed_files
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
 from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
 from .stores import open_store
+
+if TYPE_CHECKING:
+    from ..inference import DecodeOptions
 
 __all__ = ["Index", "QueryError"]
 
@@ -46,8 +49,10 @@ class Index:
 
     def __init__(self, store: VectorStore, *, db: str, checkpoint: str | None = None, config: str | None = None,
                  model=None, model_id: str | None = None, device: str | None = None, precision: str = "fp32",
-                 cache_dir: str | None = None, offline: bool | None = None):
+                 cache_dir: str | None = None, offline: bool | None = None,
+                 before_model_load: Callable[[], None] | None = None):
         self.store = store
+        self._before_model_load = before_model_load  # the command line's lighter imports (cli/options.py)
         self.db = db
         self._checkpoint, self._config = checkpoint, config
         self._model, self._model_id = model, model_id
@@ -72,7 +77,8 @@ class Index:
         Other keyword arguments: ``model`` (an AudioCLIP already loaded from
         ``checkpoint``, to skip loading it again; or, with ``model_id``, any
         model, its vectors recorded under that name), ``device``,
-        ``precision``, ``cache_dir``, ``offline``, ``store``.
+        ``precision``, ``cache_dir``, ``offline``, ``store``,
+        ``before_model_load`` (called once, just before the model is loaded).
         """
         db = os.fspath(db)
         store = kwargs.pop("store", None) or open_store(db, create=create)
@@ -131,15 +137,20 @@ class Index:
         """The AudioCLIP model, loaded on first use."""
         with self._model_lock:
             if self._model is None:
+                self.model_id  # checks the checkpoint before the (slow) load
+                if self._before_model_load is not None:
+                    self._before_model_load()
                 from ..factory import create_model
 
-                self.model_id  # checks the checkpoint before the (slow) load
                 _, config = self._model_spec()
                 self._model = create_model(self._model_path, config=config, device=self._device or "auto",
                                            audio_mode="default")
         return self._model
 
     def _options(self, given: dict | None = None) -> DecodeOptions:
+        """The decoding options: the index's own (fixed at creation); ``given`` ones must agree."""
+        from ..inference import DecodeOptions
+
         meta, given = self.meta or {}, dict(given or {})
         stored = {k: meta[k] for k in _OPTION_KEYS if k in meta}
         for key, value in given.items():
@@ -147,7 +158,30 @@ class Index:
                 raise IndexStoreError(f"{self.db}: the index was built with {key}={stored[key]!r}; this run asks for "
                                       f"{value!r}. Use the same, or build a new index (--db NEW).")
         merged = {**{k: v for k, v in given.items() if v is not None}, **stored}
-        return DecodeOptions(image_size=self.model.visual.image_size, **merged)
+        return DecodeOptions(image_size=self._image_size(), **merged)
+
+    def _image_size(self) -> int:
+        """The model's input picture size (pixels), without loading the model when it can be known.
+
+        From the metadata (recorded since indexes store it), the model if
+        already loaded, or the architecture's bundled config (a config name,
+        or registered weights); only an older index built from a checkpoint
+        file with no config name needs the model loaded (once: ``add`` then
+        records the size).
+        """
+        meta = self.meta or {}
+        if meta.get("image_size"):
+            return int(meta["image_size"])
+        if self._model is not None:
+            return int(self._model.visual.image_size)
+        checkpoint, config = self._model_spec()
+        size = _architecture_image_size(config) if isinstance(config, str) else None
+        if size is None:
+            from .. import checkpoints
+
+            weights = checkpoints.lookup(str(checkpoint))
+            size = _architecture_image_size(weights.architecture) if weights is not None else None
+        return size if size is not None else int(self.model.visual.image_size)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -184,30 +218,64 @@ class Index:
         Files that failed before and have not changed are skipped unless
         ``retry_failed``. Decoding options are fixed at the first add. At the end the store is
         tidied and its ANN index built or refreshed when needed (``log`` gets a line on what it did).
+
+        The model is loaded only when a file must be embedded (and on the
+        first add, whose metadata records its size): a run with nothing new,
+        or with only touched files, never loads it. The checkpoint is still
+        checked against the index's (``model_id``, a cached hash).
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [os.path.expanduser(os.fspath(p)) for p in paths]
         with self._writer():
+            meta = self.meta
+            self.model_id  # checked before anything is written: an index never mixes checkpoints
+            if meta is None:
+                meta = self._create_meta(dict(window=window, hop=hop, mono=mono, video_frames=video_frames))
             options = self._options(dict(window=window, hop=hop, mono=mono, video_frames=video_frames))
-            model, model_id = self.model, self.model_id
-            if self.meta is None:
-                _, config = self._model_spec()
-                self.store.write_meta({
-                    "format": FORMAT, "checkpoint": model_id, "checkpoint_source": self._source,
-                    "config": config if isinstance(config, str) else None, "dim": model.embed_dim,
-                    "window": options.window, "hop": options.hop, "mono": options.mono,
-                    "video_frames": options.video_frames,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                })
-            report = update_index(self.store, model, paths, options=options, batch_size=batch_size,
+            report = update_index(self.store, self._model, paths, options=options, batch_size=batch_size,
                                   workers=workers, precision=self._precision, flush_every=flush_every,
-                                  retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan)
+                                  retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan,
+                                  load_model=lambda: self.model, paths_resolved=meta.get("paths") == "resolved")
+            # Record what later runs can then skip: the picture size (older indexes lack it, and it is
+            # known once the model is loaded), and that every stored path is resolved.
+            later = {}
+            if not meta.get("image_size") and self._model is not None:
+                later["image_size"] = int(self._model.visual.image_size)
+            if meta.get("paths") != "resolved" and report.unresolved == 0:
+                later["paths"] = "resolved"
+            if later:
+                self.store.write_meta({**meta, **later})
+            wrote = report.indexed_now or report.removed or report.failed
+            if not wrote and not self._needs_tidy():
+                return report  # nothing written: nothing to compact, and the ANN index is as fresh as before
             if log is not None and isinstance(self.store, LanceStore):
                 self.store.optimize(log=log)
             else:
                 self.store.optimize()
             return report
+
+    def _needs_tidy(self) -> bool:
+        """Whether ``optimize`` has work even when this run wrote nothing (a killed run's leftovers)."""
+        return bool(getattr(getattr(self.store, "ann", None), "dirty", lambda: None)())
+
+    def _create_meta(self, given: dict) -> dict:
+        """The metadata of a new index: checkpoint, architecture sizes, decoding options. Loads the model."""
+        from ..inference import DecodeOptions
+
+        model, model_id = self.model, self.model_id
+        defaults = DecodeOptions(image_size=int(model.visual.image_size),
+                                 **{k: v for k, v in given.items() if v is not None})
+        _, config = self._model_spec()
+        meta = {
+            "format": FORMAT, "checkpoint": model_id, "checkpoint_source": self._source,
+            "config": config if isinstance(config, str) else None, "dim": model.embed_dim,
+            "image_size": defaults.image_size, "window": defaults.window, "hop": defaults.hop,
+            "mono": defaults.mono, "video_frames": defaults.video_frames, "paths": "resolved",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.store.write_meta(meta)
+        return meta
 
     update = add
 
@@ -215,7 +283,9 @@ class Index:
         """Drop files (and everything under folders) from the index, whether or not they still exist."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        targets = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        given = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        # Resolved like the paths the index stores, and as given: an older index stored them unresolved.
+        targets = set(given) | {os.path.realpath(p) for p in given}
         prefixes = tuple(os.path.join(t, "") for t in targets)
         with self._writer():
             gone = [r for p, r in self.store.files().items() if p in targets or p.startswith(prefixes)]
@@ -260,6 +330,8 @@ class Index:
             return vector.cpu().numpy()
         modality, path = ("audio", audio) if audio is not None else ("image", image)
         path = os.fspath(path)
+        from ..inference import DecodeOptions, embed_files
+
         options = self._options() if self.meta else DecodeOptions(image_size=model.visual.image_size)
         with self._model_lock:
             result = next(iter(embed_files(model, [path], precision=self._precision, options=options)))
@@ -299,3 +371,18 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.db!r})"
+
+
+def _architecture_image_size(name: str) -> int | None:
+    """``vision_cfg.image_size`` of a bundled architecture or a JSON config file, read without torch; None if
+    ``name`` is neither (or says nothing of it)."""
+    import json
+    from importlib import resources
+
+    try:
+        bundled = resources.files("audioclip.model_configs").joinpath(f"{name}.json")
+        text = bundled.read_text() if bundled.is_file() else Path(name).read_text()
+        size = json.loads(text).get("vision_cfg", {}).get("image_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(size) if isinstance(size, int) else None

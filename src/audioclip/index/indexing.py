@@ -1,50 +1,75 @@
-"""Bringing an index up to date with folders on disk: incremental and crash-safe.
+"""Bringing an index up to date with folders on disk: incremental, crash-safe, and cheap when little changed.
 
-A file is identified by its absolute path and recognised as unchanged by its
-size and modification time. When those changed, or a new file has the size of
-an indexed one, its content hash decides: same content at the same path only
-gets its metadata updated ("touched"); content already indexed under another
-path (a copy, a rename) has its vectors copied ("reused"); anything else is
-embedded.
+**Identity.** A file is identified by its resolved absolute path
+(``os.path.realpath``: links followed, ``..`` gone), so a file named two ways
+or reached through a symbolic link is one record. Beside it each record keeps
+what the file was when embedded: size, mtime (ns), content hash, and
+``(dev, inode)``. An index written before paths were resolved may hold a file
+under another name (``a/../a/x.wav``, a path through a link): such a record is
+moved to the resolved name with its vectors copied (``reused``), not embedded
+again, and once none is left the metadata says ``"paths": "resolved"`` so that
+later runs skip the check.
 
-Crash safety rests on two facts: every store write is one atomic commit, and
-a file's identity (size, mtime, hash) is stored on its own vector rows. So a
-file is either fully in the index, with the identity it had when embedded, or
-absent. Finished files are committed in batches (``flush_every`` files or
-``flush_seconds``, whichever comes first), a changed file's old rows are
-deleted just before its new ones are added. Killed between the two commits, the
-file is merely absent and the next run embeds it again; killed at any other
-point, the next run sees the committed files as unchanged and goes on with
-the rest. A file is never added twice because a run only adds files it
-found absent or changed, and one writer at a time holds the index's lock.
+**What changed.** Size and mtime first: both equal and the same
+``(dev, inode)`` means unchanged, without reading the file (a record from
+before inodes were recorded gets them filled in). Otherwise, when the size
+equals an indexed file's, the content hash decides: same content at the same
+path only gets its identity updated ("touched": a new mtime, or a replaced
+file with the same bytes); content already indexed under another path (a copy,
+a rename) has its vectors copied ("reused"); anything else is embedded. Only
+the files whose size and mtime did not settle it are hashed.
+
+**Cost.** The plan needs no model: a run with nothing to embed never loads
+it (``load_model`` is called only when a file must be embedded). Touched
+files and filled-in inodes are written with one ``update_files`` call (one
+commit), copies in batches.
+
+**Crash safety** rests on two facts: every store write is one atomic commit,
+and a file's identity (size, mtime, hash, dev, inode) is stored on its own
+vector rows. So a file is either fully in the index, with the identity it had
+when embedded, or absent. Finished files are committed in batches
+(``flush_every`` files or ``flush_seconds``, whichever comes first), a changed
+file's old rows are deleted just before its new ones are added. Killed between
+the two commits, the file is merely absent and the next run embeds it again;
+killed at any other point, the next run sees the committed files as unchanged
+and goes on with the rest. A file is never added twice because a run only adds
+files it found absent or changed, and one writer at a time holds the index's
+lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from ..inference import DecodeOptions, FileResult, embed_files, expand_paths
+from ..inference import expand_paths
 from ..media import sniff_modality
-from .store import FailureRecord, FileRecord, VectorStore, file_id_of, row_schema
+from .store import FailureRecord, FileRecord, VectorStore, file_id_of, row_schema, stat_identity
+
+if TYPE_CHECKING:
+    from ..inference import DecodeOptions, FileResult
 
 __all__ = ["IndexReport", "content_hash", "update_index"]
+
+REUSE_BATCH = 256  # files whose vectors are copied per pair of commits (bounds the rows held in memory)
 
 
 @dataclass
 class IndexReport:
-    """What one indexing run did. Paths are absolute."""
+    """What one indexing run did. Paths are resolved absolute paths."""
 
     added: list[str] = field(default_factory=list)  # new files, embedded
     updated: list[str] = field(default_factory=list)  # changed files, embedded again
-    touched: list[str] = field(default_factory=list)  # new mtime, same content: metadata only
+    touched: list[str] = field(default_factory=list)  # new mtime or inode, same content: metadata only
     reused: list[str] = field(default_factory=list)  # same content as an indexed file: vectors copied
     removed: list[str] = field(default_factory=list)  # gone from disk (or removed on request)
     unchanged: int = 0
@@ -54,6 +79,10 @@ class IndexReport:
     ignored: list[str] = field(default_factory=list)  # non-media files under the folders
     files: int = 0  # files in the index after the run
     rows: int = 0  # vectors in the index after the run
+    hashed: int = 0  # files whose content was read to hash it
+    # Records still stored under a name that is not their resolved path (an older index), None if not
+    # checked (the index says its paths are resolved).
+    unresolved: int | None = None
 
     @property
     def indexed_now(self) -> int:
@@ -62,11 +91,14 @@ class IndexReport:
 
 @dataclass
 class _Todo:
-    path: str
+    path: str  # resolved absolute path
     size: int
     mtime_ns: int
-    old: FileRecord | None  # the stored version of a changed file
+    dev: int
+    inode: int
+    old: FileRecord | None  # the stored version of a changed file (or of this file under another name)
     hash: str | None = None
+    also_replaces: list[FileRecord] = field(default_factory=list)  # more records of this file, other names
 
 
 # A progress callback gets (event, path, detail): event is "embedded", "failed",
@@ -75,6 +107,7 @@ Progress = Callable[[str, str, str | None], None]
 
 
 def content_hash(path: str, chunk: int = 1 << 20) -> str:
+    """BLAKE2b-128 of the file's bytes, hex (32 characters)."""
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -83,7 +116,21 @@ def content_hash(path: str, chunk: int = 1 << 20) -> str:
 
 
 def _in_scope(path: str, roots: Sequence[str], files: set[str]) -> bool:
-    return path in files or any(path.startswith(root) for root in roots)
+    return path in files or path.startswith(tuple(roots))
+
+
+def _scope(paths: Sequence[str | os.PathLike]) -> tuple[list[str], set[str]]:
+    """The folders (with a trailing separator) and files named by ``paths``, each both as given
+    (absolute) and resolved: records of an index that stored paths as given are in scope too."""
+    roots, named = set(), set()
+    for p in paths:
+        given = os.path.abspath(os.fspath(p))
+        forms = {given, os.path.realpath(given)}
+        if os.path.isdir(given):
+            roots |= {os.path.join(form, "") for form in forms}
+        else:
+            named |= forms
+    return sorted(roots), named
 
 
 def update_index(
@@ -101,25 +148,44 @@ def update_index(
     prune: bool = False,
     progress: Progress | None = None,
     on_plan: Callable[[int], None] | None = None,
+    load_model: Callable[[], object] | None = None,
+    paths_resolved: bool = False,
 ) -> IndexReport:
-    """Embed what is new or changed under ``paths``, drop what is gone. The caller holds the lock."""
+    """Embed what is new or changed under ``paths``, drop what is gone. The caller holds the lock.
+
+    ``model`` may be None with ``load_model`` given: it is called once, only if
+    a file must be embedded. ``paths_resolved``: the index is known to store
+    resolved paths only (its metadata says so), so records under other names
+    are not looked for.
+    """
     report = IndexReport()
     note = progress or (lambda event, path, detail=None: None)
-    found, report.ignored = expand_paths(paths)
-    found = [os.path.abspath(p) for p in found]
-    report.ignored = [os.path.abspath(p) for p in report.ignored]
-    roots = [os.path.join(os.path.abspath(p), "") for p in paths if os.path.isdir(p)]
-    named = {os.path.abspath(p) for p in paths if not os.path.isdir(p)}
+    found, report.ignored = expand_paths(paths, resolve=True)
+    roots, named = _scope(paths)
 
     stored = store.files()
     failures = store.failures()
     by_hash = {r.hash: r for r in stored.values()}
     sizes = {r.size for r in stored.values()}
+    found_set = set(found)
+
+    # Records of an older index under a name that is not their resolved path: keyed by that path.
+    aliases: dict[str, list[FileRecord]] = {}
+    stale_failures: list[int] = []
+    if not paths_resolved:
+        report.unresolved = 0
+        for p, r in stored.items():
+            if p not in found_set and (real := os.path.realpath(p)) != p:
+                aliases.setdefault(real, []).append(r)
+        stale_failures = [f.file_id for p, f in failures.items()
+                          if p not in found_set and os.path.realpath(p) in found_set]
 
     # -- plan -------------------------------------------------------------------------
     todo: list[_Todo] = []
-    touch: list[FileRecord] = []
-    reuse: list[tuple[_Todo, FileRecord]] = []
+    identity: list[FileRecord] = []  # metadata-only updates: touched files, and inodes filled in
+    reuse: list[tuple[_Todo, FileRecord]] = []  # (file, the record whose vectors it gets)
+    duplicates: list[FileRecord] = []  # other names of files whose record stays
+    statted: set[str] = set()  # found and stat-ed this run: not gone
     for path in found:
         try:
             path.encode("utf-8")
@@ -131,68 +197,112 @@ def update_index(
         except OSError as err:
             report.failed.append((path, err.strerror or str(err)))
             continue
-        old = stored.get(path)
+        statted.add(path)
+        dev, inode = stat_identity(st)
+        old, other_names = stored.get(path), aliases.pop(path, [])
+        if old is None and other_names:  # the same file, stored under another name by an older index
+            old, other_names = other_names[0], other_names[1:]
+        # other_names: more records of this very file (names an older index used). They go in the
+        # commit that writes this file's record, or with the removals if its record stays as it is.
+        same_name = old is not None and old.path == path
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
-            report.unchanged += 1
-            continue
+            if same_name and old.inode is None:  # recorded before inodes were: fill them in, no need to hash
+                identity.append(dataclasses.replace(old, dev=dev, inode=inode))
+            if same_name and old.inode in (None, inode) and old.dev in (None, dev):
+                report.unchanged += 1
+                duplicates.extend(other_names)
+                continue
+            if not same_name and old.inode in (None, inode):  # moved to its resolved name: copy the vectors
+                reuse.append((_Todo(path, st.st_size, st.st_mtime_ns, dev, inode, old, old.hash, other_names), old))
+                continue
+            # Same size and mtime but another inode: a replaced file (a copy that kept the mtime, a
+            # restore from a backup). Never trusted blindly: the content hash below decides.
         failure = failures.get(path)
         if failure and failure.size == st.st_size and failure.mtime_ns == st.st_mtime_ns and not retry_failed:
             report.skipped_failed.append((path, failure.error))
             continue
-        item = _Todo(path, st.st_size, st.st_mtime_ns, old)
+        item = _Todo(path, st.st_size, st.st_mtime_ns, dev, inode, old, also_replaces=other_names)
         if st.st_size in sizes:  # could be a touch, a copy or a rename: worth a hash
             try:
                 item.hash = content_hash(path)
+                report.hashed += 1
             except OSError as err:
                 report.failed.append((path, err.strerror or str(err)))
                 continue
-            if old is not None and old.hash == item.hash:
-                touch.append(FileRecord(old.file_id, path, old.source, st.st_size, st.st_mtime_ns, item.hash,
-                                        old.duration))
+            if same_name and old.hash == item.hash:  # same bytes: only the identity changes
+                identity.append(FileRecord(old.file_id, path, old.source, st.st_size, st.st_mtime_ns, item.hash,
+                                           old.duration, dev, inode))
+                report.touched.append(path)
+                duplicates.extend(other_names)
                 continue
-            twin = by_hash.get(item.hash)
+            twin = old if old is not None and old.hash == item.hash else by_hash.get(item.hash)
             if twin is not None and twin.source == sniff_modality(path):
                 reuse.append((item, twin))
                 continue
         todo.append(item)
 
-    removed = [r for p, r in stored.items() if (prune or _in_scope(p, roots, named)) and not os.path.isfile(p)]
-    gone_failures = [f.file_id for p, f in failures.items()
-                     if (prune or _in_scope(p, roots, named)) and not os.path.isfile(p)]
-    if on_plan:
-        on_plan(len(todo))
+    gone = lambda p: p not in statted and not os.path.isfile(p)  # noqa: E731
+    removed = [r for p, r in stored.items() if (prune or _in_scope(p, roots, named)) and gone(p)]
+    removed_ids = {r.file_id for r in removed}
+    gone_failures = [f.file_id for p, f in failures.items() if (prune or _in_scope(p, roots, named)) and gone(p)]
+    if report.unresolved is not None:  # other names left: not found again this run, not gone
+        report.unresolved = sum(1 for records in aliases.values() for r in records if r.file_id not in removed_ids)
 
     # -- cheap changes first: metadata updates and copies, then removals ----------------
-    if touch:
-        store.update_files(touch)
-        for r in touch:
-            report.touched.append(r.path)
-            note("touched", r.path, None)
-    for item, twin in reuse:
-        rows = _retarget(store.rows([twin.file_id]), item)
-        if item.old is not None:
-            store.delete_files([item.old.file_id])
-        store.add(rows)
-        store.set_failures([], [file_id_of(item.path)])
-        report.reused.append(item.path)
-        note("reused", item.path, None)
-    if removed or gone_failures:
-        store.delete_files([r.file_id for r in removed])
-        store.set_failures([], gone_failures)
+    if identity:
+        store.update_files(identity)  # one commit for all of them
+        for path in report.touched:
+            note("touched", path, None)
+    for chunk in range(0, len(reuse), REUSE_BATCH):
+        todo += _copy_vectors(store, reuse[chunk : chunk + REUSE_BATCH], report, note)
+    if removed or duplicates or gone_failures or stale_failures:
+        store.delete_files([r.file_id for r in removed + duplicates])
+        store.set_failures([], gone_failures + stale_failures)
         for r in removed:
             report.removed.append(r.path)
             note("removed", r.path, None)
+    if on_plan:
+        on_plan(len(todo))
 
     # -- embedding, committed in batches ----------------------------------------------
     if todo:
+        if model is None:
+            model = load_model()
         _embed_and_commit(store, model, todo, report, note, options=options, batch_size=batch_size,
                           workers=workers, precision=precision, flush_every=flush_every,
                           flush_seconds=flush_seconds)
 
-    files = store.files()
-    report.files = len(files)
+    report.files = len(store.files()) if (todo or reuse or removed or duplicates) else len(stored)
     report.rows = store.count_rows()
     return report
+
+
+def _copy_vectors(store: VectorStore, batch: list[tuple[_Todo, FileRecord]], report: IndexReport,
+                  note: Progress) -> list[_Todo]:
+    """Give files the vectors of another record (a copy, a rename, a file moved to its resolved name).
+
+    The rows copied from are read first; then two commits for the batch: the
+    records the files replace are deleted, then the copied rows added (killed
+    in between, those files are absent and the next run embeds them again).
+    Returns the files to embed after all: their source's rows were gone (the
+    old record of a file replaced in an earlier batch).
+    """
+    sources = store.rows(sorted({twin.file_id for _, twin in batch}))
+    by_id: dict[int, list[int]] = {}
+    for i, fid in enumerate(sources["file_id"].to_pylist()):
+        by_id.setdefault(fid, []).append(i)
+    copied = [(item, twin) for item, twin in batch if twin.file_id in by_id]
+    parts = [_retarget(sources.take(pa.array(by_id[twin.file_id], pa.int64())), item) for item, twin in copied]
+    replaced = [r.file_id for item, _ in copied for r in ([item.old] if item.old else []) + item.also_replaces]
+    if replaced:
+        store.delete_files(replaced)
+    if parts:
+        store.add(pa.concat_tables(parts))
+        store.set_failures([], [file_id_of(item.path) for item, _ in copied])
+    for item, _ in copied:
+        report.reused.append(item.path)
+        note("reused", item.path, None)
+    return [item for item, twin in batch if twin.file_id not in by_id]
 
 
 def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, workers, precision,
@@ -204,7 +314,7 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
 
     def flush() -> None:
         nonlocal done, failed, last_flush
-        stale = [i.old.file_id for i, _ in done if i.old] + [i.old.file_id for i, _ in failed if i.old]
+        stale = [r.file_id for i, _ in done + failed for r in ([i.old] if i.old else []) + i.also_replaces]
         if stale:  # commit 1: the changed files' old rows (a crash here leaves them absent, not doubled)
             store.delete_files(stale)
         if done:  # commit 2: all rows of the finished files
@@ -216,6 +326,8 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
             (report.updated if item.old else report.added).append(item.path)
         report.failed.extend((i.path, reason) for i, reason in failed)
         done, failed, last_flush = [], [], time.monotonic()
+
+    from ..inference import embed_files  # the model's code: imported only when something is embedded
 
     start_method = _worker_start_method(workers)
     results = embed_files(model, [item.path for item in todo], batch_size=batch_size, workers=workers,
@@ -265,14 +377,14 @@ def _worker_start_method(workers: int):
 
 
 def _changed_since(item: _Todo) -> bool:
-    """Hash the content (if not yet) and check the file did not change since it was planned."""
+    """Hash the content (if not yet) and check the file did not change (nor was replaced) since it was planned."""
     try:
         if item.hash is None:
             item.hash = content_hash(item.path)
         st = os.stat(item.path)
     except OSError:
         return True
-    return (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns)
+    return (st.st_size, st.st_mtime_ns, *stat_identity(st)) != (item.size, item.mtime_ns, item.dev, item.inode)
 
 
 def _rows(done: list[tuple[_Todo, FileResult]], dim: int) -> pa.Table:
@@ -286,7 +398,7 @@ def _rows(done: list[tuple[_Todo, FileResult]], dim: int) -> pa.Table:
                 continue
             values = dict(file_id=file_id_of(item.path), path=item.path, source=result.source,
                           modality=e.modality, kind=e.kind, start=e.start, end=e.end, duration=duration,
-                          size=item.size, mtime_ns=item.mtime_ns, hash=item.hash)
+                          size=item.size, mtime_ns=item.mtime_ns, hash=item.hash, dev=item.dev, inode=item.inode)
             for name, value in values.items():
                 columns[name].append(value)
             vectors.append(e.vector.numpy().astype(np.float32, copy=False))
@@ -304,7 +416,9 @@ def _retarget(rows: pa.Table, item: _Todo) -> pa.Table:
                "path": pa.array([item.path] * n, pa.string()),
                "size": pa.array([item.size] * n, pa.int64()),
                "mtime_ns": pa.array([item.mtime_ns] * n, pa.int64()),
-               "hash": pa.array([item.hash] * n, pa.string())}
+               "hash": pa.array([item.hash] * n, pa.string()),
+               "dev": pa.array([item.dev] * n, pa.int64()),
+               "inode": pa.array([item.inode] * n, pa.int64())}
     for name, column in replace.items():
         rows = rows.set_column(rows.schema.get_field_index(name), name, column)
     return rows

@@ -12,8 +12,12 @@ Collections, ``{prefix}_`` and:
 - ``rows``: one row per vector, the fields of ``store.ROW_FIELDS`` plus
   ``commit`` and the ``vector`` (FLOAT_VECTOR, inner product; a FLAT index
   on Lite, HNSW on a server); primary key hashed from ``(file_id, kind, start)``.
-- ``files``: one *commit marker* per indexed file: its identity and the
-  ``commit`` number its rows carry.
+- ``files``: one *commit marker* per indexed file: its identity (path,
+  size, mtime, hash, and ``dev``/``inode``: nullable, absent from collections
+  made before they were recorded, which read them as None; Milvus Lite cannot
+  add a field to a collection) and the ``commit`` number its rows carry. The
+  rows' own size, mtime and hash are those of their first commit: a file's
+  identity is read from its marker.
 - ``meta`` (the index's metadata as JSON) and ``failures``.
 
 Milvus writes are not transactional across rows, so a file's rows are written
@@ -38,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .store import FILE_FIELDS, FailureRecord, FileRecord, IndexStoreError, row_schema
+from .store import FILE_FIELDS, LATER_FIELDS, FailureRecord, FileRecord, IndexStoreError, row_schema
 
 __all__ = ["MilvusStore", "is_milvus"]
 
@@ -98,6 +102,7 @@ class MilvusStore:
         self._names = {c: f"{self.prefix}_{c}" for c in ("rows", "files", "meta", "failures")}
         self._ready: set[str] = set()
         self._dim: int | None = None
+        self._marker_fields: list[str] | None = None
         if not create and not self._has("meta"):
             raise IndexStoreError(f"{db}: no index here (build one with 'audioclip index FOLDER --db {db}')")
 
@@ -175,6 +180,8 @@ class MilvusStore:
                     schema.add_field("hash", DataType.VARCHAR, max_length=64)
                     schema.add_field("duration", DataType.DOUBLE, nullable=True)
                     schema.add_field("rows", DataType.INT64)
+                    for name, _ in LATER_FIELDS:
+                        schema.add_field(name, DataType.INT64, nullable=True)
                 else:
                     schema.add_field("error", DataType.VARCHAR, max_length=_TEXT)
             schema.add_field(_DUMMY, DataType.FLOAT_VECTOR, dim=2)
@@ -215,9 +222,18 @@ class MilvusStore:
 
     # -- files ------------------------------------------------------------------------------------
 
+    def _marker_names(self) -> list[str]:
+        """The fields of the ``files`` collection (an older one lacks ``LATER_FIELDS``)."""
+        if self._marker_fields is None:
+            if not self._has("files"):
+                return ["file_id", "commit", "path", "source", "size", "mtime_ns", "hash", "duration", "rows",
+                        *(name for name, _ in LATER_FIELDS)]
+            fields = self.client.describe_collection(self._names["files"])["fields"]
+            self._marker_fields = [f["name"] for f in fields if f["name"] != _DUMMY]
+        return self._marker_fields
+
     def _markers(self, filter: str) -> dict[int, dict]:  # noqa: A002
-        fields = ["file_id", "commit", "path", "source", "size", "mtime_ns", "hash", "duration", "rows"]
-        return {int(r["file_id"]): r for r in self._query("files", filter, fields)}
+        return {int(r["file_id"]): r for r in self._query("files", filter, self._marker_names())}
 
     def files(self) -> dict[str, FileRecord]:
         return {m["path"]: _record(m) for m in self._markers("file_id != 0 or file_id == 0").values()}
@@ -236,7 +252,12 @@ class MilvusStore:
         commit = random.getrandbits(62) + 1
         self._delete_rows(ids)  # unmarked rows of a crashed add of the same files
         data = rows.to_pylist()
+        later = [name for name, _ in LATER_FIELDS]  # identity kept on the marker only (not a rows field)
+        marker_fields = set(self._marker_names())
+        identity: dict[int, dict] = {}
         for row in data:
+            values = {name: row.pop(name, None) for name in later}
+            identity.setdefault(row["file_id"], {k: v for k, v in values.items() if k in marker_fields})
             row["pk"] = _pk(row["file_id"], row["kind"], row["start"])
             row["commit"] = commit
             row["vector"] = np.asarray(row["vector"], np.float32).tolist()
@@ -247,7 +268,7 @@ class MilvusStore:
         for row in data:
             counts[row["file_id"]] = counts.get(row["file_id"], 0) + 1
             first.setdefault(row["file_id"], row)
-        markers = [{"file_id": fid, "commit": commit, "rows": counts[fid], _DUMMY: [0.0, 0.0],
+        markers = [{"file_id": fid, "commit": commit, "rows": counts[fid], _DUMMY: [0.0, 0.0], **identity[fid],
                     **{k: first[fid][k] for k in ("path", "source", "size", "mtime_ns", "hash", "duration")}}
                    for fid in ids]
         self.client.upsert(self._names["files"], markers)  # the commit: from here the files exist
@@ -268,12 +289,16 @@ class MilvusStore:
             self._delete_rows(ids)
 
     def update_files(self, records: Sequence[FileRecord]) -> None:
+        if not records:
+            return
         markers = self._markers(_in_ids([r.file_id for r in records]))
+        fields = set(self._marker_names())
         updated = []
         for r in records:
             marker = markers.get(int(r.file_id))
             if marker is not None:
-                updated.append({**marker, "size": r.size, "mtime_ns": r.mtime_ns, "hash": r.hash,
+                identity = {"size": r.size, "mtime_ns": r.mtime_ns, "hash": r.hash, "dev": r.dev, "inode": r.inode}
+                updated.append({**marker, **{k: v for k, v in identity.items() if k in fields},
                                 _DUMMY: [0.0, 0.0]})
         if updated:
             self.client.upsert(self._names["files"], updated)
@@ -285,7 +310,8 @@ class MilvusStore:
         if not ids or dim is None:
             return schema.empty_table()
         markers = self._markers(_in_ids(ids))
-        fields = [name for name in schema.names] + ["commit"]
+        later = {name for name, _ in LATER_FIELDS}
+        fields = [name for name in schema.names if name not in later] + ["commit"]
         found = []
         for chunk in range(0, len(ids), 200):
             found += self._query("rows", _in_ids(ids[chunk: chunk + 200]), fields)
@@ -295,7 +321,8 @@ class MilvusStore:
             if marker is None or int(row["commit"]) != int(marker["commit"]):
                 continue  # not (or no longer) committed
             row = {name: row.get(name) for name in schema.names}
-            row.update(size=marker["size"], mtime_ns=marker["mtime_ns"], hash=marker["hash"])
+            row.update(size=marker["size"], mtime_ns=marker["mtime_ns"], hash=marker["hash"],
+                       dev=marker.get("dev"), inode=marker.get("inode"))
             rows.append(row)
         rows.sort(key=lambda r: (r["path"], r["kind"], -1.0 if r["start"] is None else r["start"]))
         return pa.Table.from_pylist(rows, schema=schema)
@@ -390,4 +417,4 @@ def _in_ids(ids) -> str:
 
 
 def _record(marker: dict) -> FileRecord:
-    return FileRecord(**{k: marker[k] for k in FILE_FIELDS})
+    return FileRecord(**{k: marker.get(k) for k in FILE_FIELDS})

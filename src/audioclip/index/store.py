@@ -39,6 +39,7 @@ __all__ = [
     "VectorStore",
     "file_id_of",
     "row_schema",
+    "stat_identity",
 ]
 
 # Name, Arrow type of each row's columns; "vector" (fixed-size float32 list) comes last.
@@ -54,8 +55,13 @@ ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("size", pa.int64()),  # bytes, when indexed
     ("mtime_ns", pa.int64()),  # modification time, when indexed
     ("hash", pa.string()),  # blake2b-128 of the content, hex
+    ("dev", pa.int64()),  # st_dev of the file, when indexed; null in indexes made before it was recorded
+    ("inode", pa.int64()),  # st_ino, likewise: (dev, inode) tells a replaced file from one merely touched
 ]
-FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "hash")
+FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "hash", "dev", "inode")
+# Columns added after the first release: an older table lacks them, reads them as null, gains them
+# (all null) at its next write.
+LATER_FIELDS: list[tuple[str, pa.DataType]] = [("dev", pa.int64()), ("inode", pa.int64())]
 
 
 class IndexStoreError(ValueError):
@@ -66,6 +72,24 @@ def row_schema(dim: int) -> pa.Schema:
     return pa.schema([*ROW_FIELDS, ("vector", pa.list_(pa.float32(), dim))])
 
 
+def as_int64(value: int | None) -> int | None:
+    """An unsigned 64-bit number (``st_dev``, ``st_ino``) as the signed int64 the stores hold (same bits)."""
+    if value is None:
+        return None
+    value = int(value) & 0xFFFF_FFFF_FFFF_FFFF
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def stat_identity(st: os.stat_result) -> tuple[int, int]:
+    """``(dev, inode)`` of a stat result as :class:`FileRecord` stores them (signed 64-bit).
+
+    Inode numbers may use all 64 bits (overlayfs sets the high ones), so they
+    are stored with the same bits as a signed number; compare what this
+    returns with a record's ``(dev, inode)``.
+    """
+    return as_int64(st.st_dev), as_int64(st.st_ino)
+
+
 def file_id_of(path: str) -> int:
     """A stable signed 64-bit id for an (absolute) path."""
     digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
@@ -74,7 +98,15 @@ def file_id_of(path: str) -> int:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """An indexed file, as it was when its vectors were computed."""
+    """An indexed file, as it was when its vectors were computed.
+
+    ``path`` is the file's identity: its resolved absolute path (links
+    followed). ``size`` (bytes), ``mtime_ns`` and ``hash`` (BLAKE2b-128 of the
+    content, hex) tell whether the file changed since; ``dev`` and ``inode``
+    (``os.stat``'s ``st_dev``, ``st_ino``) whether it is still the same file
+    on disk rather than a replacement. They are None in indexes written before
+    they were recorded (filled in by the next ``index`` run).
+    """
 
     file_id: int
     path: str
@@ -83,6 +115,8 @@ class FileRecord:
     mtime_ns: int
     hash: str
     duration: float | None = None
+    dev: int | None = None
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,9 +189,12 @@ class LanceStore:
 
         self.path = Path(path)
         if not create and not self.exists(self.path):
+            if self.path.is_dir() and self._only_leftovers():
+                raise IndexStoreError(f"{self.path}: no index here yet (its first 'audioclip index' run was "
+                                      "interrupted before it wrote anything; run it again)")
             raise IndexStoreError(f"{self.path}: no index here (build one with 'audioclip index FOLDER --db {self.path}')")
         if create and self.path.exists() and not self.exists(self.path):
-            if not self.path.is_dir() or any(self.path.iterdir()):
+            if not self.path.is_dir() or not self._only_leftovers():
                 raise IndexStoreError(f"{self.path}: exists and is not an audioclip index; choose a new path")
         self._lancedb = lancedb
         self._connection = None  # connecting creates the folder: only when something is written or there
@@ -173,6 +210,34 @@ class LanceStore:
     @classmethod
     def exists(cls, path: str | os.PathLike) -> bool:
         return (Path(path) / cls.META).is_file()
+
+    # What a first run leaves before its metadata is written (the metadata comes first, so nothing
+    # here is a committed row): the lock file, a temporary file of the metadata, table folders of an
+    # older, interrupted creation, the ANN and picture caches.
+    _LEFTOVERS = {".writer.lock", f"{TABLE}.lance", f"{FAILURES}.lance", ANN_FOLDER, ".cache"}
+
+    def _only_leftovers(self) -> bool:
+        """Whether the folder (without metadata) holds nothing but what an interrupted first run leaves."""
+        return all(entry.name in self._LEFTOVERS
+                   or (entry.name.startswith(f".{self.META}.") and entry.name.endswith(".tmp"))
+                   for entry in self.path.iterdir())
+
+    def _clear_leftovers(self) -> None:
+        """Before the metadata of a new index is written: drop what an interrupted first run left.
+
+        Rows are only ever written after the metadata, so tables found here
+        belong to no index (or to one whose metadata was deleted: vectors of
+        an unknown checkpoint, which must not be mixed with the new ones).
+        """
+        import shutil
+
+        for name in (f"{self.TABLE}.lance", f"{self.FAILURES}.lance", self.ANN_FOLDER):
+            if (self.path / name).exists():
+                shutil.rmtree(self.path / name)
+        for stray in self.path.glob(f".{self.META}.*.tmp"):
+            stray.unlink(missing_ok=True)
+        self._tables.clear()
+        self._connection = None
 
     @property
     def lock_file(self) -> Path:
@@ -195,6 +260,14 @@ class LanceStore:
             raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
 
     def write_meta(self, meta: dict) -> None:
+        """Write the metadata atomically (a reader sees the old file or the new one, never a part).
+
+        Writing it for the first time starts the index afresh: whatever an
+        interrupted first run left in the folder is removed first. The
+        caller holds the writer lock.
+        """
+        if self.path.is_dir() and not self.exists(self.path):
+            self._clear_leftovers()
         with atomic_write(self.path / self.META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -220,13 +293,31 @@ class LanceStore:
             table.add(data)
 
     def _scan(self, name: str, columns: Sequence[str], where: str | None = None) -> pa.Table | None:
+        """``columns`` of the rows of table ``name`` (``where``: a filter); columns the table does not
+        have yet (``LATER_FIELDS`` of an older index) come back as nulls."""
         table = self._table(name)
         if table is None:
             return None
-        query = table.search().select(list(columns)).limit(None)
+        have = set(table.schema.names)
+        query = table.search().select([c for c in columns if c in have]).limit(None)
         if where:
             query = query.where(where)
-        return query.to_arrow()
+        data = query.to_arrow()
+        return _with_later_fields(data) if any(n in columns for n, _ in LATER_FIELDS) else data
+
+    def _upgrade(self) -> None:
+        """Give an older ``media`` table the columns added since (all null), before writing to it.
+
+        One commit that writes no data files (Lance records an all-null
+        column in the schema only); readers of the older version go on
+        reading it. Only writers (holding the lock) call this.
+        """
+        table = self._table(self.TABLE)
+        if table is None:
+            return
+        missing = [pa.field(n, t) for n, t in LATER_FIELDS if n not in table.schema.names]
+        if missing:
+            table.add_columns(missing)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -241,8 +332,9 @@ class LanceStore:
 
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
+            self._upgrade()
             self.ann.mark(set(rows["file_id"].to_pylist()))  # before the commit: see ann.py
-            self._create_or_add(self.TABLE, rows)
+            self._create_or_add(self.TABLE, _with_later_fields(rows))
 
     def delete_files(self, file_ids: Sequence[int]) -> None:
         table = self._table(self.TABLE)
@@ -252,21 +344,33 @@ class LanceStore:
             table.delete(_in("file_id", ids))  # one commit, however many files
 
     def update_files(self, records: Sequence[FileRecord]) -> None:
+        """Set the identity (size, mtime, hash, dev, inode) of indexed files, all in one commit.
+
+        A Lance merge on ``file_id`` that writes only those columns: every row
+        of a file changes in the same commit, and 2,000 touched files cost one
+        commit, not 2,000.
+        """
         table = self._table(self.TABLE)
-        for r in records:  # one commit per file: a file's rows change together
-            table.update(where=f"file_id = {int(r.file_id)}",
-                         values={"size": r.size, "mtime_ns": r.mtime_ns, "hash": r.hash})
+        if table is None or not records:
+            return
+        self._upgrade()
+        latest = list({int(r.file_id): r for r in records}.values())  # one row per file: the last given wins
+        schema = pa.schema([(n, t) for n, t in ROW_FIELDS if n in ("file_id", "size", "mtime_ns", "hash", "dev",
+                                                                    "inode")])
+        source = pa.Table.from_pylist([{n: getattr(r, n) for n in schema.names} for r in latest], schema=schema)
+        table.merge_insert("file_id").when_matched_update_all().execute(source)
 
     def rows(self, file_ids: Sequence[int]) -> pa.Table:
+        """Every row of these files, in ``row_schema``'s columns (an older table's missing ones null)."""
         table = self._table(self.TABLE)
         if table is None or not file_ids:
-            return row_schema(1).empty_table() if table is None else table.schema.empty_table()
+            return row_schema(1).empty_table() if table is None else _with_later_fields(table.schema.empty_table())
         parts = []
         ids = [int(i) for i in file_ids]
         for chunk in range(0, len(ids), 500):
             where = _in("file_id", ids[chunk : chunk + 500])
             parts.append(table.search().where(where).limit(None).to_arrow())
-        return pa.concat_tables(parts)
+        return _with_later_fields(pa.concat_tables(parts))
 
     def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
                exact: bool = False) -> pa.Table:
@@ -438,6 +542,16 @@ def _records(data: pa.Table) -> dict[str, FileRecord]:
     for row in sub.to_pylist():
         records[row["path"]] = FileRecord(**{k: row[k] for k in FILE_FIELDS})
     return records
+
+
+def _with_later_fields(data: pa.Table) -> pa.Table:
+    """``data`` with the ``LATER_FIELDS`` it lacks added as nulls, before the vector column if any."""
+    for name, kind in LATER_FIELDS:
+        if name not in data.schema.names:
+            column = pa.nulls(data.num_rows, kind)
+            at = data.schema.get_field_index("vector")
+            data = data.add_column(at, name, column) if at >= 0 else data.append_column(name, column)
+    return data
 
 
 def _in(column: str, values: Iterable) -> str:
