@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "check_state_dict",
     "save_state_dict",
     "checkpoint_id",
+    "file_sha256",
     "convert_checkpoint",
     "is_safetensors",
     "lookup",
@@ -609,7 +611,56 @@ def checkpoint_id(path: str | os.PathLike, weights: PretrainedWeights | None = N
     """
     if weights is not None:
         return f"{weights.name}@{weights.sha256[:16]}"
-    return f"{Path(path).name}@{_sha256(Path(path))[:16]}"
+    return f"{Path(path).name}@{file_sha256(path)[:16]}"
+
+
+_HASH_CACHE = "file-sha256.json"  # in the cache folder: {realpath: {"stat": [...], "sha256": hex}}
+_HASH_CACHE_ENTRIES = 256
+_RACY_SECONDS = 2.0  # a file changed this recently may change again within its timestamps' granularity
+
+
+def file_sha256(path: str | os.PathLike, cache: bool = True) -> str:
+    """The sha256 of a file's content (hex), remembered across processes while the file is unchanged.
+
+    Hashing a full-size checkpoint reads about 0.5 GB; an index checks its
+    checkpoint on every run. The hash is kept in the cache folder
+    (``file-sha256.json``) under the file's resolved path with its
+    ``(size, mtime_ns, ctime_ns, dev, inode)``: any write to the file changes
+    its ctime (which no tool can set back), a replacement its inode, so a
+    stale entry is never used. A file changed in the last two seconds is not
+    remembered (its next change could keep the same timestamps). Without a
+    usable cache folder the file is simply hashed.
+    """
+    path = Path(path)
+    if not cache:
+        return _sha256(path)
+    try:
+        real, st = os.path.realpath(path), os.stat(path)
+    except OSError:
+        return _sha256(path)  # raises the OSError a plain read would
+    key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
+    try:
+        store = _cache_folder(None) / _HASH_CACHE
+        entries = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError, CheckpointError):
+        store, entries = None, {}
+    entry = entries.get(real)
+    if isinstance(entry, dict) and entry.get("stat") == key and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = _sha256(path)
+    if store is not None and time.time() - st.st_ctime_ns / 1e9 > _RACY_SECONDS and os.stat(path).st_ctime_ns == key[2]:
+        from .io import write_text_atomic
+
+        entries.pop(real, None)
+        entries[real] = {"stat": key, "sha256": digest}
+        kept = dict(list(entries.items())[-_HASH_CACHE_ENTRIES:])  # the most recent ones
+        try:
+            write_text_atomic(store, json.dumps(kept), encoding="utf-8")
+        except OSError:
+            pass  # a read-only cache folder: hash again next time
+    return digest
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike) -> Path:

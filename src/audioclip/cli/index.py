@@ -77,14 +77,19 @@ def _check_db_exists(args: argparse.Namespace) -> None:
 
 
 def _open(args: argparse.Namespace, create: bool = False):
-    """The index, its model loaded on first use in the exact default audio mode, or now in another one."""
-    light_open_clip()
+    """The index, its model loaded on first use in the exact default audio mode, or now in another one.
+
+    The model's imports (open_clip, torchvision: seconds) wait until it is
+    loaded: an ``index`` run with nothing to embed never pays for them.
+    """
     from audioclip.index import Index
 
-    options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline)
+    options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline,
+                   before_model_load=light_open_clip)
     index = Index.open(args.db, checkpoint=args.checkpoint, create=create, **options)
     if args.audio_mode == "default":
         return index
+    light_open_clip()
     from audioclip import factory
 
     spec = args.checkpoint or (index.meta or {}).get("checkpoint_source") or "full"

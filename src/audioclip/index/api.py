@@ -19,7 +19,7 @@ from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
 from .stores import open_store
 
 if TYPE_CHECKING:
-    from ..inference import DecodeOptions
+    from ..media.files import DecodeOptions
 
 __all__ = ["Index", "QueryError"]
 
@@ -149,7 +149,7 @@ class Index:
 
     def _options(self, given: dict | None = None) -> DecodeOptions:
         """The decoding options: the index's own (fixed at creation); ``given`` ones must agree."""
-        from ..inference import DecodeOptions
+        from ..media.files import DecodeOptions
 
         meta, given = self.meta or {}, dict(given or {})
         stored = {k: meta[k] for k in _OPTION_KEYS if k in meta}
@@ -261,7 +261,7 @@ class Index:
 
     def _create_meta(self, given: dict) -> dict:
         """The metadata of a new index: checkpoint, architecture sizes, decoding options. Loads the model."""
-        from ..inference import DecodeOptions
+        from ..media.files import DecodeOptions
 
         model, model_id = self.model, self.model_id
         defaults = DecodeOptions(image_size=int(model.visual.image_size),

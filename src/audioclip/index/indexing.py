@@ -51,12 +51,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from ..inference import expand_paths
 from ..media import sniff_modality
+from ..media.files import expand_paths
 from .store import FailureRecord, FileRecord, VectorStore, file_id_of, row_schema, stat_identity
 
 if TYPE_CHECKING:
-    from ..inference import DecodeOptions, FileResult
+    from ..inference import FileResult
+    from ..media.files import DecodeOptions
 
 __all__ = ["IndexReport", "content_hash", "update_index"]
 

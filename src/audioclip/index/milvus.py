@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .store import FILE_FIELDS, LATER_FIELDS, FailureRecord, FileRecord, IndexStoreError, row_schema
+from .store import FILE_FIELDS, LATER_FIELDS, FailureRecord, FileRecord, IndexStoreError, checked_meta, row_schema
 
 __all__ = ["MilvusStore", "is_milvus"]
 
@@ -214,7 +214,13 @@ class MilvusStore:
 
     def read_meta(self) -> dict | None:
         found = self._query("meta", 'key == "meta"', ["value"])
-        return json.loads(found[0]["value"]) if found else None
+        if not found:
+            return None
+        try:
+            meta = json.loads(found[0]["value"])
+        except ValueError as err:
+            raise IndexStoreError(f"{self.db}: unreadable index metadata ({err})") from None
+        return checked_meta(meta, self.db)
 
     def write_meta(self, meta: dict) -> None:
         self._ensure("meta")

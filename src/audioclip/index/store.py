@@ -68,6 +68,17 @@ class IndexStoreError(ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
 
 
+def checked_meta(meta, where) -> dict:
+    """``meta`` if it has what every reader of an index relies on, else :class:`IndexStoreError` naming ``where``."""
+    if not isinstance(meta, dict):
+        raise IndexStoreError(f"{where}: unreadable index metadata (a JSON object expected, found "
+                              f"{type(meta).__name__})")
+    if not isinstance(meta.get("checkpoint"), str) or type(meta.get("dim")) is not int:
+        missing = "checkpoint" if not isinstance(meta.get("checkpoint"), str) else "dim"
+        raise IndexStoreError(f"{where}: unreadable index metadata (no valid {missing!r})")
+    return meta
+
+
 def row_schema(dim: int) -> pa.Schema:
     return pa.schema([*ROW_FIELDS, ("vector", pa.list_(pa.float32(), dim))])
 
@@ -253,11 +264,12 @@ class LanceStore:
 
     def read_meta(self) -> dict | None:
         try:
-            return json.loads((self.path / self.META).read_text(encoding="utf-8"))
+            meta = json.loads((self.path / self.META).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
             raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
+        return checked_meta(meta, self.path / self.META)
 
     def write_meta(self, meta: dict) -> None:
         """Write the metadata atomically (a reader sees the old file or the new one, never a part).
