@@ -1,0 +1,710 @@
+"""`audioclip serve` under hostile clients: framing, deadlines, uploads, file identity, Host names, odd arguments.
+
+Every hostile input is made here: raw sockets for what an HTTP library would
+refuse to send, generated files for uploads. A module-wide server has short
+deadlines (about a second) so that the timeout tests are quick; tests that need
+other settings start their own server on the same index. Besides the status
+of each answer, the tests check that the server logged no traceback
+(``server_errors``): a hostile input must be answered, not crash a handler.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import socket
+import statistics
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from audioclip import AudioCLIP, save_model
+from audioclip.index import Index, IndexStoreError
+from audioclip.index.server import ConnectionLimits, allowed_host_names, make_server
+from audioclip.index.uploads import decode_upload, embed_upload
+
+SR = 44100
+LIMITS = ConnectionLimits(head_timeout=1.5, keep_alive=1.0, body_idle_timeout=1.0, body_timeout=8.0,
+                          write_timeout=1.5, drain_timeout=2.0)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny-model index of a short sound and a picture, served with short deadlines."""
+    root = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    checkpoint = save_model(AudioCLIP("AudioCLIP-tiny"), root / "tiny.pt")
+    media = root / "media"
+    media.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(media / "tone.wav", (0.1 * rng.standard_normal((SR * 3, 1))).astype(np.float32), SR)
+    Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(media / "pic.png")
+    index = Index.open(root / "db", checkpoint=checkpoint, config="AudioCLIP-tiny", device="cpu")
+    index.add(media)
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio", "audioclip.serve")]
+    for logger in loggers:
+        logger.addHandler(records)
+    server = make_server(index, port=0, quiet=True, max_upload=3_000_000, limits=LIMITS).start()
+    yield {"index": index, "root": root, "media": media, "port": server.port, "server": server,
+           "records": records.records}
+    server.shutdown()
+    server.server_close()
+    for logger in loggers:
+        logger.removeHandler(records)
+
+
+@pytest.fixture
+def server_errors(served):
+    """Records of tracebacks the server logged during the test (it must log none)."""
+    records = served["records"]
+    records.clear()
+    yield lambda: [r for r in records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def started(index, **options):
+    return make_server(index, port=0, quiet=True, **{"limits": LIMITS, **options}).start()
+
+
+def stopped(server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+            timeout: float = 60):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def get_json(port: int, path: str, **kwargs):
+    status, _, body = request(port, "GET", path, **kwargs)
+    return status, json.loads(body)
+
+
+def upload_bytes(port: int, data: bytes, name: str, kind: str = "audio", **params):
+    query = "&".join(f"{k}={v}" for k, v in {"kind": kind, "name": name, "k": 2, **params}.items())
+    return request(port, "POST", f"/api/search?{query}", body=data,
+                   headers={"X-Audioclip": "1", "Content-Type": "application/octet-stream"})
+
+
+def connect(port: int, timeout: float = 10) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float | None]:
+    """Everything the server sends until it closes (or ``limit`` s); and how long that took (None: still open)."""
+    start = time.monotonic()
+    data = b""
+    while time.monotonic() - start < limit:
+        sock.settimeout(max(0.01, limit - (time.monotonic() - start)))
+        try:
+            block = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return data, time.monotonic() - start
+        if not block:
+            return data, time.monotonic() - start
+        data += block
+    return data, None
+
+
+def exchange(port: int, raw: bytes, limit: float = 10) -> tuple[bytes, float | None]:
+    with connect(port) as sock:
+        sock.sendall(raw)
+        return read_until_closed(sock, limit)
+
+
+def responses(data: bytes) -> list[int]:
+    """Status codes of the HTTP responses in ``data``."""
+    return [int(line.split()[1]) for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+def body_json(data: bytes) -> dict:
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def head(data: bytes) -> str:
+    return data.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+
+
+# -- 2. framing -----------------------------------------------------------------------------
+
+
+def test_transfer_encoding_with_content_length_is_refused_and_the_smuggled_request_never_answered(
+        served, server_errors):
+    port = served["port"]
+    smuggled = b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for method, target in ((b"POST", b"/api/search?kind=audio&name=a.wav"), (b"GET", b"/api/stats")):
+        attack = (method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Audioclip: 1\r\n"
+                  b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+        data, took = exchange(port, attack)
+        assert responses(data) == [400], data  # one answer: the smuggled GET is not answered
+        assert took is not None and "connection: close" in head(data)  # and the connection is closed
+        assert "framing" in body_json(data)["error"] and b'"files"' not in data
+    # HTTP/1.0 with Transfer-Encoding is faulty framing as well
+    data, took = exchange(port, b"POST /api/search HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                                b"\r\n0\r\n\r\n" + smuggled)
+    assert responses(data) == [400] and took is not None
+    assert server_errors() == []
+
+
+@pytest.mark.parametrize("headers, status", [
+    (b"Content-Length: 5\r\nContent-Length: 6\r\n", 400),  # conflicting
+    (b"Content-Length: 5, 7\r\n", 400),
+    (b"Content-Length: abc\r\n", 400),  # garbage
+    (b"Content-Length: -5\r\n", 400),
+    (b"Content-Length: +5\r\n", 400),
+    (b"Content-Length: 99999999999999999999999999\r\n", 400),
+    (b"Transfer-Encoding: gzip\r\n", 501),  # a coding h11 does not do
+    (b"Transfer-Encoding: chunked, chunked\r\n", 501),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 501),
+    (b"Transfer-Encoding : chunked\r\n", 400),  # whitespace before the colon
+])
+def test_malformed_framing_is_answered_4xx_in_json_without_a_traceback(served, server_errors, headers, status):
+    raw = (b"POST /api/search?kind=audio HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Audioclip: 1\r\n" + headers +
+           b"\r\nhello")
+    data, took = exchange(served["port"], raw)
+    assert responses(data) == [status] and took is not None, data
+    assert "malformed request" in body_json(data)["error"]
+    assert "x-content-type-options: nosniff" in head(data)
+    assert server_errors() == []
+
+
+def test_requests_that_are_not_http_get_4xx(served, server_errors):
+    for raw in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40) + b"\r\n\r\n",  # a TLS hello
+                b"GET /\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # not ASCII
+                b"GET / HTTP/1.1\r\n\r\n",  # no Host
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                b"GET / HTTP/1.1 and more\r\nHost: 127.0.0.1\r\n\r\n"):
+        data, took = exchange(served["port"], raw)
+        assert responses(data) and 400 <= responses(data)[0] < 600 and took is not None, (raw, data)
+    # a head that keeps growing past 16 kB (h11's bound) without ending
+    data, took = exchange(served["port"], b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"y" * 40_000)
+    assert responses(data) and responses(data)[0] in (400, 431) and took is not None, data
+    assert server_errors() == []
+
+
+# -- 3. deadlines ---------------------------------------------------------------------------
+
+
+def test_a_client_that_sends_nothing_or_half_a_head_is_dropped_after_the_head_timeout(served):
+    port = served["port"]
+    for partial in (b"", b"GET /api/sta", b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"):
+        with connect(port) as sock:
+            sock.sendall(partial)
+            data, took = read_until_closed(sock, 10)
+        assert took is not None and LIMITS.head_timeout - 0.2 < took < LIMITS.head_timeout + 3, (partial, took)
+        assert data == b""
+
+
+def test_trickling_a_head_does_not_extend_its_deadline(served):
+    with connect(served["port"]) as sock:
+        start = time.monotonic()
+        closed_after = None
+        for byte in b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n":  # 42 bytes, one every 0.2 s: 8 s
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            time.sleep(0.2)
+            sock.setblocking(False)
+            try:
+                if sock.recv(1) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+    assert closed_after is not None and closed_after < LIMITS.head_timeout + 3
+
+
+def test_idle_kept_alive_connections_are_closed(served):
+    with connect(served["port"]) as sock:
+        sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data, took = read_until_closed(sock, 10)
+    assert responses(data) == [200]
+    assert took is not None and took < LIMITS.keep_alive + 3  # closed by the keep-alive timeout
+
+
+def test_a_stalled_upload_body_gets_408_and_is_dropped(served, server_errors):
+    with connect(served["port"]) as sock:
+        sock.sendall(b"POST /api/search?kind=audio&name=slow.wav HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Audioclip: 1\r\n"
+                     b"Content-Length: 100000\r\n\r\nRIFF....")
+        data, took = read_until_closed(sock, 10)
+    assert responses(data) == [408] and "too slow" in body_json(data)["error"]
+    assert took is not None and took < LIMITS.body_idle_timeout + 3
+    assert server_errors() == []
+
+
+def test_a_slow_upload_is_cut_at_its_total_deadline(served):
+    limits = ConnectionLimits(body_idle_timeout=1.0, body_timeout=2.0)
+    server = started(served["index"], limits=limits)
+    try:
+        with connect(server.port) as sock:
+            sock.sendall(b"POST /api/search?kind=audio&name=drip.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"X-Audioclip: 1\r\nContent-Length: 100000\r\n\r\n")
+            start = time.monotonic()
+            while time.monotonic() - start < 8:  # a byte every 0.3 s: never idle for 1 s
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                time.sleep(0.3)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1):  # the answer has begun
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+            took = time.monotonic() - start
+        assert took < limits.body_timeout + 3
+    finally:
+        stopped(server)
+
+
+def test_searches_are_answered_while_slow_clients_hold_connections(served):
+    server = started(served["index"], limits=ConnectionLimits(head_timeout=60, max_connections=64))
+    slow = []
+    try:
+        for i in range(40):  # slowloris: heads that never end
+            sock = connect(server.port)
+            sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-" + str(i).encode() + b": ")
+            slow.append(sock)
+        time.sleep(0.3)
+        latencies = []
+        for _ in range(3):
+            start = time.monotonic()
+            status, answer = get_json(server.port, "/api/search?q=a+dog&k=2", timeout=30)
+            latencies.append(time.monotonic() - start)
+            assert status == 200 and answer["results"]
+        assert max(latencies) < 5, latencies
+        for sock in slow:  # they were still held: the server did not just drop them
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in slow:
+            sock.close()
+        stopped(server)
+
+
+def test_past_the_connection_cap_requests_get_503_at_once(served):
+    server = started(served["index"], limits=ConnectionLimits(head_timeout=2, max_connections=8))
+    slow = []
+    try:
+        for _ in range(8):
+            sock = connect(server.port)
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            slow.append(sock)
+        time.sleep(0.2)
+        start = time.monotonic()
+        status, _, _ = request(server.port, "GET", "/api/stats", timeout=10)
+        assert status == 503 and time.monotonic() - start < 2
+        for sock in slow:  # their heads time out, and the server is free again
+            read_until_closed(sock, 10)
+        assert request(server.port, "GET", "/api/stats", timeout=10)[0] == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        stopped(server)
+
+
+def test_a_client_that_stops_reading_is_dropped(served, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    sf.write(folder / "big.wav", np.zeros((SR * 20, 2), np.float32), SR, subtype="FLOAT")  # 7 MB
+    served["index"].add(folder)
+    record = next(r for r in served["index"].files() if r.path.endswith("big.wav"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.connect(("127.0.0.1", served["port"]))
+    try:
+        sock.sendall(f"GET /media/{record.file_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        time.sleep(LIMITS.write_timeout + 2)  # read nothing
+        data, took = read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    assert took is not None and len(data) < record.size  # aborted, not sent whole
+
+
+# -- 4. uploads -----------------------------------------------------------------------------
+
+
+def test_upload_query_vectors_equal_embed_query(served, tmp_path):
+    """Decoded in a worker, embedded here in batches: the same vector as Index.embed_query, bit for bit."""
+    index = served["index"]
+    rng = np.random.default_rng(3)
+    sound = tmp_path / "music.flac"  # 90 s: 18 windows, two batches of the model
+    sf.write(sound, (0.05 * rng.standard_normal((SR * 90, 2))).astype(np.float32), SR)
+    picture = tmp_path / "photo.jpg"
+    Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8)).save(picture)
+    options = index._options()
+    for path, modality in ((sound, "audio"), (picture, "image")):
+        work = tmp_path / f"work-{modality}"
+        work.mkdir()
+        copy = work / ("query" + path.suffix)
+        copy.write_bytes(path.read_bytes())
+        decoded = decode_upload(str(copy), path.name, options, budget=120)
+        vector = embed_upload(index, decoded, modality, path.name)
+        expected = index.embed_query(**{modality: path})
+        assert vector.dtype == expected.dtype and np.array_equal(vector, expected), modality
+
+
+def test_text_searches_are_answered_while_a_long_upload_is_embedded(served, tmp_path):
+    """Four minutes of sound, embedded 4 windows per hold of the model lock: text searches go in between."""
+    server = started(served["index"], upload_batch=4, max_upload=20_000_000)
+    t = np.arange(SR * 240) / SR
+    sf.write(tmp_path / "long.flac", (0.01 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], SR)
+    data = (tmp_path / "long.flac").read_bytes()
+    done = {}
+
+    def upload():
+        start = time.monotonic()
+        done["status"] = upload_bytes(server.port, data, "long.flac")[0]
+        done["took"] = time.monotonic() - start
+        done["at"] = time.monotonic()
+
+    try:
+        uploader = threading.Thread(target=upload)
+        began = time.monotonic()
+        uploader.start()
+        time.sleep(1.0)
+        answered = []  # (latency, finished at)
+        while uploader.is_alive() and time.monotonic() - began < 300:
+            start = time.monotonic()
+            assert get_json(server.port, "/api/search?q=rain&k=2", timeout=120)[0] == 200
+            answered.append((time.monotonic() - start, time.monotonic()))
+            time.sleep(0.2)
+        uploader.join(300)
+    finally:
+        stopped(server)
+    assert done["status"] == 200
+    during = [latency for latency, at in answered if at < done["at"]]
+    print(f"upload {done['took']:.1f} s; {len(during)} text searches meanwhile, median "
+          f"{statistics.median(during):.2f} s, max {max(during):.2f} s")
+    assert len(during) >= 3  # they were answered while the upload went on, not after it
+    assert max(during) < done["took"] / 2
+
+
+def test_uploads_past_the_cap_get_503_busy_at_once(served):
+    server = started(served["index"], max_uploads=2, limits=ConnectionLimits(body_idle_timeout=20))
+    held = []
+    try:
+        for i in range(2):  # two uploads in progress: their bodies are still coming
+            sock = connect(server.port)
+            sock.sendall(f"POST /api/search?kind=audio&name=held{i}.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         "X-Audioclip: 1\r\nContent-Length: 50000\r\n\r\nRIFF".encode())
+            held.append(sock)
+        time.sleep(0.5)
+        start = time.monotonic()
+        status, headers, body = upload_bytes(server.port, b"RIFF" + bytes(1000), "third.wav")
+        assert status == 503 and "busy" in json.loads(body)["error"] and time.monotonic() - start < 3
+        assert headers["Retry-After"]
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 10  # the held ones end (their clients went away): room again
+        while time.monotonic() < deadline:
+            status, _, body = upload_bytes(server.port, (served["media"] / "pic.png").read_bytes(), "pic.png",
+                                           kind="image")
+            if status != 503:
+                break
+            time.sleep(0.2)
+        assert status == 200, body
+    finally:
+        stopped(server)
+
+
+def test_a_decode_over_its_time_budget_is_killed(served, tmp_path):
+    server = started(served["index"], decode_timeout=0.001)
+    try:
+        status, _, body = upload_bytes(server.port, (served["media"] / "tone.wav").read_bytes(), "tone.wav")
+    finally:
+        stopped(server)
+    assert status == 422 and json.loads(body)["error"] == "tone.wav: took too long to decode (over 0.001 s)"
+
+
+def test_upload_errors_name_the_clients_file_and_no_server_path(served, tmp_path, monkeypatch):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(uploads))
+    server = started(served["index"], max_query_seconds=5)
+    forbidden = ["/tmp", str(uploads), "audioclip-query-", "query.", str(served["root"]), os.sep + "db"]
+    try:
+        rng = np.random.default_rng(5)
+        cases = [
+            (rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "garbage.wav", "audio", 400),  # not a sound
+            (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(200), "broken.wav", "audio", 400),  # a damaged header
+            (b"\x89PNG\r\n\x1a\n" + bytes(300), "broken.png", "image", 400),
+        ]
+        sf.write(tmp_path / "eight.wav", (0.1 * rng.standard_normal((SR * 8, 1))).astype(np.float32), SR)
+        cases.append(((tmp_path / "eight.wav").read_bytes(), "eight.wav", "audio", 400))  # over 5 s
+        for data, name, kind, status in cases:
+            got, _, body = upload_bytes(server.port, data, name, kind=kind)
+            error = json.loads(body)["error"]
+            assert got == status and error.startswith(f"{name}: "), (name, got, error)
+            assert not any(f in error for f in forbidden), error
+        assert "over the limit of 5 s (--max-query-seconds)" in error
+        assert list(uploads.iterdir()) == []  # each upload's folder was deleted
+    finally:
+        stopped(server)
+
+
+def test_store_errors_and_unexpected_errors_are_answered_generically(served, server_errors, monkeypatch):
+    index, port = served["index"], served["port"]
+    db = str(served["root"] / "db")
+    monkeypatch.setattr(index, "stats", lambda: (_ for _ in ()).throw(IndexStoreError(f"{db}: damaged table")))
+    status, answer = get_json(port, "/api/stats")
+    assert status == 503 and db not in json.dumps(answer) and "cannot be read" in answer["error"]
+    monkeypatch.setattr(index.store, "count_rows", lambda: (_ for _ in ()).throw(IndexStoreError(f"{db}: gone")))
+    status, answer = get_json(port, "/api/search?q=rain")
+    assert status == 503 and db not in json.dumps(answer)
+    monkeypatch.undo()
+    monkeypatch.setattr(index, "stats", lambda: (_ for _ in ()).throw(RuntimeError(f"secret {db}")))
+    status, answer = get_json(port, "/api/stats")
+    assert status == 500 and "secret" not in json.dumps(answer) and answer["error"].startswith("internal error")
+    time.sleep(0.2)
+    logged = server_errors()
+    assert any(r.exc_info and "secret" in str(r.exc_info[1]) for r in logged)  # logged, for the operator
+
+
+# -- 5. indexed files: ids and identity -------------------------------------------------------
+
+
+@pytest.mark.parametrize("ident", [
+    "9223372036854775807", "-9223372036854775808",  # the int64 extremes: valid, not indexed
+    "9223372036854775808", "-9223372036854775809", "99999999999999999999999999999", "1" * 400,  # overflow
+    "00000000000000000001", "+1", "1.0", "1e3", "0x10", "%201", "1%20", "%D9%A3", "-", "--1", "1-", "%00",
+])
+def test_media_ids_must_be_int64(served, server_errors, ident):
+    for what in ("media", "thumb", "wave"):
+        status, answer = get_json(served["port"], f"/{what}/{ident}")
+        assert status == 404 and answer["error"]
+    assert server_errors() == []
+
+
+@pytest.fixture
+def victim(served, tmp_path):
+    """A freshly indexed recording in a folder of its own, and a secret file beside the index."""
+    folder = tmp_path / "victim"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    sf.write(folder / "song.wav", (0.1 * rng.standard_normal((SR * 2, 1))).astype(np.float32), SR)
+    served["index"].add(folder)
+    record = next(r for r in served["index"].files() if r.path == str(folder / "song.wav"))
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET" * (record.size // 6) + b"S" * (record.size % 6))  # as long as the song
+    os.utime(secret, ns=(record.mtime_ns, record.mtime_ns))  # and as old: only the link gives it away
+    yield {"folder": folder, "record": record, "secret": secret, "port": served["port"],
+           "data": (folder / "song.wav").read_bytes()}
+    served["index"].remove(folder)
+
+
+def fetch(victim, what: str = "media", headers: dict | None = None):
+    return request(victim["port"], "GET", f"/{what}/{victim['record'].file_id}", headers=headers)
+
+
+def test_an_unchanged_file_is_served_with_ranges(victim):
+    data = victim["data"]
+    status, headers, body = fetch(victim)
+    assert status == 200 and body == data and headers["Accept-Ranges"] == "bytes"
+    status, headers, body = fetch(victim, headers={"Range": "bytes=10-19"})
+    assert status == 206 and body == data[10:20] and headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    status, headers, body = fetch(victim, headers={"Range": "bytes=-4"})
+    assert status == 206 and body == data[-4:]
+    for bad in (f"bytes={len(data)}-", "bytes=5-2", "bytes=0-1,3-4", "bits=0-1", "bytes=" + "9" * 40 + "-"):
+        status, headers, _ = fetch(victim, headers={"Range": bad})
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(data)}", bad
+    status, headers, body = request(victim["port"], "HEAD", f"/media/{victim['record'].file_id}")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) == len(data)
+    assert fetch(victim, "wave")[0] == 200
+
+
+def test_a_file_replaced_by_a_link_to_another_file_is_not_served(victim):
+    song = victim["folder"] / "song.wav"
+    song.unlink()
+    song.symlink_to(victim["secret"])
+    for what in ("media", "wave"):
+        status, _, body = fetch(victim, what)
+        assert status == 404 and b"SECRET" not in body
+
+
+def test_a_folder_swapped_for_a_link_is_not_served(victim, tmp_path):
+    folder = victim["folder"]
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    folder.symlink_to(moved)  # the very same file, now reached through a link
+    status, _, body = fetch(victim)
+    assert status == 404 and body != victim["data"]
+    folder.unlink()
+    moved.rename(folder)
+    assert fetch(victim)[0] == 200
+
+
+def test_a_changed_file_is_not_served(victim):
+    song = victim["folder"] / "song.wav"
+    record = victim["record"]
+    song.write_bytes(victim["data"] + b"more")  # another size
+    assert fetch(victim)[0] == 404
+    song.write_bytes(victim["data"])  # the same bytes, but written since
+    os.utime(song, ns=(record.mtime_ns + 1_000_000_000, record.mtime_ns + 1_000_000_000))
+    assert fetch(victim)[0] == 404
+    os.utime(song, ns=(record.mtime_ns, record.mtime_ns))
+    assert fetch(victim)[0] == 200  # the same file (inode) with the same size and time: unchanged
+    copy = victim["folder"] / "copy.tmp"
+    copy.write_bytes(victim["data"])
+    os.utime(copy, ns=(record.mtime_ns, record.mtime_ns))
+    os.replace(copy, song)  # another file, with the old size and time
+    if getattr(record, "inode", None) is None:  # the index keeps no inode: size and time are all there is
+        assert fetch(victim)[0] == 200
+    else:
+        assert fetch(victim)[0] == 404
+
+
+def test_special_files_in_place_of_an_indexed_one_are_not_opened(victim):
+    song = victim["folder"] / "song.wav"
+    song.unlink()
+    os.mkfifo(song)  # opening a FIFO for reading would block until a writer came
+    start = time.monotonic()
+    assert fetch(victim)[0] == 404 and time.monotonic() - start < 5
+    song.unlink()
+    song.mkdir()
+    assert fetch(victim)[0] == 404
+
+
+# -- 6. Host names ------------------------------------------------------------------------------
+
+
+def test_host_names_are_checked_on_every_address(served):
+    assert allowed_host_names("0.0.0.0") == {"localhost", "127.0.0.1", "[::1]"}
+    assert allowed_host_names("::", ["MyPC.lan", "::1", "10.0.0.2"]) == {"localhost", "127.0.0.1", "[::1]",
+                                                                         "mypc.lan", "10.0.0.2"}
+    assert "192.168.1.5" in allowed_host_names("192.168.1.5")
+    server = make_server(served["index"], host="0.0.0.0", port=0, quiet=True).start()
+    named = make_server(served["index"], host="0.0.0.0", port=0, quiet=True, allowed_hosts=["mypc.lan"]).start()
+    try:
+        for port, host, status in [
+            (server.port, "evil.example", 403), (server.port, f"evil.example:{server.port}", 403),
+            (server.port, "0.0.0.0", 403), (server.port, "mypc.lan", 403), (server.port, "localhost.", 403),
+            (server.port, f"localhost:{server.port}", 200), (server.port, "127.0.0.1", 200),
+            (server.port, f"[::1]:{server.port}", 200),
+            (named.port, "mypc.lan", 200), (named.port, f"MYPC.LAN:{named.port}", 200),
+            (named.port, "evil.example", 403),
+        ]:
+            got, headers, body = request(port, "GET", "/api/stats", headers={"Host": host})
+            assert got == status, (host, got)
+            if status == 403:
+                assert json.loads(body)["error"] == "unexpected Host header"
+                assert headers["Content-Security-Policy"]
+        data, _ = exchange(server.port, b"GET /api/stats HTTP/1.0\r\n\r\n")  # no Host at all
+        assert responses(data) == [403]
+    finally:
+        stopped(server)
+        stopped(named)
+
+
+# -- 8. odd arguments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", [
+    "q=rain&k=0", "q=rain&k=101", "q=rain&k=-1", "q=rain&k=1.5", "q=rain&k=abc", "q=rain&k=", "q=rain&k=%205",
+    "q=rain&k=5_0", "q=rain&k=%2B5", "q=rain&k=%D9%A3", "q=rain&k=99999999999999999999999999999999",
+    "q=rain&offset=-1", "q=rain&offset=1e3", "q=rain&offset=401", "q=rain&offset=" + "9" * 5000,
+    "q=", "q=%20%20%09", "k=3", "", "q=" + "a" * 1001, "q=rain&modality=smell",
+    "q=rain&modality=AUDIO", "&".join(f"p{i}=1" for i in range(21)) + "&q=rain",
+])
+def test_odd_search_arguments_get_400(served, server_errors, query):
+    status, answer = get_json(served["port"], f"/api/search?{query}")
+    assert status in (400, 414) and answer["error"], (query, status)
+    assert server_errors() == []
+
+
+def test_odd_text_queries_that_are_valid_are_answered(served, server_errors):
+    for q in ("%00", "%F0%9F%90%95+%E2%80%AE", "%ff%fe", "a" * 1000, "<script>alert(1)</script>"):
+        status, answer = get_json(served["port"], f"/api/search?q={q}&k=1&modality=audio")
+        assert status == 200 and len(answer["results"]) == 1, q
+    assert server_errors() == []
+
+
+@pytest.mark.parametrize("params, headers, status", [
+    ("kind=smell&name=a.wav", {"X-Audioclip": "1"}, 400),
+    ("name=a.wav", {"X-Audioclip": "1"}, 400),
+    ("kind=audio&k=0", {"X-Audioclip": "1"}, 400),
+    ("kind=audio&offset=x", {"X-Audioclip": "1"}, 400),
+    ("kind=audio&modality=smell", {"X-Audioclip": "1"}, 400),
+    ("kind=audio", {}, 403),
+    ("kind=audio", {"X-Audioclip": "yes"}, 403),
+])
+def test_odd_upload_arguments_get_4xx(served, server_errors, params, headers, status):
+    got, _, body = request(served["port"], "POST", f"/api/search?{params}", body=b"RIFF" + bytes(100),
+                           headers=headers)
+    assert got == status and json.loads(body)["error"]
+    assert server_errors() == []
+
+
+def test_upload_lengths_are_checked(served, server_errors):
+    port = served["port"]
+    post = b"POST /api/search?kind=audio&name=a.wav HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Audioclip: 1\r\n"
+    data, _ = exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n4\r\nRIFF\r\n0\r\n\r\n", limit=5)
+    assert responses(data)[0] == 411 and "Content-Length" in body_json(data)["error"]
+    data, _ = exchange(port, post + b"Content-Length: 0\r\n\r\n", limit=5)
+    assert responses(data)[0] == 400 and "empty" in body_json(data)["error"]
+    # too large: answered 413 at once, and the body read and dropped so that the client sees the answer
+    status, _, body = upload_bytes(port, bytes(3_500_000), "big.wav")
+    assert status == 413 and "too large" in json.loads(body)["error"]
+    data, took = exchange(port, post + b"Content-Length: 900000000000\r\n\r\nRIFF", limit=5)
+    assert responses(data) == [413] and took is not None and "connection: close" in head(data)
+    assert server_errors() == []
+
+
+def test_head_and_security_headers_everywhere(served):
+    port = served["port"]
+    for method, path, status in (("HEAD", "/", 200), ("HEAD", "/api/stats", 200), ("GET", "/nowhere", 404),
+                                 ("PUT", "/api/search", 405), ("DELETE", "/", 405), ("GET", "/api/stats/", 404)):
+        got, headers, body = request(port, method, path)
+        assert got == status, (method, path)
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert headers["Server"] is None  # uvicorn's name is not given out
+        if method == "HEAD":
+            assert body == b"" and int(headers["Content-Length"]) > 0
+        else:
+            assert json.loads(body)["error"]
+
+
+def test_serve_help_text(capsys):
+    from audioclip.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--allowed-host NAME" in out and "--max-query-seconds" in out
