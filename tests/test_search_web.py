@@ -317,6 +317,24 @@ def test_search_page_in_a_real_browser(site, tmp_path):
             page.press("#q", "Enter")
             page.wait_for_function("() => document.querySelector('li.hit .name').textContent === 'long.wav'")
             page.wait_for_function("() => [...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+
+            # file names are shown as text: markup in one (echoed back by the server) does nothing
+            hostile = tmp_path / '<img src=x onerror="document.body.dataset.pwned=1">.png'
+            hostile.write_bytes((site["media"] / "red.png").read_bytes())
+            page.set_input_files("#image-file", str(hostile))
+            page.wait_for_function("() => document.body.dataset.state === 'done' && "
+                                   "document.getElementById('status').textContent.includes('onerror=')")
+            broken = tmp_path / '<svg onload="document.body.dataset.pwned=2">.wav'
+            broken.write_bytes(b"RIFF" + bytes(2000))  # not a sound: the server's error names the file
+            page.set_input_files("#audio-file", str(broken))
+            page.wait_for_function("() => document.body.dataset.state === 'error' && "
+                                   "document.getElementById('status').textContent.includes('<svg onload=')")
+            assert page.evaluate("() => document.body.dataset.pwned") is None
+            assert page.locator("#status *, img[src='x'], svg[onload]").count() == 0
+            page.fill("#q", QUERY)
+            page.press("#q", "Enter")
+            page.wait_for_function("() => document.querySelector('li.hit .name')?.textContent === 'long.wav'")
+            page.wait_for_function("() => [...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
             shot = os.environ.get("AUDIOCLIP_SCREENSHOT") or str(tmp_path / "search.png")
             page.screenshot(path=shot, full_page=True)
             assert Path(shot).stat().st_size > 10_000

@@ -378,8 +378,21 @@ def test_upload_query_vectors_equal_embed_query(served, tmp_path):
         assert vector.dtype == expected.dtype and np.array_equal(vector, expected), modality
 
 
-def test_text_searches_are_answered_while_a_long_upload_is_embedded(served, tmp_path):
-    """Four minutes of sound, embedded 4 windows per hold of the model lock: text searches go in between."""
+def test_text_searches_are_answered_while_a_long_upload_is_embedded(served, tmp_path, monkeypatch):
+    """Four minutes of sound, embedded 4 windows per hold of the model lock: text searches go in between.
+
+    Each batch is made to take 0.3 s longer (a real model on a small CPU is
+    slower than the tiny one), so that the upload lasts seconds and holds the
+    model lock most of that time.
+    """
+    model = served["index"].model
+    encode_audio = model.encode_audio
+
+    def slow_encode_audio(batch):
+        time.sleep(0.3)
+        return encode_audio(batch)
+
+    monkeypatch.setattr(model, "encode_audio", slow_encode_audio)
     server = started(served["index"], upload_batch=4, max_upload=20_000_000)
     t = np.arange(SR * 240) / SR
     sf.write(tmp_path / "long.flac", (0.01 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None], SR)
@@ -396,7 +409,7 @@ def test_text_searches_are_answered_while_a_long_upload_is_embedded(served, tmp_
         uploader = threading.Thread(target=upload)
         began = time.monotonic()
         uploader.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         answered = []  # (latency, finished at)
         while uploader.is_alive() and time.monotonic() - began < 300:
             start = time.monotonic()
