@@ -499,3 +499,353 @@ def test_search_in_threads_while_adding(checkpoint, library, tmp_path, tiny):
     assert not errors, errors
     assert sizes == sorted(sizes) and sizes and sizes[-1] <= 10
     assert_no_duplicates(db)
+
+
+# -- identity: the resolved path, (dev, inode) -------------------------------------------------
+
+
+@pytest.fixture
+def model_loads(monkeypatch):
+    """Counts every model load by an Index (the factory's create_model), calling the real one."""
+    from audioclip import factory
+
+    calls = []
+    real = factory.create_model
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(factory, "create_model", spy)
+    return calls
+
+
+def test_a_file_named_two_ways_or_through_links_is_one_record(checkpoint, library, db, tmp_path, tiny,
+                                                                monkeypatch):
+    real = library.resolve()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)  # the whole library, through a link
+    (real / "alias.wav").symlink_to(real / "sounds" / "short.wav")  # one file under a second name
+    monkeypatch.chdir(tmp_path)
+    index = open_index(db, checkpoint, tiny)
+    report = index.add(["library", str(real / "sounds" / ".." / "sounds" / "short.wav"), "link/sounds"])
+    assert sorted(report.added) == sorted(str(p) for p in (real / "sounds" / "short.wav", real / "sounds" / "long.flac",
+                                                           real / "pictures" / "a.png", real / "pictures" / "b.jpg"))
+    assert all(p == os.path.realpath(p) for p in rows_per_file(db))
+    assert len(rows_per_file(db)) == 4
+
+    again = index.add([tmp_path / "link", "library/../library/sounds"])  # the same files, named otherwise
+    assert (again.indexed_now, again.unchanged, again.removed) == (0, 4, [])
+    assert sorted(index.remove("link/sounds")) == [str(real / "sounds" / n) for n in ("long.flac", "short.wav")]
+    assert sorted(rows_per_file(db)) == [str(real / "pictures" / "a.png"), str(real / "pictures" / "b.jpg")]
+
+
+def test_a_replaced_file_with_the_same_size_and_mtime_is_hashed_not_trusted(checkpoint, library, db, tiny):
+    index = open_index(db, checkpoint, tiny)
+    index.add(library)
+    short = library / "sounds" / "short.wav"
+    before = open_store(db).files()[str(short)]
+    assert (before.dev, before.inode) == (os.stat(short).st_dev, os.stat(short).st_ino)
+    st = os.stat(short)
+
+    # Same bytes under a new inode, the mtime kept (a restore, a copy with -p): touched, not embedded.
+    shutil.copy(short, library / "tmp")
+    os.replace(library / "tmp", short)
+    os.utime(short, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = index.add(library)
+    assert report.touched == [str(short)] and report.hashed == 1 and report.unchanged == 3
+    assert open_store(db).files()[str(short)].inode == os.stat(short).st_ino != before.inode
+
+    # Other bytes of the same size, same mtime, new inode: embedded again.
+    data, sr = sf.read(short, dtype="float32")
+    sf.write(library / "tmp.wav", -data, sr, subtype=sf.info(short).subtype)
+    assert os.path.getsize(library / "tmp.wav") == st.st_size
+    os.replace(library / "tmp.wav", short)
+    os.utime(short, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = index.add(library)
+    assert report.updated == [str(short)] and report.unchanged == 3
+    assert open_store(db).files()[str(short)].hash != before.hash
+    assert_no_duplicates(db)
+
+
+def _older_index(db, old_db, rename=lambda p: p, meta_drop=("image_size", "paths")) -> None:
+    """A copy of the index ``db`` as an older version wrote it: no dev/inode columns, metadata without the
+    keys added since, and paths as ``rename`` makes them (unresolved ones)."""
+    import json
+
+    store = open_store(db)
+    rows = store.rows([r.file_id for r in store.files().values()]).drop_columns(["dev", "inode"])
+    paths = [rename(p) for p in rows["path"].to_pylist()]
+    rows = rows.set_column(rows.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index("file_id"), "file_id",
+                           pa.array([file_id_of(p) for p in paths], pa.int64()))
+    old = LanceStore(old_db, create=True)
+    meta = {k: v for k, v in store.read_meta().items() if k not in meta_drop}
+    (old.path / LanceStore.META).parent.mkdir(parents=True, exist_ok=True)
+    (old.path / LanceStore.META).write_text(json.dumps(meta))
+    old._db.create_table("media", data=rows)
+    assert "inode" not in old._table("media").schema.names
+
+
+def test_an_index_without_dev_and_inode_columns_opens_searches_and_updates(checkpoint, library, tmp_path, tiny,
+                                                                            model_loads):
+    open_index(tmp_path / "new", checkpoint, tiny).add(library)
+    old_db = tmp_path / "old"
+    _older_index(tmp_path / "new", old_db, meta_drop=("image_size", "paths", "config"))
+
+    index = Index.open(old_db, device="cpu")  # searched as it is: nothing written
+    assert all(r.inode is None and r.dev is None for r in index.files()) and len(index) == 4
+    hits = index.search(vector=np.ones(64, np.float32) / 8, k=10)
+    assert len(hits) == 4
+    assert "inode" not in LanceStore(old_db)._table("media").schema.names
+
+    report = index.add(library)  # updated: the columns are added, each file's (dev, inode) filled in
+    assert (report.unchanged, report.indexed_now, report.hashed) == (4, 0, 0)
+    files = {r.path: r for r in index.files()}
+    assert all((r.dev, r.inode) == (os.stat(p).st_dev, os.stat(p).st_ino) for p, r in files.items())
+    assert index.meta["image_size"] == 64 and index.meta["paths"] == "resolved"
+    assert len(model_loads) == 1  # once, for the picture size: neither the metadata nor a config name says it
+
+    sf.write(library / "sounds" / "new.wav", noise(1.0, 11), SR)  # and new files get added to it
+    assert [os.path.basename(p) for p in index.add(library).added] == ["new.wav"]
+    assert len(model_loads) == 1 and len(rows_per_file(old_db)) == 5
+    assert_no_duplicates(old_db)
+
+
+def test_an_index_of_unresolved_paths_moves_them_without_embedding(checkpoint, library, tmp_path, tiny,
+                                                                   model_loads):
+    """An older index stored paths as given: through a link, or with '..' in them. The next run records each
+    file under its resolved path with its vectors copied (no model), and drops the old names."""
+    real = str(library.resolve())
+    link = tmp_path / "through"
+    link.symlink_to(real, target_is_directory=True)
+    open_index(tmp_path / "new", checkpoint, tiny).add(library)
+    names = {}
+
+    def unresolved(p):
+        names[p] = (str(link / os.path.relpath(p, real)) if "sounds" in p
+                    else os.path.join(real, "pictures", "..", "pictures", os.path.basename(p)))
+        return names[p]
+
+    _older_index(tmp_path / "new", tmp_path / "old", rename=unresolved, meta_drop=("paths",))
+    before = {r["path"]: r["vector"] for r in all_rows(tmp_path / "old").to_pylist()}
+
+    index = Index.open(tmp_path / "old", device="cpu")
+    report = index.add([link, os.path.join(real, "pictures", "..", "pictures")])
+    assert sorted(report.reused) == sorted(names) and report.added == report.updated == []
+    assert model_loads == []  # nothing embedded
+    after = {r["path"]: r["vector"] for r in all_rows(tmp_path / "old").to_pylist()}
+    assert sorted(after) == sorted(names)  # the resolved paths, once each
+    assert all(after[p] == before[names[p]] for p in names)  # the very vectors
+    assert index.meta["paths"] == "resolved"
+    assert_no_duplicates(tmp_path / "old")
+    again = index.add(library)
+    assert (again.unchanged, again.indexed_now, again.unresolved) == (4, 0, None)
+
+
+# -- cost: what a re-run reads, writes and loads -------------------------------------------------
+
+
+def test_no_op_and_touched_runs_load_no_model_and_write_in_one_commit(checkpoint, library, db, tmp_path, tiny,
+                                                                      model_loads):
+    for i in range(6):
+        sf.write(library / "sounds" / f"extra{i}.wav", noise(0.5, 20 + i), SR)
+    open_index(db, checkpoint, tiny).add(library)  # built with a loaded model
+
+    index = Index.open(db, device="cpu")  # as a later `audioclip index` run opens it
+    calls = Counter()
+    for name in ("add", "delete_files", "update_files", "set_failures"):
+        real = getattr(index.store, name)
+
+        def spy(*args, _name=name, _real=real, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        setattr(index.store, name, spy)
+    report = index.add(library)
+    assert (report.unchanged, report.indexed_now, report.hashed) == (10, 0, 0) and not calls
+
+    for path in sorted((library).rglob("*.*")):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    report = index.add(library)
+    assert len(report.touched) == 10 and report.hashed == 10 and report.unchanged == 0
+    assert calls == {"update_files": 1}  # one commit for all of them; no vector written
+    assert model_loads == []
+    assert all(r.mtime_ns == 1_000_000_000 for r in index.files())
+    assert index.add(library).unchanged == 10 and model_loads == []
+
+
+def test_the_checkpoint_hash_is_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from audioclip import checkpoints
+
+    monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 0.0)
+    hashed = []
+    real = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda p: hashed.append(p) or real(p))
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"a" * 1000)
+    first = checkpoints.checkpoint_id(path)
+    assert first == f"weights.pt@{hashlib.sha256(b'a' * 1000).hexdigest()[:16]}" and len(hashed) == 1
+    assert checkpoints.checkpoint_id(path) == first and len(hashed) == 1  # from the cache
+    st = os.stat(path)
+    path.write_bytes(b"b" * 1000)  # same size, mtime set back: the ctime still moves
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert checkpoints.checkpoint_id(path) == f"weights.pt@{hashlib.sha256(b'b' * 1000).hexdigest()[:16]}"
+    assert len(hashed) == 2
+    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 3600.0)  # a file changed just now is not remembered
+    path.write_bytes(b"c" * 1000)
+    checkpoints.checkpoint_id(path), checkpoints.checkpoint_id(path)
+    assert len(hashed) == 4
+
+
+def test_a_no_op_index_command_loads_no_model_and_hashes_no_checkpoint(checkpoint, library, tmp_path, monkeypatch):
+    from audioclip import checkpoints, factory
+
+    monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 0.0)
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0 and "4 added" in err
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(factory, "create_model", no_model)
+    hashed = []
+    monkeypatch.setattr(checkpoints, "_sha256", lambda p: hashed.append(p) or "0" * 64)
+    code, _, err = run_cli("index", library, "--db", db, "--device", "cpu")
+    assert code == 0 and "4 unchanged" in err, err
+    os.utime(library / "sounds" / "short.wav", ns=(5, 5))
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0 and "1 touched" in err, err
+    assert hashed == []
+
+
+# -- an interrupted first run ----------------------------------------------------------------------
+
+_KILL_AT = r'''
+import os, signal, sys
+from audioclip import cli, factory, io
+from audioclip.index.store import LanceStore
+
+point = sys.argv[1]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after(owner, name):
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        die()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+if point == "model":  # while the model loads: the folder holds only the writer's lock file
+    factory.create_model = die
+elif point == "meta-part":  # the metadata's temporary file written, not yet renamed into place
+    io._publish = die
+elif point == "meta":  # right after the metadata
+    after(LanceStore, "write_meta")
+elif point == "create":  # the table's first write begun, nothing committed
+    LanceStore._create_or_add = die
+elif point == "flush":  # the first batch committed, its failures not yet
+    after(LanceStore, "add")
+sys.exit(cli.main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.parametrize("point", ["model", "meta-part", "meta", "create", "flush"])
+def test_a_killed_first_run_is_resumed_by_the_next(checkpoint, tmp_path, point):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(6):
+        sf.write(folder / f"c{i}.wav", noise(0.5, 60 + i), SR)
+    db = tmp_path / "db"
+    args = ["index", str(folder), "--db", str(db), "--checkpoint", checkpoint, "--device", "cpu",
+            "--flush-every", "2"]
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT, point, *args], capture_output=True, text=True,
+                          env={**os.environ, "AUDIOCLIP_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = sorted(p.name for p in db.iterdir())
+    assert ".writer.lock" in left and (("audioclip-index.json" in left) == (point in ("meta", "create", "flush")))
+    if point == "meta-part":
+        assert any(name.startswith(".audioclip-index.json.") for name in left)
+    if point == "flush":
+        assert 0 < len(rows_per_file(db)) < 6
+
+    code, _, err = run_cli("search", "a dog", "--db", db, "--device", "cpu")  # meanwhile: results, or one line
+    if point == "flush":
+        assert code == 0, err
+    else:
+        assert code in (1, 2) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    code, _, err = run_cli(*args)
+    assert code == 0 and "Traceback" not in err, err
+    assert sorted(rows_per_file(db)) == sorted(str(p) for p in folder.iterdir())
+    assert set(rows_per_file(db).values()) == {1}
+    assert_no_duplicates(db)
+    assert not any(p.name.startswith(".audioclip-index.json.") for p in db.iterdir())
+
+
+def test_leftovers_of_an_interrupted_table_write_do_not_block_the_next_run(checkpoint, library, tmp_path):
+    """What SIGKILL leaves inside LanceDB's create_table when it strikes before the commit: data files of
+    the table and no version (reproduced with a real kill while writing; here, its shape on disk)."""
+    for with_meta in (False, True):
+        db = tmp_path / f"db{with_meta}"
+        (db / "media.lance" / "data").mkdir(parents=True)
+        (db / "media.lance" / "data" / ".tmpCI6Io7").write_bytes(b"\0" * 4096)
+        (db / ".writer.lock").touch()
+        if with_meta:
+            code, _, _ = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint,
+                                 "--device", "cpu")
+            shutil.rmtree(db / "media.lance")
+            (db / "media.lance" / "data").mkdir(parents=True)
+            (db / "media.lance" / "data" / "0a1b.lance").write_bytes(b"\0" * 4096)
+        code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+        assert code == 0 and "4 added" in err, err
+        assert len(rows_per_file(db)) == 4
+
+
+# -- bad input: one line, never a traceback -------------------------------------------------------
+
+
+def test_bad_indexes_and_queries_are_one_line_errors(checkpoint, library, tmp_path):
+    import json
+
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    broken = {}
+    for name, text in [("truncated", '{"checkpoint": "x'), ("list", "[1, 2]"), ("empty", ""),
+                       ("no-checkpoint", json.dumps({"dim": 64}))]:
+        broken[name] = tmp_path / name
+        shutil.copytree(db, broken[name])
+        (broken[name] / "audioclip-index.json").write_text(text)
+
+    cases = [
+        (("index", "--db", other), 1, "no index here"),
+        (("index", library, "--db", other, "--checkpoint", checkpoint), 1, "not an audioclip index"),
+        (("search", "dog", "--db", other), 1, "no index here"),
+        (("search", "dog", "--db", tmp_path / "absent"), 2, "no index here"),
+        (("search", "", "--db", db), 2, "exactly one query"),
+        (("search", "   ", "--db", db), 2, "the text query is empty"),
+        (("search", "dog", "--db", db, "-k", "0"), 2, "at least 1"),
+        (("search", "dog", "--db", db, "-k", "-3"), 2, "at least 1"),
+    ]
+    for name, path in broken.items():
+        cases += [(("index", "--db", path), 1, "unreadable index metadata"),
+                  (("index", library, "--db", path, "--device", "cpu"), 1, "unreadable index metadata"),
+                  (("search", "dog", "--db", path, "--device", "cpu"), 1, "unreadable index metadata")]
+    for args, status, message in cases:
+        code, _, err = run_cli(*args)
+        lines = [line for line in err.splitlines() if "usage:" not in line and not line.startswith(" ")]
+        assert code == status and message in err and "Traceback" not in err, (args, code, err)
+        assert len([line for line in lines if "error" in line]) == 1, (args, err)

@@ -237,11 +237,11 @@ class Index:
                                   workers=workers, precision=self._precision, flush_every=flush_every,
                                   retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan,
                                   load_model=lambda: self.model, paths_resolved=meta.get("paths") == "resolved")
-            # Record what later runs can then skip: the picture size (older indexes lack it, and it is
-            # known once the model is loaded), and that every stored path is resolved.
+            # Record what later runs can then skip: the picture size (older indexes lack it; finding it
+            # may have needed the model), and that every stored path is resolved.
             later = {}
-            if not meta.get("image_size") and self._model is not None:
-                later["image_size"] = int(self._model.visual.image_size)
+            if not meta.get("image_size"):
+                later["image_size"] = options.image_size
             if meta.get("paths") != "resolved" and report.unresolved == 0:
                 later["paths"] = "resolved"
             if later:
