@@ -169,6 +169,7 @@ def update_index(
     by_hash = {r.hash: r for r in stored.values()}
     sizes = {r.size for r in stored.values()}
     found_set = set(found)
+    records_inodes = getattr(store, "records_inodes", True)  # False: an older Milvus collection cannot
 
     # Records of an older index under a name that is not their resolved path: keyed by that path.
     aliases: dict[str, list[FileRecord]] = {}
@@ -207,7 +208,7 @@ def update_index(
         # commit that writes this file's record, or with the removals if its record stays as it is.
         same_name = old is not None and old.path == path
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
-            if same_name and old.inode is None:  # recorded before inodes were: fill them in, no need to hash
+            if same_name and old.inode is None and records_inodes:  # recorded before inodes were: fill them in
                 identity.append(dataclasses.replace(old, dev=dev, inode=inode))
             if same_name and old.inode in (None, inode) and old.dev in (None, dev):
                 report.unchanged += 1

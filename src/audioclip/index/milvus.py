@@ -238,6 +238,11 @@ class MilvusStore:
             self._marker_fields = [f["name"] for f in fields if f["name"] != _DUMMY]
         return self._marker_fields
 
+    @property
+    def records_inodes(self) -> bool:
+        """Whether file markers hold ``dev``/``inode`` (not in collections made before they were recorded)."""
+        return "inode" in self._marker_names()
+
     def _markers(self, filter: str) -> dict[int, dict]:  # noqa: A002
         return {int(r["file_id"]): r for r in self._query("files", filter, self._marker_names())}
 
