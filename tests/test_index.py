@@ -849,3 +849,17 @@ def test_bad_indexes_and_queries_are_one_line_errors(checkpoint, library, tmp_pa
         lines = [line for line in err.splitlines() if "usage:" not in line and not line.startswith(" ")]
         assert code == status and message in err and "Traceback" not in err, (args, code, err)
         assert len([line for line in lines if "error" in line]) == 1, (args, err)
+
+
+def test_a_no_op_index_process_imports_neither_torch_nor_the_model(checkpoint, library, tmp_path):
+    """The start-up a no-op run pays: LanceDB and the file walk, not torch, open_clip or torchvision (seconds)."""
+    db = tmp_path / "db"
+    code, _, _ = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "audioclip", "index", str(library), "--db",
+                           str(db), "--checkpoint", checkpoint, "--device", "cpu"], capture_output=True, text=True,
+                          env={**os.environ, "AUDIOCLIP_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0 and "4 unchanged" in done.stderr, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "lancedb" in imported
+    assert not {"torch", "open_clip", "torchvision", "audioclip.model", "audioclip.inference"} & imported

@@ -9,13 +9,44 @@
 Every reader reports a bad file as one :class:`MediaError` (``"{path}: {reason}"``).
 """
 
-from .audio import MAX_PEAK, SAMPLE_RATE, load_audio, stream_audio
-from .errors import MediaError, special_file_kind
-from .limits import MediaLimits
-from .image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, clip_preprocess, load_image, to_rgb
-from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff_modality
-from .video import frame_times, load_video_frames
-from .windows import AudioWindow, split_windows, stream_windows
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported from their module on first use: what needs only file names and types
+# (sniff, errors, limits, files) does not pay for torch, which the decoders import.
+_EXPORTS = {
+    **dict.fromkeys(("MAX_PEAK", "SAMPLE_RATE", "load_audio", "stream_audio"), "audio"),
+    **dict.fromkeys(("MediaError", "special_file_kind"), "errors"),
+    "MediaLimits": "limits",
+    **dict.fromkeys(("CLIP_MEAN", "CLIP_STD", "IMAGE_SIZE", "clip_preprocess", "load_image", "to_rgb"), "image"),
+    **dict.fromkeys(("AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "sniff_modality"), "sniff"),
+    **dict.fromkeys(("frame_times", "load_video_frames"), "video"),
+    **dict.fromkeys(("AudioWindow", "split_windows", "stream_windows"), "windows"),
+}
+
+if TYPE_CHECKING:
+    from .audio import MAX_PEAK, SAMPLE_RATE, load_audio, stream_audio
+    from .errors import MediaError, special_file_kind
+    from .image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, clip_preprocess, load_image, to_rgb
+    from .limits import MediaLimits
+    from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, sniff_modality
+    from .video import frame_times, load_video_frames
+    from .windows import AudioWindow, split_windows, stream_windows
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
 
 __all__ = [
     "AUDIO_EXTENSIONS",
