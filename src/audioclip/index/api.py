@@ -246,18 +246,15 @@ class Index:
                 later["paths"] = "resolved"
             if later:
                 self.store.write_meta({**meta, **later})
-            wrote = report.indexed_now or report.removed or report.failed
-            if not wrote and not self._needs_tidy():
-                return report  # nothing written: nothing to compact, and the ANN index is as fresh as before
+            if not (report.indexed_now or report.removed or report.failed):
+                # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
+                # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
+                return report
             if log is not None and isinstance(self.store, LanceStore):
                 self.store.optimize(log=log)
             else:
                 self.store.optimize()
             return report
-
-    def _needs_tidy(self) -> bool:
-        """Whether ``optimize`` has work even when this run wrote nothing (a killed run's leftovers)."""
-        return bool(getattr(getattr(self.store, "ann", None), "dirty", lambda: None)())
 
     def _create_meta(self, given: dict) -> dict:
         """The metadata of a new index: checkpoint, architecture sizes, decoding options. Loads the model."""
