@@ -863,3 +863,28 @@ def test_a_no_op_index_process_imports_neither_torch_nor_the_model(checkpoint, l
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "lancedb" in imported
     assert not {"torch", "open_clip", "torchvision", "audioclip.model", "audioclip.inference"} & imported
+
+
+def test_an_older_milvus_collection_without_dev_and_inode_keeps_working(checkpoint, library, tmp_path, tiny,
+                                                                         monkeypatch):
+    """Milvus Lite cannot add a field to a collection: an older ``files`` collection reads dev/inode as None
+    and is not rewritten on every run trying to fill them in."""
+    pytest.importorskip("milvus_lite", reason="Milvus Lite is not installed (pip install 'audioclip[milvus]')")
+    from audioclip.index import milvus
+
+    db = f"milvus:{tmp_path / 'old.db'}"
+    with monkeypatch.context() as patch:  # collections made as before dev/inode were recorded
+        patch.setattr(milvus, "_MARKER_LATER", [])
+        index = open_index(db, checkpoint, tiny)
+        index.add(library)
+        index.store.close()
+    index = Index.open(db, device="cpu")
+    assert not index.store.records_inodes
+    assert all(r.inode is None for r in index.files()) and len(index.search(vector=np.ones(64) / 8, k=10)) == 4
+    updates = []
+    real = index.store.update_files
+    index.store.update_files = lambda records: updates.append(list(records)) or real(records)
+    assert index.add(library).unchanged == 4 and updates == []
+    os.utime(library / "pictures" / "a.png", ns=(7, 7))
+    assert [os.path.basename(p) for p in index.add(library).touched] == ["a.png"]
+    assert {r.path: r.mtime_ns for r in index.files()}[str(library / "pictures" / "a.png")] == 7

@@ -51,6 +51,7 @@ _QUERY_LIMIT = 16_384  # Milvus's largest query window
 _BATCH = 1000  # rows per insert request (about 4 MB of 1024-d vectors)
 _TEXT = 4096
 _DUMMY = "_v"  # Milvus collections need a vector field; the bookkeeping ones get a 2-d one
+_MARKER_LATER = [name for name, _ in LATER_FIELDS]  # nullable INT64 fields of a new ``files`` collection
 
 
 def is_milvus(db: str) -> bool:
@@ -180,7 +181,7 @@ class MilvusStore:
                     schema.add_field("hash", DataType.VARCHAR, max_length=64)
                     schema.add_field("duration", DataType.DOUBLE, nullable=True)
                     schema.add_field("rows", DataType.INT64)
-                    for name, _ in LATER_FIELDS:
+                    for name in _MARKER_LATER:
                         schema.add_field(name, DataType.INT64, nullable=True)
                 else:
                     schema.add_field("error", DataType.VARCHAR, max_length=_TEXT)
@@ -233,7 +234,7 @@ class MilvusStore:
         if self._marker_fields is None:
             if not self._has("files"):
                 return ["file_id", "commit", "path", "source", "size", "mtime_ns", "hash", "duration", "rows",
-                        *(name for name, _ in LATER_FIELDS)]
+                        *_MARKER_LATER]
             fields = self.client.describe_collection(self._names["files"])["fields"]
             self._marker_fields = [f["name"] for f in fields if f["name"] != _DUMMY]
         return self._marker_fields
