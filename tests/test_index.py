@@ -396,8 +396,13 @@ def test_one_writer_at_a_time(checkpoint, library, db, tiny):
     first = open_index(db, checkpoint, tiny)
     first.add(library / "pictures")
     with first._writer():
-        with pytest.raises(IndexStoreError, match="another indexing job"):
+        with pytest.raises(IndexStoreError, match="another indexing job") as caught:
             Index.open(db, device="cpu").add(library)
+        assert caught.value.holder.startswith(f"process {os.getpid()} (")
+        # the command line: a usage error (2) in one line naming the holder, before any model is loaded
+        code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"another indexing job is writing to this index now (process {os.getpid()} (" in err
     assert len(Index.open(db)) == 2
 
 
@@ -888,3 +893,12 @@ def test_an_older_milvus_collection_without_dev_and_inode_keeps_working(checkpoi
     os.utime(library / "pictures" / "a.png", ns=(7, 7))
     assert [os.path.basename(p) for p in index.add(library).touched] == ["a.png"]
     assert {r.path: r.mtime_ns for r in index.files()}[str(library / "pictures" / "a.png")] == 7
+
+
+def test_get_file_takes_every_int64_id(checkpoint, library, db, tiny):
+    index = open_index(db, checkpoint, tiny)
+    index.add(library / "pictures")
+    record = index.files()[0]
+    assert index.get(record.file_id) == record
+    for extreme in (-2**63, 2**63 - 1, 0, -1):  # the SQL parser reads -9223372036854775808 as a float
+        assert index.get(extreme) is None

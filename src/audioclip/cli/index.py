@@ -8,6 +8,8 @@ import json
 import signal
 import sys
 
+from audioclip.io import LockedError
+
 from .options import (
     EXIT_NOTHING_DONE,
     EXIT_OK,
@@ -154,6 +156,8 @@ def _run_index(args: argparse.Namespace) -> int:
                            log=lambda message: note(args, f"{args.db}: {message}"))
     except IndexStoreError as err:
         bar.close()
+        if isinstance(err, LockedError):
+            raise  # another job writes the index: a usage error (2) naming it, from options.run
         error(args, err)
         return EXIT_NOTHING_DONE
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..io import LockedError, exclusive_lock
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
 from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
@@ -21,11 +21,18 @@ from .stores import open_store
 if TYPE_CHECKING:
     from ..media.files import DecodeOptions
 
-__all__ = ["Index", "QueryError"]
+__all__ = ["Index", "IndexLockedError", "QueryError"]
 
 FORMAT = 1
 DEFAULT_CHECKPOINT = "full"
 _OPTION_KEYS = ("window", "hop", "mono", "video_frames")
+
+
+class IndexLockedError(IndexStoreError, LockedError):
+    """Another job is writing the index (``holder`` names it): the command line exits 2."""
+
+    def __init__(self, message: str, holder: str | None = None):
+        LockedError.__init__(self, message, holder)
 
 
 class QueryError(ValueError):
@@ -194,17 +201,17 @@ class Index:
         if lock_file is None:  # a shared server: its own concurrency rules (docs/search.md, "Other stores")
             yield
             return
-        Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise IndexStoreError(f"{self.db}: another indexing job is writing to this index; "
-                                      "wait for it to finish (searching meanwhile is fine)") from None
+            lock = exclusive_lock(lock_file)
+            lock.__enter__()
+        except LockedError as err:
+            raise IndexLockedError(f"{self.db}: another indexing job is writing to this index now "
+                                   f"({err.holder or 'its lock is held'}); wait for it to finish "
+                                   "(searching meanwhile is fine)", err.holder) from None
+        try:
             yield
         finally:
-            os.close(fd)  # releases the lock
+            lock.__exit__(None, None, None)  # releases the lock (a killed job's goes with its process)
 
     def add(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int = 16,
             workers: int = 0, flush_every: int = 32, retry_failed: bool = False, prune: bool = False,

@@ -338,7 +338,12 @@ class LanceStore:
         return {} if data is None else _records(data)
 
     def get_file(self, file_id: int) -> FileRecord | None:
-        data = self._scan(self.TABLE, FILE_FIELDS, f"file_id = {int(file_id)}")
+        file_id = int(file_id)
+        if not -2**63 <= file_id < 2**63:
+            return None
+        # The SQL parser reads -9223372036854775808 as minus a number too large for int64 (a float): say it another way.
+        where = f"file_id = {file_id}" if file_id > -2**63 else f"file_id < {-2**63 + 1}"
+        data = self._scan(self.TABLE, FILE_FIELDS, where)
         records = {} if data is None else _records(data)
         return next(iter(records.values()), None)
 
