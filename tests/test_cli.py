@@ -184,6 +184,46 @@ def test_embed_refuses_another_checkpoints_output(checkpoint, folder, tmp_path):
     assert proc.returncode == 1 and "another checkpoint" in proc.stderr
 
 
+def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(checkpoint, folder, tmp_path):
+    """Two machines given the same input ``data`` that is a link to a different mount on each cover every file once."""
+    for mount in ("mnt1", "mnt2"):
+        (tmp_path / mount).mkdir()
+        for clip in folder.glob("clip*.wav"):
+            (tmp_path / mount / clip.name).write_bytes(clip.read_bytes())
+    data = tmp_path / "data"
+    names = []
+    for k, mount in ((1, "mnt1"), (2, "mnt2")):
+        if data.is_symlink():
+            data.unlink()
+        data.symlink_to(tmp_path / mount)
+        out = tmp_path / f"shard{k}.parquet"
+        cli("embed", str(data), "-o", str(out), "--shard", f"{k}/2", checkpoint=checkpoint, check=0, in_process=True)
+        paths = set(pq.read_table(out)["path"].to_pylist())
+        assert all(p.startswith(str(tmp_path / mount)) for p in paths)  # named by identity: the real file
+        names.append({os.path.basename(p) for p in paths})
+    assert names[0] and names[1] and not names[0] & names[1]
+    assert names[0] | names[1] == {p.name for p in folder.glob("clip*.wav")}
+
+
+def test_overwrite_removes_nothing_while_another_job_writes(checkpoint, folder, tmp_path):
+    from audioclip.embeddings_io import EmbeddingWriter, OutputLockedError, output_lock
+    from audioclip.io import exclusive_lock
+
+    out = tmp_path / "emb.parquet"
+    cli("embed", str(folder / "clip0.wav"), "-o", str(out), checkpoint=checkpoint, check=0, in_process=True)
+    before = out.read_bytes()
+    with exclusive_lock(output_lock(out)):  # another job holds it (a race past the early look is the same)
+        with pytest.raises(OutputLockedError):
+            EmbeddingWriter(out, checkpoint="c@1", overwrite=True)
+        proc = cli("embed", str(folder / "clip1.wav"), "-o", str(out), "--overwrite", checkpoint=checkpoint,
+                   in_process=True)
+    assert proc.returncode == 2 and out.read_bytes() == before
+    again = cli("embed", str(folder / "clip1.wav"), "-o", str(out), "--overwrite", checkpoint=checkpoint, check=0,
+                in_process=True)
+    assert "(1 now, 0 before)" in again.stderr
+    assert set(pq.read_table(out)["path"].to_pylist()) == {os.path.realpath(folder / "clip1.wav")}
+
+
 def test_two_shards_equal_one_run(checkpoint, folder, tmp_path):
     whole = tmp_path / "whole.parquet"
     cli("embed", str(folder), "-o", str(whole), checkpoint=checkpoint, check=0, in_process=True)

@@ -48,6 +48,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -73,6 +74,7 @@ __all__ = [
     "check_not_locked",
     "format_for",
     "read_embeddings",
+    "remove_output",
     "rows_table",
     "run_settings",
     "schema",
@@ -624,6 +626,25 @@ def write_part(parts: str | os.PathLike, table: pa.Table, settings: Mapping[str,
     return path
 
 
+def remove_output(out: str | os.PathLike) -> None:
+    """Everything an earlier embed wrote at a local ``out``: the file, its parts, an .npy's index, the sidecar;
+    for a folder output, its parts. Call it holding the output's lock (``EmbeddingWriter(overwrite=True)``)."""
+    out = Path(out)
+    if out.is_dir():
+        for part in out.glob("part-*.parquet"):
+            part.unlink()
+        return
+    parts = out.with_name(out.name + ".parts")
+    if parts.is_dir():
+        shutil.rmtree(parts)
+    for extra in (out.with_name(out.name + ".meta.json"),
+                  out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None):
+        if extra is not None and extra.is_file():
+            extra.unlink()
+    if out.is_file():
+        out.unlink()
+
+
 def output_lock(out: str | os.PathLike, folder: bool | None = None) -> Path:
     """The lock file of a local output: ``.lock`` inside a folder output, ``.NAME.lock`` beside a file."""
     folder = os.path.isdir(out) or os.fspath(out).endswith("/") if folder is None else folder
@@ -646,11 +667,14 @@ class EmbeddingWriter:
     ``settings`` (:func:`run_settings`) are written with every part and with the
     output; a local output is locked (``.OUT.lock`` beside it) from the
     writer's creation to :meth:`finalize` or :meth:`close`, so that a second
-    job on the same output fails at once with :class:`OutputError`.
+    job on the same output fails at once with :class:`OutputLockedError`.
+    ``overwrite`` removes an earlier output (:func:`remove_output`) once the
+    lock is held.
     """
 
     def __init__(self, out: str | os.PathLike, checkpoint: str | None = None, fmt: str | None = None,
-                 part_size: int = 64, settings: Mapping[str, Any] | None = None, lock: bool = True):
+                 part_size: int = 64, settings: Mapping[str, Any] | None = None, lock: bool = True,
+                 overwrite: bool = False):
         self.files = _Files(out)
         self.out = Path(self.files.root) if self.files.local else self.files.root
         self.fmt = format_for(self.out, fmt)
@@ -679,6 +703,8 @@ class EmbeddingWriter:
                 raise OutputLockedError(
                     f"{self.out} is being written by another job now ({err.holder or 'its lock is held'}); "
                     "wait for it to finish, or write to another output", err.holder) from None
+        if overwrite and self.files.local:  # only now, holding the lock: never another job's work
+            remove_output(self.out)
 
     # -- context and lock
     def __enter__(self) -> EmbeddingWriter:
@@ -735,7 +761,7 @@ class EmbeddingWriter:
                         f"{self.out} was made with {key} = {settings[key]} ({where}); this run uses "
                         f"{self.settings[key]}. Write to a new output, or use the same settings.")
             # Outputs of earlier versions hold paths as they were spelled: compare resolved paths.
-            done.update(p if _is_uri(p) else os.path.realpath(p) for p in table["path"].to_pylist())
+            done.update(p if _is_uri(p) else os.path.realpath(p) for p in pc.unique(table["path"]).to_pylist())
         return done
 
     # -- adding

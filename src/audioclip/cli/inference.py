@@ -350,13 +350,6 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------
 
 
-def _remove_output(out) -> None:
-    """Everything an earlier embed wrote at ``out``: the file, its parts, an .npy's index, the settings sidecar."""
-    from audioclip.engines import remove_output
-
-    remove_output(out)
-
-
 def _check_engine(args: argparse.Namespace) -> None:
     if args.engine == "ray":
         require_extra("ray")
@@ -379,7 +372,8 @@ def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
 
         report = embed_with_ray(model, paths, args.output, fmt=args.format, options=_decode_options(args, model),
                                 batch_size=args.batch_size, precision=args.precision, audio_mode=args.audio_mode,
-                                files_per_part=args.flush_every, on_result=on_result, address=args.ray_address,
+                                files_per_part=args.flush_every, overwrite=args.overwrite, on_result=on_result,
+                                address=args.ray_address,
                                 num_gpus=args.num_gpus, concurrency=args.concurrency, device=args.device)
     note(args, f"{report.done + report.skipped} file(s) embedded ({report.done} now, {report.skipped} before), "
          f"{len(report.failed)} failed, {len(ignored)} non-media file(s) ignored; {report.rows} rows in {args.output}")
@@ -396,17 +390,22 @@ def _run_embed(args: argparse.Namespace) -> int:
     _check_engine(args)
     _check_model_options(args)
 
+    # Listed as the inputs name them and cut into shards so, the same on every machine whatever its
+    # mounts and links; then each file is named by its resolved path (its identity in the output).
     if args.engine == "ray":
         from audioclip.engines import list_inputs
 
-        paths, ignored = list_inputs(args.inputs)
+        paths, ignored = list_inputs(args.inputs, resolve=False)
     else:
-        paths, ignored = _expand(args, args.inputs, resolve=True)
+        paths, ignored = _expand(args, args.inputs)
     if args.shard:
         from audioclip.inference import shard as shard_of
 
         index, count = args.shard
         paths = shard_of(paths, index, count)
+    from audioclip.media.files import resolve_paths
+
+    paths = resolve_paths(paths)
     from audioclip.embeddings_io import check_not_locked
 
     check_not_locked(args.output)  # another job writing it: exit 2 now, not after loading the model
@@ -415,13 +414,12 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     from audioclip.embeddings_io import EmbeddingWriter, run_settings
 
-    if args.overwrite:
-        _remove_output(args.output)
     if args.engine == "ray":
         return _embed_with_ray(args, model, paths, ignored)
     settings = run_settings(model, _decode_options(args, model), precision=args.precision,
                             audio_mode="onnxruntime" if args.backend == "onnxruntime" else args.audio_mode)
-    writer = EmbeddingWriter(args.output, fmt=args.format, part_size=args.flush_every, settings=settings)
+    writer = EmbeddingWriter(args.output, fmt=args.format, part_size=args.flush_every, settings=settings,
+                             overwrite=args.overwrite)  # an earlier output goes only once the lock is held
     done_before = writer.done_paths()
     todo = [p for p in paths if p not in done_before]
     skipped = len(paths) - len(todo)

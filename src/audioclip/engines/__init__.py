@@ -46,11 +46,12 @@ class EmbedReport:
     seconds: float = 0.0
 
 
-def list_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+def list_inputs(inputs: Iterable[str | os.PathLike], *, resolve: bool = True) -> tuple[list[str], list[str]]:
     """Files to embed, and the non-media files ignored: :func:`audioclip.inference.expand_paths`.
 
     Local files are named by their resolved absolute paths (a file named two
-    ways, or through a link, is one file: one set of rows in the output).
+    ways, or through a link, is one file: one set of rows in the output);
+    ``resolve=False`` names them as found under the inputs.
 
     Inputs may also be object-store URIs (``s3://bucket/sounds/``, any
     :mod:`pyarrow.fs` scheme): a folder is listed recursively there too. Only
@@ -63,7 +64,7 @@ def list_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[st
         text = os.fspath(item)
         (remote if "://" in text and not text.startswith("file://") else local).append(
             text[len("file://"):] if text.startswith("file://") else text)
-    files, ignored = expand_paths(local, resolve=True)
+    files, ignored = expand_paths(local, resolve=resolve)
     if remote:
         from pyarrow import fs as pafs
 
@@ -120,20 +121,3 @@ def embed_to(
     from .ray_engine import embed_with_ray
 
     return embed_with_ray(model, inputs, output, **common, **engine_options)
-
-
-def remove_output(out: str | os.PathLike) -> None:
-    """Everything an earlier embed wrote at a local ``out``: the file, its parts, an .npy's index, the sidecar."""
-    import shutil
-    from pathlib import Path
-
-    out = Path(out)
-    parts = out.with_name(out.name + ".parts")
-    if parts.is_dir():
-        shutil.rmtree(parts)
-    for extra in (out.with_name(out.name + ".meta.json"),
-                  out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None):
-        if extra is not None and extra.is_file():
-            extra.unlink()
-    if out.is_file():
-        out.unlink()

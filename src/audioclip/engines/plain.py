@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from ..embeddings_io import EmbeddingWriter, run_settings
 from ..inference import DecodeOptions, embed_files
-from . import EmbedReport, list_inputs, remove_output
+from . import EmbedReport, list_inputs
 
 __all__ = ["embed_plain"]
 
@@ -32,11 +32,10 @@ def embed_plain(
     start = time.perf_counter()
     options = options or DecodeOptions(image_size=model.visual.image_size)
     paths, ignored = list_inputs(inputs)
-    if overwrite:
-        remove_output(output)
     settings = run_settings(model, options, precision=precision, audio_mode=audio_mode, engine="plain")
     report = EmbedReport(output=os.fspath(output), engine="plain", ignored=ignored)
-    with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings) as writer:
+    with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings,
+                        overwrite=overwrite) as writer:
         done_before = writer.done_paths()
         todo = [p for p in paths if p not in done_before]
         report.skipped = len(paths) - len(todo)

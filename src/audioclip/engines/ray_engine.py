@@ -44,7 +44,7 @@ import numpy as np
 
 from ..embeddings_io import EmbeddingWriter, rows_table, run_settings, write_part
 from ..inference import DecodeOptions, decode_file, embed_decoded
-from . import EmbedReport, list_inputs, remove_output
+from . import EmbedReport, list_inputs
 
 __all__ = ["embed_with_ray"]
 
@@ -89,12 +89,11 @@ def embed_with_ray(
     start = time.perf_counter()
     options = options or DecodeOptions(image_size=model.visual.image_size)
     paths, ignored = list_inputs(inputs)
-    if overwrite:
-        remove_output(output)
     settings = run_settings(model, options, precision=precision, audio_mode=audio_mode, engine="ray")
     report = EmbedReport(output=os.fspath(output), engine="ray", ignored=ignored)
 
-    with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings) as writer:
+    with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings,
+                        overwrite=overwrite) as writer:
         done_before = writer.done_paths()
         todo = [p for p in paths if p not in done_before]
         report.skipped = len(paths) - len(todo)

@@ -17,7 +17,7 @@ from .errors import special_file_kind
 from .limits import MediaLimits
 from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-__all__ = ["MEDIA_EXTENSIONS", "DecodeOptions", "expand_paths"]
+__all__ = ["MEDIA_EXTENSIONS", "DecodeOptions", "expand_paths", "resolve_paths"]
 
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
@@ -57,6 +57,16 @@ def expand_paths(inputs: Iterable[str | os.PathLike], *, resolve: bool = False) 
         else:
             files[name(path)] = None
     return list(files), list(dict.fromkeys(ignored))
+
+
+def resolve_paths(paths: Iterable[str]) -> list[str]:
+    """Local paths as resolved absolute paths, in order, each file once; URIs (``s3://...``) as they are.
+
+    For lists made with ``expand_paths(resolve=False)`` and then cut (``--shard``):
+    the cut depends on the paths as the inputs name them, the same on every
+    machine, while the output names each file by its identity.
+    """
+    return list(dict.fromkeys(p if "://" in p else os.path.realpath(p) for p in paths))
 
 
 @dataclass(frozen=True)
