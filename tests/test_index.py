@@ -544,6 +544,68 @@ def test_a_file_named_two_ways_or_through_links_is_one_record(checkpoint, librar
     assert sorted(rows_per_file(db)) == [str(real / "pictures" / "a.png"), str(real / "pictures" / "b.jpg")]
 
 
+def test_a_folder_moved_and_linked_back_leaves_no_stale_record(checkpoint, db, tmp_path, tiny):
+    """Index /data/music, move it to /mnt/music and leave a link /data/music -> /mnt/music: the next run
+    reuses the vectors under the resolved names and drops the old ones (which the link still reaches)."""
+    data, mnt = tmp_path.resolve() / "data", tmp_path.resolve() / "mnt"
+    music = data / "music"
+    music.mkdir(parents=True)
+    mnt.mkdir()
+    sf.write(music / "a.wav", noise(1.0, 71), SR)
+    picture(music / "b.png", 72)
+    (music / "bad.wav").write_bytes(b"not a sound at all")
+    index = open_index(db, checkpoint, tiny)
+    assert len(index.add(music).added) == 2 and index.meta["paths"] == "resolved"
+    assert list(open_store(db).failures()) == [str(music / "bad.wav")]
+
+    os.rename(music, mnt / "music")
+    music.symlink_to(mnt / "music", target_is_directory=True)
+    assert os.path.isfile(music / "a.wav")  # the old names still reach the files
+    report = index.add(music)
+    moved = [str(mnt / "music" / n) for n in ("a.wav", "b.png")]
+    assert sorted(report.reused) == moved and report.added == report.updated == []
+    assert sorted(report.removed) == [str(music / n) for n in ("a.wav", "b.png")]
+    assert sorted(rows_per_file(db)) == moved
+    assert sorted(h.path for h in index.search(vector=np.ones(64, np.float32) / 8, k=10)) == moved
+    assert list(open_store(db).failures()) == [str(mnt / "music" / "bad.wav")]  # the failure too
+    assert_no_duplicates(db)
+    again = index.add(music)
+    assert (again.unchanged, again.indexed_now, again.removed) == (2, 0, [])
+
+
+def test_a_file_reached_through_a_link_in_the_folder_stays_until_removed_by_its_path(checkpoint, db, tmp_path,
+                                                                                     tiny):
+    """music/link.wav -> ext/x.wav is recorded as ext/x.wav, outside the folder indexed. Nothing tells it
+    from a file named directly on an earlier run, so removing the link does not drop it, not even with
+    --prune (its file exists); Index.remove by its recorded path does."""
+    music, ext = tmp_path.resolve() / "music", tmp_path.resolve() / "ext"
+    music.mkdir()
+    ext.mkdir()
+    sf.write(music / "a.wav", noise(1.0, 81), SR)
+    sf.write(ext / "x.wav", noise(1.5, 82), SR)
+    (music / "link.wav").symlink_to(ext / "x.wav")
+    index = open_index(db, checkpoint, tiny)
+    assert sorted(index.add(music).added) == sorted([str(music / "a.wav"), str(ext / "x.wav")])
+
+    (music / "link.wav").unlink()
+    for prune in (False, True):
+        report = index.add(music, prune=prune)
+        assert (report.unchanged, report.removed) == (1, [])  # x.wav: not looked at, kept
+    assert sorted(rows_per_file(db)) == sorted([str(music / "a.wav"), str(ext / "x.wav")])
+    assert index.remove(music / "link.wav") == []  # the link's name: not what the index recorded
+    assert index.remove(ext / "x.wav") == [str(ext / "x.wav")]
+    assert sorted(rows_per_file(db)) == [str(music / "a.wav")]
+
+    (music / "link.wav").symlink_to(ext / "x.wav")  # while the link exists, its name resolves to the file
+    index.add(music)
+    assert index.remove(music / "link.wav") == [str(ext / "x.wav")]
+    assert index.add(music).added == [str(ext / "x.wav")]
+    (music / "link.wav").unlink()
+    os.remove(ext / "x.wav")  # once its file is gone too: --prune drops it (a run without looks only in music)
+    assert index.add(music).removed == []
+    assert index.add(music, prune=True).removed == [str(ext / "x.wav")]
+
+
 def test_a_replaced_file_with_the_same_size_and_mtime_is_hashed_not_trusted(checkpoint, library, db, tiny):
     index = open_index(db, checkpoint, tiny)
     index.add(library)

@@ -8,7 +8,10 @@ what the file was when embedded: size, mtime (ns), content hash, and
 under another name (``a/../a/x.wav``, a path through a link): such a record is
 moved to the resolved name with its vectors copied (``reused``), not embedded
 again, and once none is left the metadata says ``"paths": "resolved"`` so that
-later runs skip the check.
+later runs skip the check. A record whose path stops being a resolved path (a
+folder on the way moved and replaced by a link to its new place) is dropped by
+the next run over it, like a gone file: the file is found under its resolved
+name, its vectors reused by content hash.
 
 **What changed.** Size and mtime first: both equal and the same
 ``(dev, inode)`` means unchanged, without reading the file (a record from
@@ -188,6 +191,7 @@ def update_index(
     reuse: list[tuple[_Todo, FileRecord]] = []  # (file, the record whose vectors it gets)
     duplicates: list[FileRecord] = []  # other names of files whose record stays
     statted: set[str] = set()  # found and stat-ed this run: not gone
+    matched: set[int] = set()  # file ids of the records of files found this run (under any name)
     for path in found:
         try:
             path.encode("utf-8")
@@ -204,6 +208,7 @@ def update_index(
         old, other_names = stored.get(path), aliases.pop(path, [])
         if old is None and other_names:  # the same file, stored under another name by an older index
             old, other_names = other_names[0], other_names[1:]
+        matched.update(r.file_id for r in ([old] if old is not None else []) + other_names)
         # other_names: more records of this very file (names an older index used). They go in the
         # commit that writes this file's record, or with the removals if its record stays as it is.
         same_name = old is not None and old.path == path
@@ -243,8 +248,20 @@ def update_index(
                 continue
         todo.append(item)
 
-    gone = lambda p: p not in statted and not os.path.isfile(p)  # noqa: E731
-    removed = [r for p, r in stored.items() if (prune or _in_scope(p, roots, named)) and gone(p)]
+    def gone(p: str) -> bool:
+        """Whether the record of ``p`` (in scope, not found this run) is to be dropped: its file is gone, or
+        ``p`` is no longer a resolved path (a folder on the way became a link: the file is found, if at
+        all, under its resolved name, and ``p`` would be a second record of it). In an index that may
+        still hold unresolved names, those outside this run's folders wait to be moved by a run over
+        theirs (``aliases``)."""
+        if p in statted:
+            return False
+        if not os.path.isfile(p):
+            return True
+        return (paths_resolved or _in_scope(p, roots, named)) and os.path.realpath(p) != p
+
+    removed = [r for p, r in stored.items()
+               if r.file_id not in matched and (prune or _in_scope(p, roots, named)) and gone(p)]
     removed_ids = {r.file_id for r in removed}
     gone_failures = [f.file_id for p, f in failures.items() if (prune or _in_scope(p, roots, named)) and gone(p)]
     if report.unresolved is not None:  # other names left: not found again this run, not gone
