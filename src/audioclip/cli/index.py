@@ -321,6 +321,16 @@ def _run_serve(args: argparse.Namespace) -> int:
                  max_query_seconds=args.max_query_seconds)
 
 
+def _allowed_host(text: str) -> str:
+    """An ``--allowed-host`` value, as the Host check compares it (a usage error if it is no host name)."""
+    from audioclip.index.hosts import host_name
+
+    try:
+        return host_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="a web page to search an index (text, uploaded sound or picture)",
@@ -335,10 +345,11 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                         "machine only; the page serves your indexed files to anyone who can reach it)")
     parser.add_argument("--port", type=port, default=8000, help="TCP port, 1-65535 (default: 8000)")
-    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+    parser.add_argument("--allowed-host", action="append", metavar="NAME", type=_allowed_host,
                         help="a host name (or address) that requests may name in their Host header, besides "
                         "localhost, 127.0.0.1, [::1] and the --host address; repeat for more. Needed with "
-                        "--host 0.0.0.0 to be reached by a name (e.g. --allowed-host mypc.lan)")
+                        "--host 0.0.0.0 to be reached by a name (e.g. --allowed-host mypc.lan; a port, as in "
+                        "mypc.lan:8000, is ignored: any port of that name is accepted; IPv6 as [fe80::1])")
     parser.add_argument("--max-upload-mb", type=positive_float, default=20.0, metavar="MB",
                         help="largest query upload (default: 20 MB)")
     parser.add_argument("--max-query-seconds", type=positive_float, default=600.0, metavar="SECONDS",

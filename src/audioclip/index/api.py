@@ -154,6 +154,22 @@ class Index:
                                            audio_mode="default")
         return self._model
 
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the model computes: a caller embedding in steps holds it for one model call at a time."""
+        return self._model_lock
+
+    @property
+    def precision(self) -> str:
+        """The precision queries are embedded in ("fp32", "bf16", "fp16")."""
+        return self._precision
+
+    def decode_options(self) -> DecodeOptions:
+        """How a query file is decoded: the index's own options (a new index: the model's picture size)."""
+        from ..media.files import DecodeOptions
+
+        return self._options() if self.meta else DecodeOptions(image_size=self.model.visual.image_size)
+
     def _options(self, given: dict | None = None) -> DecodeOptions:
         """The decoding options: the index's own (fixed at creation); ``given`` ones must agree."""
         from ..media.files import DecodeOptions
@@ -334,9 +350,9 @@ class Index:
             return vector.cpu().numpy()
         modality, path = ("audio", audio) if audio is not None else ("image", image)
         path = os.fspath(path)
-        from ..inference import DecodeOptions, embed_files
+        from ..inference import embed_files
 
-        options = self._options() if self.meta else DecodeOptions(image_size=model.visual.image_size)
+        options = self.decode_options()
         with self._model_lock:
             result = next(iter(embed_files(model, [path], precision=self._precision, options=options)))
         if not result.ok:

@@ -43,7 +43,6 @@ logged to stderr and answered 500.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import logging
 import mimetypes
@@ -66,14 +65,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..inference import DecodeOptions
 from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+from ..media.files import DecodeOptions
 from .api import Index, QueryError
+from .hosts import host_name, request_host_name
 from .httpd import ConnectionLimits, FramingGuard, protocol_class
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
 from .store import IndexStoreError
-from .uploads import QUERY_BATCH, UploadError, decode_upload, embed_upload, start_worker_pool
+from .uploads import (
+    QUERY_BATCH,
+    SearchesFirst,
+    UploadError,
+    decode_upload,
+    decoded_bound,
+    embed_upload,
+    query_options,
+    start_worker_pool,
+)
 
 __all__ = ["ConnectionLimits", "SearchServer", "allowed_host_names", "make_server", "serve"]
 
@@ -84,11 +93,14 @@ MAX_OFFSET = 400  # the deepest page: offset + k results are ranked for it
 MAX_QUERY_CHARS = 1000  # of a text query (CLIP reads 77 tokens; this is far beyond)
 MAX_QUERY_STRING = 8192  # bytes of a request's ?query (h11 takes heads of up to 16 kB)
 MAX_FIELDS = 20  # parameters in it
-MAX_UPLOADS = 2  # uploads processed at once; more get 503
+MAX_UPLOADS = 2  # uploads decoded and embedded at once; more get 503
+MAX_RECEIVING = 8  # upload bodies being received at once; more get 503
 MAX_QUERY_SECONDS = 600.0  # of an uploaded recording
 DECODE_TIMEOUT = 120.0  # s a worker may take to decode an upload
 CACHE_BYTES = 64_000_000  # the picture cache beside the index
 CHUNK = 1 << 16  # bytes per read of a served file
+# how the folders on an indexed file's path are opened (see _open_indexed): O_PATH (Linux) needs no read permission
+FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _INT64 = re.compile(r"-?[0-9]{1,19}")
 _WHOLE = re.compile(r"[0-9]{1,9}")
 _TYPES = {".flac": "audio/flac", ".opus": "audio/ogg", ".oga": "audio/ogg", ".ogg": "audio/ogg", ".m4a": "audio/mp4",
@@ -131,15 +143,24 @@ class _Site:
 
     def __init__(self, index: Index, *, max_upload: int, max_uploads: int, max_query_seconds: float,
                  decode_timeout: float, limits: ConnectionLimits, upload_batch: int = QUERY_BATCH,
-                 cache_bytes: int = CACHE_BYTES):
+                 cache_bytes: int = CACHE_BYTES, max_receiving: int = MAX_RECEIVING,
+                 max_receiving_bytes: int | None = None, max_decoded_bytes: int | None = None):
         self.index = index
         self.max_upload, self.max_uploads = max_upload, max_uploads
+        self.max_receiving = max_receiving
+        self.max_receiving_bytes = max_receiving_bytes or 4 * max_upload
+        self.max_decoded_bytes = max_decoded_bytes  # None: decoded_bound of the query options
         self.max_query_seconds, self.decode_timeout = max_query_seconds, decode_timeout
         self.limits = limits
         self.upload_batch = upload_batch
         folder = getattr(index.store, "cache_dir", None)
         self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
-        self.uploads = 0  # in progress; only changed on the event loop's thread
+        # Only changed on the event loop's thread: uploads decoded or embedded now (at most max_uploads), and
+        # bodies being received (at most max_receiving, of max_receiving_bytes in all, by Content-Length).
+        self.uploads = 0
+        self.receiving = 0
+        self.receiving_bytes = 0
+        self.turns = SearchesFirst()  # text searches go before an upload's next batch
         self._options: DecodeOptions | None = None
 
     def routes(self) -> list[Route]:
@@ -180,8 +201,13 @@ class _Site:
         if len(text) > MAX_QUERY_CHARS:
             raise _Refused(400, f"the text is too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
         k, offset, modality = _params(query)
-        return self._answer(lambda n: self.index.search(text, k=n, modality=modality), k, offset, {"text": text},
-                            started)
+        return self._answer(lambda n: self.index.search(vector=self._embed_text(text), k=n, modality=modality),
+                            k, offset, {"text": text}, started)
+
+    def _embed_text(self, text: str):
+        """``Index.embed_query(text)``, ahead of an upload's next batch (:class:`SearchesFirst`)."""
+        with self.turns.searching():
+            return self.index.embed_query(text)
 
     def _answer(self, search, k: int, offset: int, described: dict, started: float) -> Response:
         """Rank ``offset + k + 1`` results with ``search(n)`` and answer the page of ``k`` from ``offset``."""
@@ -221,30 +247,52 @@ class _Site:
             raise _Refused(400, "kind must be audio or image")
         k, offset, modality = _params(query)
         name = _client_name(query.get("name", "")) or "the upload"
-        if self.uploads >= self.max_uploads:
-            raise _Refused(503, "busy: other uploads are being searched; try again in a moment",
-                           headers={"Retry-After": "5"})
-        self.uploads += 1
-        folder = tempfile.mkdtemp(prefix="audioclip-query-")  # mode 0700: the server's user only
+        self._check_decode_slot()  # full now: 503 before the body is sent for nothing
+        if self.receiving >= self.max_receiving or self.receiving_bytes + length > self.max_receiving_bytes:
+            raise _Refused(503, "busy: other uploads are arriving; try again in a moment", headers={"Retry-After": "5"})
+        # The body is received under the receiving caps only: a slow sender holds no decoding slot.
+        folder = None
+        self.receiving += 1
+        self.receiving_bytes += length
         try:
-            suffix = os.path.splitext(name)[1].lower()
-            if suffix not in AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-                suffix = ""  # the content is sniffed instead
-            path = os.path.join(folder, "query" + suffix)
-            await self._receive(request, path, length, name)
-            options = self._options or await run_in_threadpool(self._upload_options)
-            decoded = await run_in_threadpool(decode_upload, path, name, options, self.decode_timeout)
-            with _store_errors():
-                vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name, self.upload_batch)
-            del decoded  # its memory maps, before the folder goes
-            return await run_in_threadpool(self._answer, lambda n: self.index.search(vector=vector, k=n,
-                                                                                      modality=modality),
-                                           k, offset, {kind: name}, started)
+            try:
+                folder = await run_in_threadpool(_private_folder)
+                suffix = os.path.splitext(name)[1].lower()
+                if suffix not in AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                    suffix = ""  # the content is sniffed instead
+                path = os.path.join(folder, "query" + suffix)
+                await self._receive(request, path, length, name)
+            finally:
+                self.receiving -= 1
+                self.receiving_bytes -= length
+            self._check_decode_slot()
+            self.uploads += 1  # no await between the check and this: the loop's thread only
+            try:
+                options = self._options or await run_in_threadpool(self._upload_options)
+                decoded = await run_in_threadpool(decode_upload, path, name, options, self.decode_timeout,
+                                                  self._decoded_bytes(options))
+                with _store_errors():
+                    vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name,
+                                                     self.upload_batch, self.turns)
+                del decoded  # its memory maps, before the folder goes
+                return await run_in_threadpool(self._answer, lambda n: self.index.search(vector=vector, k=n,
+                                                                                          modality=modality),
+                                               k, offset, {kind: name}, started)
+            finally:
+                self.uploads -= 1
         except UploadError as err:
             raise _Refused(err.status, err.message) from None
         finally:
-            self.uploads -= 1
-            await run_in_threadpool(shutil.rmtree, folder, True)
+            if folder is not None:
+                await run_in_threadpool(shutil.rmtree, folder, True)
+
+    def _check_decode_slot(self) -> None:
+        if self.uploads >= self.max_uploads:
+            raise _Refused(503, "busy: other uploads are being searched; try again in a moment",
+                           headers={"Retry-After": "5"})
+
+    def _decoded_bytes(self, options: DecodeOptions) -> int:
+        return self.max_decoded_bytes if self.max_decoded_bytes is not None else decoded_bound(options)
 
     async def _receive(self, request: Request, path: str, length: int, name: str) -> None:
         """Write the request body to ``path``: each piece within ``body_idle_timeout``, all within ``body_timeout``."""
@@ -258,7 +306,7 @@ class _Site:
                 wait = min(self.limits.body_idle_timeout, deadline - loop.time())
                 try:
                     message = await asyncio.wait_for(request.receive(), max(0.0, wait))
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on, two before
                     raise _Refused(408, f"{name}: the upload was too slow", close=True) from None
                 if message["type"] == "http.disconnect":
                     raise _Refused(400, f"{name}: the upload was cut short", close=True)
@@ -272,12 +320,10 @@ class _Site:
             raise _Refused(400, f"{name}: the upload was cut short", close=True)
 
     def _upload_options(self) -> DecodeOptions:
-        """The index's decoding options, with the query duration limit (loads the model if needed)."""
-        index = self.index
+        """The index's decoding options with the query limits: duration, channels (loads the model if needed)."""
         with _store_errors():
-            options = index._options() if index.meta else DecodeOptions(image_size=index.model.visual.image_size)
-        limits = dataclasses.replace(options.limits, max_duration=self.max_query_seconds)
-        self._options = dataclasses.replace(options, limits=limits)
+            options = self.index.decode_options()
+        self._options = query_options(options, self.max_query_seconds)
         return self._options
 
     # -- indexed files --
@@ -348,6 +394,15 @@ class _Site:
                     pass  # a read-only index: serve it uncached
         content_type = "image/jpeg" if what == "thumb" else "image/png"
         return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=300"})
+
+
+def _private_folder() -> str:
+    """A new temporary folder for one upload (mode 0700: the server's user only); 503 if none can be made."""
+    try:
+        return tempfile.mkdtemp(prefix="audioclip-query-")
+    except OSError as err:
+        log.error("cannot make a folder for an upload: %s", err)
+        raise _Refused(503, "the server cannot store an upload now; see the server's log") from None
 
 
 class _store_errors:  # noqa: N801 (used as a statement: `with _store_errors():`)
@@ -438,19 +493,24 @@ def _open_indexed(record) -> int | None:
     be a regular one (``O_NONBLOCK``: a FIFO put in its place does not block
     the open) of the recorded size and modification time, and device and
     inode when the record has them.
+
+    The folders are opened with ``O_PATH`` where there is one (Linux): a
+    handle to walk from, which needs search (``x``) permission on the way
+    but not read permission on the folder itself, as an ordinary open of
+    the path would; a folder of mode 0711 is no obstacle.
     """
     parts = record.path.split("/")
     if len(parts) < 2 or parts[0] != "" or any(p in ("", ".", "..") for p in parts[1:]):
         return None  # not absolute, or not a plain path: the index never records one
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        folder = os.open("/", flags | os.O_DIRECTORY)
+        folder = os.open("/", FOLDER_FLAGS)
     except OSError:
         return None
     fd = None
     try:
         for part in parts[1:-1]:
-            child = os.open(part, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            child = os.open(part, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=folder)
             os.close(folder)
             folder = child
         fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
@@ -531,10 +591,7 @@ class _HostGuard:
 
 
 def _host_name(scope) -> str:
-    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0]
+    return request_host_name(next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1"))
 
 
 class _SecurityHeaders:
@@ -560,18 +617,26 @@ class _SecurityHeaders:
 
 
 def allowed_host_names(host: str, extra=()) -> frozenset[str]:
-    """Names accepted in the ``Host`` header: loopback ones, ``host`` unless a wildcard, and ``extra``."""
+    """Names accepted in the ``Host`` header: loopback ones, ``host`` unless a wildcard, and ``extra``.
+
+    Each is taken by :func:`~audioclip.index.hosts.host_name` (lower-case, any ``:port`` dropped, IPv6 in
+    brackets); a value of ``extra`` that is no host name or address raises ``ValueError``; a ``host`` that is
+    none (it is checked when bound) adds nothing.
+    """
     names = set(_LOOPBACK_NAMES)
-    for name in [host, *extra]:
-        name = name.strip().lower()
+    for i, given in enumerate([host, *extra]):
         try:
-            address = ipaddress.ip_address(name.strip("[]"))
+            name = host_name(given)
         except ValueError:
-            if name:
-                names.add(name)
-            continue
-        if not address.is_unspecified:
-            names.add(f"[{address.compressed}]" if address.version == 6 else address.compressed)
+            if i == 0:
+                continue
+            raise
+        try:
+            unspecified = ipaddress.ip_address(name.strip("[]")).is_unspecified
+        except ValueError:
+            unspecified = False
+        if not unspecified:
+            names.add(name)
     return frozenset(names)
 
 
@@ -615,6 +680,11 @@ class SearchServer:
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    @property
+    def started(self) -> bool:
+        """Whether uvicorn is serving (False before ``start``, or when its thread died starting)."""
+        return bool(self._uvicorn.started) and self._thread is not None and self._thread.is_alive()
 
     @property
     def pictures(self) -> PictureCache | None:
@@ -664,15 +734,23 @@ def _bind(host: str, port: int) -> socket.socket:
 def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 20_000_000,
                 quiet: bool = False, *, allowed_hosts=(), max_uploads: int = MAX_UPLOADS,
                 max_query_seconds: float = MAX_QUERY_SECONDS, decode_timeout: float = DECODE_TIMEOUT,
-                limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH) -> SearchServer:
+                limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH,
+                max_receiving: int = MAX_RECEIVING, max_receiving_bytes: int | None = None,
+                max_decoded_bytes: int | None = None) -> SearchServer:
     """A server for ``index``, bound but not yet serving (``serve_forever`` or ``start``). ``port=0`` picks a free one.
 
-    Raises ``OSError`` when the address cannot be used.
+    ``max_uploads`` uploads are decoded and embedded at a time; ``max_receiving`` bodies are received at a time,
+    of at most ``max_receiving_bytes`` in all (default: 4 x ``max_upload``); an upload decodes to at most
+    ``max_decoded_bytes`` (default: :func:`~audioclip.index.uploads.decoded_bound`). Raises ``OSError`` when the
+    address cannot be used, ``ValueError`` for a bad ``allowed_hosts`` name.
     """
     limits = limits or ConnectionLimits()
+    allowed = allowed_host_names(host, allowed_hosts)
     site = _Site(index, max_upload=max_upload, max_uploads=max_uploads, max_query_seconds=max_query_seconds,
-                 decode_timeout=decode_timeout, limits=limits, upload_batch=upload_batch)
-    app = build_app(site, allowed_host_names(host, allowed_hosts))
+                 decode_timeout=decode_timeout, limits=limits, upload_batch=upload_batch,
+                 max_receiving=max_receiving, max_receiving_bytes=max_receiving_bytes,
+                 max_decoded_bytes=max_decoded_bytes)
+    app = build_app(site, allowed)
     server = SearchServer(site, app, _bind(host, port), limits, quiet)
     threading.Thread(target=start_worker_pool, daemon=True).start()  # so that the first upload need not wait
     return server
@@ -695,6 +773,12 @@ def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: i
     names = sorted(allowed_host_names(host, options.get("allowed_hosts", ())))
     print(f"requests must name one of these hosts: {', '.join(names)} (--allowed-host adds one)", file=sys.stderr)
     server.start()
+    if not server.started:  # uvicorn's thread died (or hung) at start-up: it has logged why
+        server.shutdown(5)
+        server.server_close()
+        print(f"audioclip: error: the server did not start on {host}:{server.port} (see the messages above)",
+              file=sys.stderr)
+        return 1
     try:
         while server._thread.is_alive():
             server._thread.join(0.5)

@@ -6,15 +6,22 @@ libraries. So the server never decodes one itself:
 
 1. :func:`decode_upload` forks a worker (from a fork server that imported
    torch and the decoders once: a worker starts in milliseconds) that decodes
-   the file, under the media layer's limits (``DecodeOptions.limits``),
+   the file, under the media layer's limits (``DecodeOptions.limits``; the
+   server lowers ``max_channels`` for queries, :func:`query_options`),
    into the upload's private folder: the audio windows as one raw array, the
    picture or video frames as another, and ``meta.json``. A worker over its
    time budget is killed; one that crashes is reported, and the server goes
-   on.
+   on. What the worker writes is bounded too (``max_bytes``): a small file
+   can decode to a great deal (a 128 kB WAV of 64 channels at 100 Hz is
+   113 MB of float32 at 44.1 kHz), so the writer keeps a running count and
+   stops past the bound ("too large once decoded", 413), and the worker's
+   ``RLIMIT_FSIZE`` stops any single file a little past it as a backstop.
 2. :func:`embed_upload` embeds the windows here (the model lives here),
-   taking ``index._model_lock`` for one batch at a time, so that text
+   taking ``index.model_lock`` for one batch at a time, so that text
    searches, which take the same lock, are answered between two batches of
-   a long recording instead of after all of it.
+   a long recording instead of after all of it. Text searches that are
+   waiting go first (:class:`SearchesFirst`): the upload takes the lock for
+   its next batch only once no search is waiting.
 
 The query vector is the one :meth:`Index.embed_query` gives for the same file,
 bit for bit: the same decoding (:class:`~audioclip.inference._DecodedFiles`),
@@ -27,10 +34,13 @@ of the temporary copy.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import json
 import multiprocessing
 import os
-import time
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,16 +48,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import DecodeOptions, Embedding, FileResult, _DecodedFiles, autocast
+from ..inference import Embedding, FileResult, _DecodedFiles, autocast
+from ..media.files import DecodeOptions
 
 if TYPE_CHECKING:
     from .api import Index
 
-__all__ = ["QUERY_BATCH", "DecodedUpload", "UploadError", "decode_upload", "embed_upload", "start_worker_pool"]
+__all__ = ["MAX_QUERY_CHANNELS", "QUERY_BATCH", "DecodedUpload", "SearchesFirst", "UploadError", "decode_upload",
+           "decoded_bound", "embed_upload", "query_options", "start_worker_pool"]
 
 QUERY_BATCH = 16  # windows per model call and per hold of the model lock: embed_files' default batch
+MAX_QUERY_CHANNELS = 8  # audio channels of an uploaded query (7.1 is 8): a query is a sound, not a session
 _WINDOWS, _FRAMES, _META = "windows.raw", "frames.raw", "meta.json"
-_LOCK_GAP = 0.005  # s between two batches with the lock released (see embed_upload)
+_FRAMES_ALLOWANCE = 16_000_000  # bytes beyond the audio's share of the bound: a picture's or video's frames
+_FSIZE_SLACK = 1 << 20  # bytes RLIMIT_FSIZE allows past the bound (the running count stops first)
+_SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for text searches to go first
 
 
 class UploadError(Exception):
@@ -77,6 +92,31 @@ class DecodedUpload:
 # -- decoding, in a worker process ----------------------------------------------------------
 
 
+def query_options(options: DecodeOptions, max_seconds: float) -> DecodeOptions:
+    """The index's decoding options for a query upload: at most ``max_seconds`` of sound and
+    :data:`MAX_QUERY_CHANNELS` channels (any number when the index is mono: they are averaged into one)."""
+    limits = dataclasses.replace(options.limits, max_duration=max_seconds)
+    if not options.mono:
+        limits = dataclasses.replace(limits, max_channels=min(limits.max_channels, MAX_QUERY_CHANNELS))
+    return dataclasses.replace(options, limits=limits)
+
+
+def decoded_bound(options: DecodeOptions) -> int:
+    """Bytes an upload may decode to: its longest sound (``limits.max_duration``) in stereo (one channel when
+    the index is mono) as float32 windows, overlapping ones counted as often as they are written, and the
+    frames of a picture or video. A longer recording, or one of more channels, may be refused as too large
+    once decoded even though it is within the duration and channel limits."""
+    channels = 1 if options.mono else 2
+    hop = options.hop or options.window
+    overlap = max(1.0, options.window / hop) if hop > 0 else 1.0
+    audio = options.limits.max_duration * options.sample_rate * channels * 4 * overlap
+    return int(audio + options.window * options.sample_rate * channels * 4) + _FRAMES_ALLOWANCE
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def _context():
     """Fork server where available: forking this (threaded) server itself could copy a lock held by another thread."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -97,39 +137,83 @@ def _nothing() -> None:
     pass
 
 
-def _decode_worker(path: str, options: DecodeOptions, folder: str) -> None:
-    """In the worker: decode ``path`` into ``folder`` (raw arrays, then ``meta.json`` last)."""
+def _limit_file_size(max_bytes: int) -> None:
+    """The backstop: no file this process writes grows past ``max_bytes`` (and a little); EFBIG, not SIGXFSZ."""
+    try:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        soft = max_bytes + _FSIZE_SLACK
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    except (ImportError, AttributeError, ValueError, OSError):  # not on this system: the running count remains
+        pass
+
+
+def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: int | None = None) -> None:
+    """In the worker: decode ``path`` into ``folder`` (raw arrays, then ``meta.json`` last), at most
+    ``max_bytes`` of them."""
     torch.set_num_threads(1)  # one core for a query: the server and the other users keep the rest
-    meta: dict = {"source": None, "error": None, "spans": [], "window": None, "frame": None}
-    with open(os.path.join(folder, _WINDOWS), "wb") as windows, open(os.path.join(folder, _FRAMES), "wb") as frames:
-        for piece in _DecodedFiles([path], options).pieces(0):
-            meta["source"] = piece["source"]
-            meta["error"] = meta["error"] or piece["error"]
-            for start, end, wave in piece["windows"]:
-                meta["window"] = _append(windows, wave)
-                meta["spans"].append((start, end))
-            for _, frame in piece["frames"]:
-                meta["frame"] = _append(frames, frame)
+    if max_bytes is not None:
+        _limit_file_size(max_bytes)
+    meta: dict = {"source": None, "error": None, "spans": [], "window": None, "frame": None, "too_large": False}
+    writer = _Writer(max_bytes)
+    try:
+        with open(os.path.join(folder, _WINDOWS), "wb") as windows, \
+                open(os.path.join(folder, _FRAMES), "wb") as frames:
+            for piece in _DecodedFiles([path], options).pieces(0):
+                meta["source"] = piece["source"]
+                meta["error"] = meta["error"] or piece["error"]
+                for start, end, wave in piece["windows"]:
+                    meta["window"] = writer.append(windows, wave)
+                    meta["spans"].append((start, end))
+                for _, frame in piece["frames"]:
+                    meta["frame"] = writer.append(frames, frame)
+    except _TooLarge:
+        meta["too_large"] = True
+    except OSError as err:  # EFBIG: the backstop (or the disk is full)
+        meta["too_large"] = err.errno == errno.EFBIG
+        meta["error"] = None if meta["too_large"] else "cannot be decoded (no room for it)"
+    if meta["too_large"]:
+        meta["spans"], meta["window"], meta["frame"] = [], None, None
+        for name in (_WINDOWS, _FRAMES):  # free the room now
+            with contextlib.suppress(OSError):
+                os.truncate(os.path.join(folder, name), 0)
     partial = os.path.join(folder, _META + ".part")
     with open(partial, "w") as out:
         json.dump(meta, out)
     os.replace(partial, os.path.join(folder, _META))
 
 
-def _append(out, tensor) -> tuple[list[int], str]:
-    array = np.ascontiguousarray(torch.as_tensor(tensor).numpy())
-    out.write(array.tobytes())
-    return list(array.shape), array.dtype.str
+class _Writer:
+    """Appends arrays to files, counting the bytes: past ``max_bytes`` (None: no bound), :class:`_TooLarge`."""
+
+    def __init__(self, max_bytes: int | None):
+        self.max_bytes, self.written = max_bytes, 0
+
+    def append(self, out, tensor) -> tuple[list[int], str]:
+        array = np.ascontiguousarray(torch.as_tensor(tensor).numpy())
+        self.written += array.nbytes
+        if self.max_bytes is not None and self.written > self.max_bytes:
+            raise _TooLarge
+        out.write(array.tobytes())
+        return list(array.shape), array.dtype.str
 
 
-def decode_upload(path: str, name: str, options: DecodeOptions, budget: float) -> DecodedUpload:
+def decode_upload(path: str, name: str, options: DecodeOptions, budget: float,
+                  max_bytes: int | None = None) -> DecodedUpload:
     """Decode the uploaded file ``path`` (its sender's name: ``name``) in a worker; raise :class:`UploadError`.
 
     Blocks for at most ``budget`` seconds (plus the worker's start); the
-    arrays are written beside ``path``, in its folder.
+    arrays are written beside ``path``, in its folder, at most ``max_bytes``
+    of them (None: :func:`decoded_bound` of ``options``).
     """
     folder = os.path.dirname(path)
-    process = _context().Process(target=_decode_worker, args=(path, options, folder), daemon=True)
+    max_bytes = decoded_bound(options) if max_bytes is None else max_bytes
+    process = _context().Process(target=_decode_worker, args=(path, options, folder, max_bytes), daemon=True)
     process.start()
     process.join(budget)
     if process.is_alive():
@@ -141,6 +225,9 @@ def decode_upload(path: str, name: str, options: DecodeOptions, budget: float) -
             meta = json.load(f)
     except (OSError, ValueError):
         raise UploadError(422, f"{name}: cannot be decoded (the decoder failed)") from None
+    if meta.get("too_large"):
+        raise UploadError(413, f"{name}: too large once decoded (over {max_bytes / 1e6:.0f} MB of samples; "
+                               "a shorter recording, or one of fewer channels, fits)")
     if meta["error"]:
         raise UploadError(400, f"{name}: {_scrub(meta['error'], path, name)}")
     if meta["source"] is None or not (meta["spans"] or meta["frame"]):
@@ -160,21 +247,60 @@ def _load(path: str, described) -> np.ndarray | None:
 def _scrub(reason: str, path: str, name: str) -> str:
     """A decoder's reason without the temporary path (libraries quote it), and the server's option named."""
     reason = reason.replace(path, name).replace(os.path.dirname(path), "")
-    return reason.replace("(--max-duration)", "(--max-query-seconds)")
+    return reason.replace("(--max-duration)", "(--max-query-seconds)").replace("(--max-channels)", "for a query")
 
 
 # -- embedding, here ------------------------------------------------------------------------
 
 
+class SearchesFirst:
+    """Text searches before an upload's next batch: the model lock handed over fairly.
+
+    A ``threading.Lock`` is not fair: the upload's thread, releasing it after
+    one batch and asking again at once, would mostly get it back before a
+    waiting text search woke up. So a text search says it is waiting
+    (:meth:`searching`, around the whole of its use of the model), and an
+    upload, before it takes the lock for its next batch, waits (:meth:`turn`)
+    until no search is waiting; at most ``patience`` seconds, so that a
+    steady stream of searches cannot stall an upload for ever. A search that
+    arrives while a batch runs waits for that batch only.
+    """
+
+    def __init__(self, patience: float = _SEARCH_PRIORITY_WAIT):
+        self.patience = patience
+        self._changed = threading.Condition()
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def searching(self):
+        with self._changed:
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def turn(self) -> None:
+        """Return once no text search is waiting (or after ``patience`` seconds)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._waiting, self.patience)
+
+
 def embed_upload(index: Index, decoded: DecodedUpload, modality: str, name: str,
-                 batch: int = QUERY_BATCH) -> np.ndarray:
+                 batch: int = QUERY_BATCH, turns: SearchesFirst | None = None) -> np.ndarray:
     """The unit query vector of a decoded upload, as :meth:`Index.embed_query` gives it for the file.
 
     ``modality`` is "audio" (the recording's windows, pooled) or "image" (the
     picture, or a video's frames, averaged). The model lock is held for one
-    batch of ``batch`` windows at a time, then released for a moment: a
-    ``threading.Lock`` is not fair, and without the pause this thread would
-    take it again before a waiting text search woke up.
+    batch of ``batch`` windows at a time; before each batch, text searches
+    waiting in ``turns`` go first.
     """
     arrays = decoded.windows if modality == "audio" else decoded.frames
     if arrays is None:
@@ -183,14 +309,14 @@ def embed_upload(index: Index, decoded: DecodedUpload, modality: str, name: str,
                                f"(it is {article} {decoded.source} file)")
     model = index.model
     device = model.device
-    precision = getattr(index, "_precision", "fp32")
+    precision = index.precision
     encode = model.encode_audio if modality == "audio" else model.encode_image
     vectors = []
     for first in range(0, len(arrays), batch):
         inputs = torch.from_numpy(np.array(arrays[first: first + batch]))
-        if first:
-            time.sleep(_LOCK_GAP)
-        with index._model_lock, torch.inference_mode(), autocast(device, precision):
+        if turns is not None:
+            turns.turn()
+        with index.model_lock, torch.inference_mode(), autocast(device, precision):
             vectors.extend(F.normalize(encode(inputs.to(device)).float(), dim=-1).cpu())
     # as embed_decoded and _complete put them together, so that FileResult.pooled gives the same vector
     result = FileResult(name, decoded.source)

@@ -1,0 +1,62 @@
+"""Host names as ``audioclip serve`` compares them with a request's ``Host`` header (no heavy imports: the
+command line checks ``--allowed-host`` values with :func:`host_name` before anything is loaded)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+__all__ = ["host_name", "request_host_name"]
+
+_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+
+def host_name(text: str) -> str:
+    """``text`` (a name or address, with or without a ``:port``) as the Host check compares it.
+
+    Lower-case, the port dropped (the check ignores ports), an IPv4 address
+    as written plainly and an IPv6 one in brackets, compressed
+    (``[::1]``; ``::1`` and ``[::1]:8000`` are taken too). Raises
+    ``ValueError`` for anything else: empty, spaces, slashes, a port that is
+    not 1-65535, a bracket that does not hold an IPv6 address.
+    """
+    given = text
+    text = text.strip().lower()
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([0-9a-f:.]+)\](?::([0-9]+))?", text, re.ASCII)
+        if not match:
+            raise ValueError(f"not a host name or address: {given!r}")
+        _check_port(match.group(2), given)
+        return _ipv6(match.group(1), given)
+    if text.count(":") >= 2:  # a bare IPv6 address (with a port it must be in brackets)
+        return _ipv6(text, given)
+    name, _, port = text.partition(":")
+    if _:
+        _check_port(port, given)
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a host name or address: {given!r}")
+    try:
+        return ipaddress.IPv4Address(name).compressed
+    except ValueError:
+        return name
+
+
+def _check_port(port: str | None, given: str) -> None:
+    if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        raise ValueError(f"not a port (1-65535) in {given!r}")
+
+
+def _ipv6(text: str, given: str) -> str:
+    try:
+        return f"[{ipaddress.IPv6Address(text).compressed}]"
+    except ValueError:
+        raise ValueError(f"not an IPv6 address: {given!r}") from None
+
+
+def request_host_name(header: str) -> str:
+    """The name a ``Host`` header gives (port dropped, lower-case, IPv6 compressed); '' if it gives none."""
+    try:
+        return host_name(header)
+    except ValueError:
+        return ""
