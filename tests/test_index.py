@@ -878,6 +878,70 @@ def test_leftovers_of_an_interrupted_table_write_do_not_block_the_next_run(check
         assert len(rows_per_file(db)) == 4
 
 
+def test_tables_with_rows_and_no_metadata_are_refused_never_cleared(checkpoint, library, tmp_path):
+    """An index whose audioclip-index.json was lost: every command refuses it in one line naming the folder
+    and what to do; nothing in it is removed."""
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    (db / "audioclip-index.json").unlink()
+    (db / ".writer.lock").write_text("process 999999 (a killed job)\n")  # what a killed writer leaves
+    (db / ".audioclip-index.json.x1y2.tmp").write_text("{")
+    before = {p: p.stat().st_size for p in db.rglob("*")}
+    for args in [("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu"),
+                 ("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu", "--prune"),
+                 ("search", "dog", "--db", db, "--device", "cpu"), ("index", "--db", db)]:
+        code, _, err = run_cli(*args)
+        assert code == 1 and len(err.strip().splitlines()) == 1, (args, err)
+        assert (f"{db}: holds an index's tables (6 committed row(s)) but no audioclip-index.json; restore that file"
+                in err and "choose a new --db" in err), err
+    with pytest.raises(IndexStoreError, match="6 committed row"):
+        Index.open(db)
+    store = LanceStore(db.parent / "elsewhere", create=True)  # and under the writer lock, at the last moment
+    store.path = db
+    with pytest.raises(IndexStoreError, match="restore that file"):
+        store.write_meta({"checkpoint": "x", "dim": 64})
+    assert {p: p.stat().st_size for p in db.rglob("*")} == before  # nothing removed, nothing written
+
+
+def test_leftovers_without_rows_are_cleared_and_an_empty_folder_is_no_index(checkpoint, library, tmp_path):
+    import lancedb
+
+    from audioclip.io import exclusive_lock
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for create in (False, True):
+        if not create:
+            with pytest.raises(IndexStoreError, match=r"no index here \(build one with"):
+                LanceStore(empty)
+        else:
+            LanceStore(empty, create=True)  # an empty folder is a fine place for a new index
+    code, _, err = run_cli("search", "dog", "--db", empty, "--device", "cpu")
+    assert code == 1 and "no index here (build one" in err and "interrupted" not in err, err
+
+    # Committed tables without a row (created empty, or every row deleted), a killed writer's lock file,
+    # a half-written metadata file: an interrupted first run's leftovers, which the next run clears.
+    db = tmp_path / "db"
+    connection = lancedb.connect(str(db))
+    connection.create_table("media", schema=row_schema(64))
+    failures = connection.create_table("failures", data=[{"file_id": 1, "path": "/x", "size": 1, "mtime_ns": 1,
+                                                          "error": "e"}])
+    failures.delete("file_id = 1")
+    (db / ".audioclip-index.json.x1y2.tmp").write_text("{")
+    with exclusive_lock(db / ".writer.lock"):  # a first run under way (loading its model, say)
+        code, _, err = run_cli("search", "dog", "--db", db, "--device", "cpu")
+        assert code == 1 and f"its first 'audioclip index' run, process {os.getpid()} (" in err, err
+    (db / ".writer.lock").write_text("process 999999 (a killed job)\n")  # released with its process
+    code, _, err = run_cli("search", "dog", "--db", db, "--device", "cpu")
+    assert code == 1 and "was interrupted before it wrote anything; run it again" in err, err
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0 and "4 added" in err, err
+    assert len(rows_per_file(db)) == 4 and open_store(db).failures() == {}
+    assert not (db / ".writer.lock").exists()  # the lock file goes when the lock is released
+    assert not any(p.name.endswith(".tmp") for p in db.iterdir())
+
+
 # -- bad input: one line, never a traceback -------------------------------------------------------
 
 

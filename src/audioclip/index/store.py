@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..io import atomic_write
+from ..io import atomic_write, held_by
 from .ann import AnnIndex
 
 __all__ = [
@@ -199,15 +199,23 @@ class LanceStore:
         import lancedb
 
         self.path = Path(path)
-        if not create and not self.exists(self.path):
-            if self.path.is_dir() and self._only_leftovers():
-                raise IndexStoreError(f"{self.path}: no index here yet (its first 'audioclip index' run was "
-                                      "interrupted before it wrote anything; run it again)")
-            raise IndexStoreError(f"{self.path}: no index here (build one with 'audioclip index FOLDER --db {self.path}')")
-        if create and self.path.exists() and not self.exists(self.path):
-            if not self.path.is_dir() or not self._only_leftovers():
-                raise IndexStoreError(f"{self.path}: exists and is not an audioclip index; choose a new path")
         self._lancedb = lancedb
+        if not self.exists(self.path):
+            found = self._without_meta() if self.path.is_dir() else "other" if self.path.exists() else "absent"
+            if found is None or isinstance(found, int):  # committed rows: an index whose metadata is lost
+                raise self._lost_meta(found)
+            if not create:
+                if found == "leftovers":
+                    holder = held_by(self.lock_file)
+                    if holder:
+                        raise IndexStoreError(f"{self.path}: no index here yet (its first 'audioclip index' run, "
+                                              f"{holder}, has not written it yet; try again later)")
+                    raise IndexStoreError(f"{self.path}: no index here yet (its first 'audioclip index' run was "
+                                          "interrupted before it wrote anything; run it again)")
+                raise IndexStoreError(f"{self.path}: no index here (build one with 'audioclip index FOLDER "
+                                      f"--db {self.path}')")
+            if found == "other":
+                raise IndexStoreError(f"{self.path}: exists and is not an audioclip index; choose a new path")
         self._connection = None  # connecting creates the folder: only when something is written or there
         self._tables: dict[str, object] = {}
         self.ann = AnnIndex(self.path / self.ANN_FOLDER)
@@ -222,26 +230,61 @@ class LanceStore:
     def exists(cls, path: str | os.PathLike) -> bool:
         return (Path(path) / cls.META).is_file()
 
-    # What a first run leaves before its metadata is written (the metadata comes first, so nothing
-    # here is a committed row): the lock file, a temporary file of the metadata, table folders of an
-    # older, interrupted creation, the ANN and picture caches.
+    # What a first run leaves before its metadata is written: the lock file (a killed writer's: the lock
+    # goes with its process, the file stays), a temporary file of the metadata, table folders of an
+    # interrupted creation, the ANN and picture caches.
     _LEFTOVERS = {".writer.lock", f"{TABLE}.lance", f"{FAILURES}.lance", ANN_FOLDER, ".cache"}
 
-    def _only_leftovers(self) -> bool:
-        """Whether the folder (without metadata) holds nothing but what an interrupted first run leaves."""
-        return all(entry.name in self._LEFTOVERS
+    def _without_meta(self) -> str | int | None:
+        """What the folder, which has no metadata, holds: "empty"; "leftovers" (only what an interrupted
+        first run leaves, its tables without a committed row); the number of committed rows of its
+        tables (None: tables that cannot be read), which belong to an index whose metadata was lost;
+        "other" (files of something else).
+
+        The metadata is written before any row, so a first run never leaves a committed row; rows
+        without metadata are someone's index, to be refused, never cleared.
+        """
+        entries = list(self.path.iterdir())
+        if not entries:
+            return "empty"
+        if not all(entry.name in self._LEFTOVERS
                    or (entry.name.startswith(f".{self.META}.") and entry.name.endswith(".tmp"))
-                   for entry in self.path.iterdir())
+                   for entry in entries):
+            return "other"
+        rows = 0
+        for name in (self.TABLE, self.FAILURES):
+            count = self._committed_rows(name)
+            if count is None:
+                return None
+            rows += count
+        return rows or "leftovers"
+
+    def _committed_rows(self, name: str) -> int | None:
+        """Rows of the latest committed version of table ``name`` (0 without one; None if unreadable)."""
+        versions = self.path / f"{name}.lance" / "_versions"
+        if not versions.is_dir() or not any(v.name.endswith(".manifest") for v in versions.iterdir()):
+            return 0  # no committed version: data files of a creation killed before its commit, if anything
+        try:
+            return int(self._lancedb.connect(str(self.path)).open_table(name).count_rows())
+        except Exception:  # noqa: BLE001 - whatever the reason, a table that cannot be read is kept
+            return None
+
+    def _lost_meta(self, rows: int | None) -> IndexStoreError:
+        held = f"{rows} committed row(s)" if rows is not None else "tables that cannot be read"
+        return IndexStoreError(f"{self.path}: holds an index's tables ({held}) but no {self.META}; restore that "
+                               "file (from a backup) to use them, or choose a new --db; nothing was changed")
 
     def _clear_leftovers(self) -> None:
-        """Before the metadata of a new index is written: drop what an interrupted first run left.
-
-        Rows are only ever written after the metadata, so tables found here
-        belong to no index (or to one whose metadata was deleted: vectors of
-        an unknown checkpoint, which must not be mixed with the new ones).
-        """
+        """Before the metadata of a new index is written (the writer lock held): drop what an interrupted
+        first run left, tables without a committed row included. Tables holding rows are refused
+        (:class:`IndexStoreError`), not cleared: an index whose metadata was lost."""
         import shutil
 
+        found = self._without_meta()
+        if found is None or isinstance(found, int):
+            raise self._lost_meta(found)
+        if found == "other":
+            raise IndexStoreError(f"{self.path}: exists and is not an audioclip index; choose a new path")
         for name in (f"{self.TABLE}.lance", f"{self.FAILURES}.lance", self.ANN_FOLDER):
             if (self.path / name).exists():
                 shutil.rmtree(self.path / name)
@@ -363,9 +406,17 @@ class LanceStore:
     def update_files(self, records: Sequence[FileRecord]) -> None:
         """Set the identity (size, mtime, hash, dev, inode) of indexed files, all in one commit.
 
-        A Lance merge on ``file_id`` that writes only those columns: every row
-        of a file changes in the same commit, and 2,000 touched files cost one
-        commit, not 2,000.
+        A Lance merge on ``file_id``: every row of a file changes in the same
+        commit, and 2,000 touched files cost one commit, not 2,000. It is not
+        a column-only write: Lance marks the files' rows deleted and appends
+        them again whole, vectors included (so they move to the end of the
+        table; nothing relies on row order), and the old copies take disk
+        until compaction and version clean-up (``optimize``). Measured with
+        2,000 one-row files of 1024-d vectors (8.2 MB): 10 touched files write
+        0.04 MB, 200 write 0.83 MB, all 2,000 write 8.25 MB, in 0.15 s.
+        LanceDB 0.40 has no cheaper way: ``update`` rewrites whole rows too and
+        takes one value set, so one commit per file (200 files: 5.6 s, 200
+        commits); its SQL has no ``CASE`` to set many values in one.
         """
         table = self._table(self.TABLE)
         if table is None or not records:
