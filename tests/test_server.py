@@ -11,12 +11,15 @@ of each answer, the tests check that the server logged no traceback
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +33,7 @@ from PIL import Image
 from audioclip import AudioCLIP, save_model
 from audioclip.index import Index, IndexStoreError
 from audioclip.index.server import ConnectionLimits, allowed_host_names, make_server
-from audioclip.index.uploads import SearchesFirst, decode_upload, embed_upload
+from audioclip.index.uploads import SearchesFirst, UploadError, decode_upload, embed_upload
 
 SR = 44100
 LIMITS = ConnectionLimits(head_timeout=1.5, keep_alive=1.0, body_idle_timeout=1.0, body_timeout=8.0,
@@ -873,3 +876,294 @@ def test_serve_help_text(capsys):
         main(["serve", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "--allowed-host NAME" in out and "--max-query-seconds" in out
+
+
+# -- 9. review fixes: bounds on decoded uploads, folders, timeouts, hosts, start-up ---------------
+
+
+def _wav(path, channels: int, rate: int, seconds: float) -> bytes:
+    rng = np.random.default_rng(channels)
+    sf.write(path, (0.1 * rng.standard_normal((int(rate * seconds), channels))).astype(np.float32), rate,
+             subtype="PCM_16")
+    return path.read_bytes()
+
+
+def test_query_uploads_have_a_channel_limit_and_a_decoded_size_bound(served):
+    from audioclip.index.uploads import MAX_QUERY_CHANNELS, decoded_bound, query_options
+
+    options = query_options(served["index"].decode_options(), 600.0)
+    assert options.limits.max_channels == MAX_QUERY_CHANNELS == 8 and options.limits.max_duration == 600
+    assert decoded_bound(options) < 300_000_000  # 600 s of stereo at 44.1 kHz is 212 MB
+    mono = query_options(dataclasses.replace(served["index"].decode_options(), mono=True), 600.0)
+    assert mono.limits.max_channels == 64 and decoded_bound(mono) < decoded_bound(options)  # averaged into one
+    overlapping = dataclasses.replace(options, hop=options.window / 2)
+    assert decoded_bound(overlapping) > 1.9 * decoded_bound(options) - 40_000_000  # windows written twice
+
+
+def test_a_small_upload_cannot_decode_to_gigabytes(served, tmp_path, monkeypatch):
+    """128 kB of 64 channels at 100 Hz would be 113 MB of float32 at 44.1 kHz: refused by the channel limit;
+    a few channels at 100 Hz for minutes: stopped by the decoded-size bound, and the folder cleaned."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(uploads))
+    server = started(served["index"], max_decoded_bytes=5_000_000)
+    try:
+        many = _wav(tmp_path / "many.wav", 64, 100, 10)  # 64 channels
+        assert len(many) < 140_000
+        status, _, body = upload_bytes(server.port, many, "many.wav")
+        error = json.loads(body)["error"]
+        assert status == 400 and error == "many.wav: has 64 audio channels, over the limit of 8 for a query", error
+        stretched = _wav(tmp_path / "stretched.wav", 4, 100, 120)  # 96 kB; 85 MB once decoded
+        status, _, body = upload_bytes(server.port, stretched, "stretched.wav")
+        error = json.loads(body)["error"]
+        assert status == 413 and error.startswith("stretched.wav: too large once decoded (over 5 MB"), error
+        assert list(uploads.iterdir()) == []
+        # an ordinary recording is within both
+        status, _, body = upload_bytes(server.port, (served["media"] / "tone.wav").read_bytes(), "tone.wav")
+        assert status == 200, body
+    finally:
+        stopped(server)
+
+
+def test_the_decode_worker_stops_writing_at_its_bound(served, tmp_path):
+    """The running count: the worker writes no more than the bound, and what it wrote is freed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / "query.wav"
+    _wav(path, 2, 100, 60)  # 21 MB once decoded
+    options = query_options_for(served)
+    with pytest.raises(UploadError) as refused:
+        decode_upload(str(path), "q.wav", options, budget=120, max_bytes=3_000_000)
+    assert refused.value.status == 413 and "too large once decoded" in refused.value.message
+    sizes = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix == ".raw"}
+    assert sizes and all(size == 0 for size in sizes.values()), sizes
+
+
+def query_options_for(served):
+    from audioclip.index.uploads import query_options
+
+    return query_options(served["index"].decode_options(), 600.0)
+
+
+def _write_past(limit: int, path: str, queue) -> None:
+    from audioclip.index.uploads import _limit_file_size
+
+    _limit_file_size(limit)
+    try:
+        with open(path, "wb") as out:
+            for _ in range(8):
+                out.write(bytes(1 << 20))
+        queue.put("written")
+    except OSError as err:
+        queue.put(f"errno {err.errno}")
+
+
+def test_the_decode_worker_has_a_file_size_limit_as_a_backstop(tmp_path):
+    import errno
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    queue = context.Queue()
+    process = context.Process(target=_write_past, args=(1 << 20, str(tmp_path / "big.raw"), queue))
+    process.start()
+    process.join(60)
+    assert queue.get(timeout=10) == f"errno {errno.EFBIG}" and process.exitcode == 0
+    assert (tmp_path / "big.raw").stat().st_size <= (1 << 20) + (1 << 20)  # the limit and its slack
+
+
+def test_folders_on_the_way_are_opened_as_paths_not_for_reading():
+    from audioclip.index import server as serving
+
+    if sys.platform.startswith("linux"):
+        assert serving.FOLDER_FLAGS & os.O_PATH and serving.FOLDER_FLAGS & os.O_DIRECTORY
+
+
+_OPEN_AS_NOBODY = """
+import os, sys, types
+record = types.SimpleNamespace(**{k: (int(v) if k != "path" else v) for k, v in
+                                  (a.split("=", 1) for a in sys.argv[1:])})
+from audioclip.index.server import _open_indexed
+os.setgid(65534)
+os.setgroups([])
+os.setuid(65534)
+try:
+    os.listdir(os.path.dirname(record.path))
+    print("readable")
+except PermissionError:
+    print("unreadable")
+fd = _open_indexed(record)
+print("opened" if fd is not None else "refused")
+if fd is not None:
+    print(os.read(fd, 4).decode())
+"""
+
+
+def test_an_indexed_file_under_a_traversable_unreadable_folder_is_served(tmp_path):
+    """A parent folder of mode 0711 (search, not read, for others): walked with O_PATH, the file is opened."""
+    import subprocess
+    import types
+
+    from audioclip.index.server import _open_indexed
+
+    base = tempfile.mkdtemp(prefix="audioclip-0711-", dir="/tmp")  # /tmp: traversable by every user
+    try:
+        locked = os.path.join(base, "locked")
+        os.mkdir(locked)
+        song = os.path.join(locked, "song.wav")
+        with open(song, "wb") as out:
+            out.write(b"RIFF" + bytes(100))
+        os.chmod(song, 0o644)
+        info = os.stat(song)
+        record = types.SimpleNamespace(path=song, size=info.st_size, mtime_ns=info.st_mtime_ns, dev=info.st_dev,
+                                       inode=info.st_ino)
+        if os.geteuid() == 0:  # root passes every permission check: open it as nobody
+            os.chmod(base, 0o711)
+            os.chmod(locked, 0o711)
+            args = [f"{k}={v}" for k, v in vars(record).items()]
+            run = subprocess.run([sys.executable, "-c", _OPEN_AS_NOBODY, *args], capture_output=True, text=True,
+                                 timeout=300)
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.split() == ["unreadable", "opened", "RIFF"], run.stdout
+        else:  # the owner: a folder of mode 0311 can be searched but not read by us
+            os.chmod(locked, 0o311)
+            with pytest.raises(PermissionError):
+                os.listdir(locked)
+            fd = _open_indexed(record)
+            assert fd is not None and os.read(fd, 4) == b"RIFF"
+            os.close(fd)
+    finally:
+        for folder in (base, os.path.join(base, "locked")):
+            if os.path.isdir(folder):
+                os.chmod(folder, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_every_timeout_handler_catches_asyncio_timeout_error_too():
+    """On Python 3.10, asyncio.wait_for raises asyncio.TimeoutError, which is not the built-in TimeoutError."""
+    import ast
+    import inspect
+
+    from audioclip.index import httpd, server, uploads
+
+    for module in (server, httpd, uploads):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                names = {ast.unparse(n) for n in (node.type.elts if isinstance(node.type, ast.Tuple) else
+                                                  [node.type])}
+                if names & {"TimeoutError", "asyncio.TimeoutError"}:
+                    assert {"TimeoutError", "asyncio.TimeoutError"} <= names, (module.__name__, node.lineno)
+
+
+def test_a_stalled_body_gets_408_when_wait_for_raises_asyncio_timeout_error(served, server_errors, monkeypatch):
+    """As on Python 3.10: asyncio.TimeoutError a class of its own."""
+    import asyncio
+    import types
+
+    from audioclip.index import server as serving
+
+    class Py310TimeoutError(Exception):
+        pass
+
+    async def wait_for(awaitable, timeout):
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise Py310TimeoutError from None
+
+    fake = types.SimpleNamespace(get_running_loop=asyncio.get_running_loop, wait_for=wait_for,
+                                 TimeoutError=Py310TimeoutError)
+    monkeypatch.setattr(serving, "asyncio", fake)
+    with connect(served["port"]) as sock:
+        sock.sendall(b"POST /api/search?kind=audio&name=slow.wav HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Audioclip: 1\r\n"
+                     b"Content-Length: 100000\r\n\r\nRIFF....")
+        data, took = read_until_closed(sock, 10)
+    assert responses(data) == [408] and "too slow" in body_json(data)["error"]
+    assert server_errors() == []
+
+
+@pytest.mark.parametrize("given, name", [
+    ("mypc.lan:8000", "mypc.lan"), ("MyPC.LAN", "mypc.lan"), ("10.0.0.2:80", "10.0.0.2"), ("::1", "[::1]"),
+    ("[FE80::1]:8000", "[fe80::1]"), ("[0:0:0:0:0:0:0:1]", "[::1]"), ("my_host", "my_host"),
+])
+def test_allowed_host_values_are_normalised(given, name):
+    from audioclip.index.hosts import host_name
+
+    assert host_name(given) == name
+
+
+@pytest.mark.parametrize("given", ["", "  ", "my pc", "mypc/lan", "http://mypc", "mypc:", "mypc:0", "mypc:65536",
+                                   "mypc:80x", "[mypc]", "[::1", "fe80::1:8000x", "a..", ".lan", "mypc.lan.", "é.lan"])
+def test_garbage_allowed_hosts_are_usage_errors(given, capsys, tmp_path):
+    from audioclip.cli import main
+
+    with pytest.raises(ValueError):
+        allowed_host_names("127.0.0.1", [given])
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--db", str(tmp_path / "db"), "--allowed-host", given])
+    assert exit_.value.code == 2 and "--allowed-host" in capsys.readouterr().err
+
+
+def test_allowed_hosts_with_ports_and_ipv6_match(served):
+    named = make_server(served["index"], host="0.0.0.0", port=0, quiet=True,
+                        allowed_hosts=["MyPC.lan:8000", "[fe80::1]:8000"]).start()
+    try:
+        for host, status in (("mypc.lan", 200), (f"mypc.lan:{named.port}", 200), ("MYPC.LAN:8000", 200),
+                             ("[fe80::1]", 200), (f"[fe80:0::1]:{named.port}", 200), ("[fe80::2]", 403),
+                             ("mypc.lan.evil", 403), ("mypc.lan:8000:1", 403), ("[fe80::1", 403)):
+            got = request(named.port, "GET", "/api/stats", headers={"Host": host})[0]
+            assert got == status, (host, got)
+    finally:
+        stopped(named)
+
+
+def test_past_the_connection_cap_the_503_closes_the_connection(served):
+    """uvicorn answers past limit_concurrency itself: one 503, ``Connection: close``, and nothing after it
+    on that connection (a request pipelined behind it is never answered)."""
+    server = started(served["index"], limits=ConnectionLimits(head_timeout=5, max_connections=4))
+    slow = []
+    try:
+        for _ in range(4):
+            sock = connect(server.port)
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            slow.append(sock)
+        time.sleep(0.3)
+        pipelined = b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2
+        data, took = exchange(server.port, pipelined, limit=4)
+        assert responses(data) == [503] and took is not None, data
+        assert "connection: close" in head(data)
+        data, took = exchange(server.port, b"POST /api/search?kind=audio&name=a.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                           b"X-Audioclip: 1\r\nContent-Length: 10\r\n\r\nRIFF", limit=4)
+        assert responses(data) == [503] and took is not None, data  # closed, the body not waited for
+    finally:
+        for sock in slow:
+            sock.close()
+        stopped(server)
+
+
+def test_serve_returns_1_when_uvicorn_dies_starting(served, monkeypatch, capsys):
+    import uvicorn
+
+    from audioclip.index.server import serve
+
+    def broken_load(self):
+        raise SystemExit(1)  # what uvicorn's Config.load does when the application cannot be loaded
+
+    monkeypatch.setattr(uvicorn.Config, "load", broken_load)
+    start = time.monotonic()
+    assert serve(served["index"], port=0, quiet=True) == 1
+    assert time.monotonic() - start < 60
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("audioclip: error")]
+    assert len(lines) == 1 and "did not start" in lines[0]
+
+
+def test_uploads_use_the_index_public_methods(served):
+    import inspect
+
+    from audioclip.index import server, uploads
+
+    index = served["index"]
+    assert index.model_lock is index.model_lock and hasattr(index.model_lock, "acquire")
+    assert index.precision == "fp32" and index.decode_options() == index._options()
+    for module in (uploads, server):
+        source = inspect.getsource(module)
+        assert "index._" not in source and "from ..inference import DecodeOptions" not in source

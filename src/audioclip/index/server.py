@@ -9,10 +9,18 @@ Routes (everything else is 404; every answer but the page's files is JSON):
 - ``POST /api/search?kind=audio|image&name=FILE.wav&k=..&offset=..&modality=..``: the request body is
   the query file itself, with a ``Content-Length`` (411 without) of at most ``max_upload`` bytes (413).
   The request must carry ``X-Audioclip: 1`` (403 without): a page on another site cannot send it
-  without a CORS preflight, which is never granted. At most ``max_uploads`` are processed at a time
-  (503 beyond). The file goes into a private temporary folder, is decoded by a worker process within
-  ``decode_timeout`` seconds and the media limits (at most ``max_query_seconds`` of sound), and is
-  embedded here a batch of windows at a time (``uploads.py``); the folder is deleted before the
+  without a CORS preflight, which is never granted. The body goes into a private temporary folder;
+  at most ``max_receiving`` bodies (8) are being received at a time, of at most
+  ``max_receiving_bytes`` (4 x ``max_upload``) by their ``Content-Length`` together (503 beyond).
+  Only once a body is whole does its upload take one of the ``max_uploads`` (2) decoding slots (503
+  "busy" beyond, checked also before the body is read), so slow senders cannot keep others' uploads
+  out. The file is decoded by a worker process within ``decode_timeout`` seconds and the media limits,
+  lowered for a query: at most ``max_query_seconds`` of sound and 8 channels (any number when the index
+  is mono: they are averaged into one), and at most ``max_decoded_bytes`` written by the worker (by
+  default what ``max_query_seconds`` of stereo windows take, ~230 MB for 600 s; a small file of many
+  channels at a low rate would otherwise decode to gigabytes): beyond it the decoding stops and the
+  answer is 413 "too large once decoded". The windows are embedded here a batch at a time
+  (``uploads.py``), text searches that are waiting going first; the folder is deleted before the
   answer is sent. Errors name the file by the name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file (with HTTP range
   requests, so players can seek), a JPEG thumbnail of an indexed picture, and a PNG waveform of an
@@ -25,16 +33,20 @@ else is 404); a path is never taken from a request. The file is opened one path 
 without following a symbolic link in any of them, must be a regular file, and must still be the file
 the index recorded (size and modification time; device and inode where the index has them): a file
 replaced since, or a link or linked folder swapped in, is 404. The bytes sent come from that open
-descriptor.
+descriptor. Folders on the way are opened with ``O_PATH`` on Linux, so a folder the server may
+search but not list (mode 0711) is no obstacle.
 
 Every request must name an expected host in its ``Host`` header (403 otherwise), which defeats
 DNS-rebinding pages: ``localhost``, ``127.0.0.1``, ``[::1]``, the address listened on (unless it is
-a wildcard such as ``0.0.0.0``) and the names given as ``allowed_hosts`` (``--allowed-host``).
+a wildcard such as ``0.0.0.0``) and the names given as ``allowed_hosts`` (``--allowed-host``). Ports
+are not compared: ``mypc.lan:8000`` is taken as ``mypc.lan`` (``hosts.py``; names lower-cased, IPv6
+addresses in brackets; anything else is a ``ValueError``, a usage error on the command line).
 
 Connections (``httpd.py``): HTTP/1.1 parsed by h11; ``Transfer-Encoding`` with ``Content-Length`` is
 refused (400, connection closed: no request smuggling); a request head must arrive within
 ``head_timeout``, an idle connection is closed after ``keep_alive``, an upload body must keep coming
-(``body_idle_timeout``, ``body_timeout``); past ``max_connections`` requests get 503 at once.
+(``body_idle_timeout``, ``body_timeout``); past ``max_connections`` requests get 503 at once (from
+uvicorn itself: plain text, without the security headers, and the connection closed after it).
 Answers carry ``nosniff``, ``no-referrer`` and a strict Content-Security-Policy. Errors never show a
 server path: a store error is logged and answered with a generic message, an unexpected one is
 logged to stderr and answered 500.
@@ -697,8 +709,14 @@ class SearchServer:
         finally:
             self._done.set()
 
+    def _serve_in_thread(self) -> None:
+        try:
+            self.serve_forever()
+        except SystemExit:  # uvicorn gives up so (after logging why), e.g. when it cannot start: see started
+            pass
+
     def start(self) -> SearchServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="audioclip-serve", daemon=True)
+        self._thread = threading.Thread(target=self._serve_in_thread, name="audioclip-serve", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
