@@ -377,14 +377,15 @@ def test_upload_query_vectors_equal_embed_query(served, tmp_path):
     sf.write(sound, (0.05 * rng.standard_normal((SR * 90, 2))).astype(np.float32), SR)
     picture = tmp_path / "photo.jpg"
     Image.fromarray((rng.random((50, 70, 3)) * 255).astype(np.uint8)).save(picture)
-    options = index._options()
+    options = query_options_for(served)  # as the server decodes uploads: 8 channels at most, a bounded size
+    assert options.limits.max_channels == 8
     for path, modality in ((sound, "audio"), (picture, "image")):
         work = tmp_path / f"work-{modality}"
         work.mkdir()
         copy = work / ("query" + path.suffix)
         copy.write_bytes(path.read_bytes())
         decoded = decode_upload(str(copy), path.name, options, budget=120)
-        vector = embed_upload(index, decoded, modality, path.name)
+        vector = embed_upload(index, decoded, modality, path.name, turns=SearchesFirst())
         expected = index.embed_query(**{modality: path})
         assert vector.dtype == expected.dtype and np.array_equal(vector, expected), modality
 
