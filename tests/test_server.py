@@ -1168,3 +1168,19 @@ def test_uploads_use_the_index_public_methods(served):
     for module in (uploads, server):
         source = inspect.getsource(module)
         assert "index._" not in source and "from ..inference import DecodeOptions" not in source
+
+
+def test_uvicorn_is_the_pinned_version_whose_internals_httpd_uses():
+    import re as regex
+    from pathlib import Path
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    low, high = regex.search(r'"uvicorn>=([0-9.]+),<([0-9.]+)"', pyproject).groups()
+    version = tuple(int(x) for x in uvicorn.__version__.split(".")[:2])
+    assert tuple(int(x) for x in low.split(".")[:2]) <= version < tuple(int(x) for x in high.split("."))
+    for name in ("connection_made", "data_received", "on_response_complete", "connection_lost", "pause_writing",
+                 "resume_writing", "send_400_response", "timeout_keep_alive_handler"):
+        assert callable(getattr(H11Protocol, name, None)), name

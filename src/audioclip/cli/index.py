@@ -340,7 +340,8 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
         "this machine as localhost, 127.0.0.1, [::1], the --host address or an --allowed-host. Uploads are "
         "kept in a private temporary folder for the duration of the query, decoded by a separate process "
         "within a time budget, two at a time.",
-        epilog="exit status: 0 stopped (Ctrl-C); 1 the index or the address cannot be used; 2 usage error")
+        epilog="exit status: 0 stopped (Ctrl-C); 1 the index or the address cannot be used, or the server did not "
+        "start; 2 usage error")
     _add_db(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                         "machine only; the page serves your indexed files to anyone who can reach it)")
