@@ -163,7 +163,7 @@ def main() -> int:
 
             uploader = threading.Thread(target=send)
             uploader.start()
-            time.sleep(0.2)  # the first upload's head is in: it counts against max_uploads
+            time.sleep(0.2)  # the first body (16 MB over loopback) is in by now: it holds the one decoding slot
             probe_at = time.perf_counter()
             busy_status, _, busy_took = upload(server.port, clip, "second.wav")
             sent = []  # (sent at, latency)
