@@ -561,6 +561,13 @@ def test_a_folder_moved_and_linked_back_leaves_no_stale_record(checkpoint, db, t
     os.rename(music, mnt / "music")
     music.symlink_to(mnt / "music", target_is_directory=True)
     assert os.path.isfile(music / "a.wav")  # the old names still reach the files
+    elsewhere = tmp_path.resolve() / "elsewhere"
+    elsewhere.mkdir()
+    for run in (lambda: index.add(data), lambda: index.add(elsewhere, prune=True)):
+        # the parent's walk does not enter the linked folder, and --prune over another folder does not reach
+        # it: the files are not found under their new names, so their records stay as they are
+        assert run().removed == []
+        assert sorted(rows_per_file(db)) == [str(music / n) for n in ("a.wav", "b.png")]
     report = index.add(music)
     moved = [str(mnt / "music" / n) for n in ("a.wav", "b.png")]
     assert sorted(report.reused) == moved and report.added == report.updated == []

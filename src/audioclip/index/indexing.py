@@ -250,15 +250,16 @@ def update_index(
 
     def gone(p: str) -> bool:
         """Whether the record of ``p`` (in scope, not found this run) is to be dropped: its file is gone, or
-        ``p`` is no longer a resolved path (a folder on the way became a link: the file is found, if at
-        all, under its resolved name, and ``p`` would be a second record of it). In an index that may
-        still hold unresolved names, those outside this run's folders wait to be moved by a run over
-        theirs (``aliases``)."""
+        this run found that file under its resolved name, another than ``p`` (a folder on the way became
+        a link): ``p`` would be a second record of it. A file this run did not reach (a run over a parent
+        whose walk does not enter linked folders, or over another folder with ``--prune``) keeps its
+        record, whatever its name."""
         if p in statted:
             return False
         if not os.path.isfile(p):
             return True
-        return (paths_resolved or _in_scope(p, roots, named)) and os.path.realpath(p) != p
+        resolved = os.path.realpath(p)
+        return resolved != p and resolved in statted
 
     removed = [r for p, r in stored.items()
                if r.file_id not in matched and (prune or _in_scope(p, roots, named)) and gone(p)]
