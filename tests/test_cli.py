@@ -190,6 +190,8 @@ def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(chec
         (tmp_path / mount).mkdir()
         for clip in folder.glob("clip*.wav"):
             (tmp_path / mount / clip.name).write_bytes(clip.read_bytes())
+        for i in range(4):  # second names of one file: it must still be in one shard only
+            (tmp_path / mount / f"link{i}.wav").symlink_to("clip0.wav")
     data = tmp_path / "data"
     names = []
     for k, mount in ((1, "mnt1"), (2, "mnt2")):
@@ -201,8 +203,22 @@ def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(chec
         paths = set(pq.read_table(out)["path"].to_pylist())
         assert all(p.startswith(str(tmp_path / mount)) for p in paths)  # named by identity: the real file
         names.append({os.path.basename(p) for p in paths})
-    assert names[0] and names[1] and not names[0] & names[1]
+    assert names[0] and names[1] and not names[0] & names[1], names
     assert names[0] | names[1] == {p.name for p in folder.glob("clip*.wav")}
+
+
+def test_shard_files_put_each_file_in_one_shard_however_many_names_it_has(tmp_path):
+    from audioclip.inference import shard_files
+
+    for i in range(20):
+        (tmp_path / f"f{i:02d}.wav").write_bytes(b"x")
+        for j in range(3):
+            (tmp_path / f"f{i:02d}-name{j}.wav").symlink_to(f"f{i:02d}.wav")
+    names = [str(p) for p in sorted(tmp_path.iterdir())]
+    files = {os.path.realpath(p) for p in names}
+    for count in (2, 3, 5):
+        shards = [shard_files(names, k, count) for k in range(count)]
+        assert sum(len(s) for s in shards) == len(files) == 20 and set().union(*shards) == files
 
 
 def test_overwrite_removes_nothing_while_another_job_writes(checkpoint, folder, tmp_path):

@@ -96,6 +96,22 @@ def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
     return [p for p in paths if _stable_hash(p) % count == index]
 
 
+def shard_files(paths: Sequence[str], index: int, count: int) -> list[str]:
+    """The files of shard ``index`` of ``count``, as resolved paths, from ``paths`` as the inputs name them.
+
+    Each file is assigned by the first of its names (in sorted order), so the
+    shards are the same on machines whose links and mounts differ, and a file
+    with two names (a link beside it) is in one shard only. Every machine must
+    be given the inputs spelled the same (``data/`` and ``/abs/data`` hash
+    apart).
+    """
+    first: dict[str, str] = {}
+    for name in sorted(paths):
+        first.setdefault(name if "://" in name else os.path.realpath(name), name)
+    keep = set(shard(list(first.values()), index, count))
+    return [resolved for resolved, name in first.items() if name in keep]
+
+
 def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
 

@@ -390,8 +390,8 @@ def _run_embed(args: argparse.Namespace) -> int:
     _check_engine(args)
     _check_model_options(args)
 
-    # Listed as the inputs name them and cut into shards so, the same on every machine whatever its
-    # mounts and links; then each file is named by its resolved path (its identity in the output).
+    # Listed as the inputs name them and cut into shards by those names (the same on every machine
+    # whatever its mounts and links); each file is then named by its resolved path, its identity.
     if args.engine == "ray":
         from audioclip.engines import list_inputs
 
@@ -399,13 +399,13 @@ def _run_embed(args: argparse.Namespace) -> int:
     else:
         paths, ignored = _expand(args, args.inputs)
     if args.shard:
-        from audioclip.inference import shard as shard_of
+        from audioclip.inference import shard_files
 
-        index, count = args.shard
-        paths = shard_of(paths, index, count)
-    from audioclip.media.files import resolve_paths
+        paths = shard_files(paths, *args.shard)
+    else:
+        from audioclip.media.files import resolve_paths
 
-    paths = resolve_paths(paths)
+        paths = resolve_paths(paths)
     from audioclip.embeddings_io import check_not_locked
 
     check_not_locked(args.output)  # another job writing it: exit 2 now, not after loading the model
