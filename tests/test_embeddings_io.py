@@ -332,6 +332,8 @@ def test_outputs_on_a_pyarrow_file_system(parquet, model, inputs, tmp_path, monk
     embed_to(model, [inputs], folder, files_per_part=3)
     assert read_embeddings(folder).table.num_rows == want.table.num_rows
     assert embed_to(model, [inputs], folder).skipped == 7
+    with pytest.raises(OutputError, match="overwrite removes local outputs only"):  # never a silent resume
+        embed_to(model, [inputs], uri, overwrite=True)
     clip = sorted(inputs.glob("*.flac"))[0]
     item = _decode_remote(f"file://{clip}", DecodeOptions(image_size=64))  # a decode task fetching its file
     assert item["error"] is None and item["path"] == f"file://{clip}" and len(item["windows"]) == 1

@@ -1184,3 +1184,13 @@ def test_uvicorn_is_the_pinned_version_whose_internals_httpd_uses():
     for name in ("connection_made", "data_received", "on_response_complete", "connection_lost", "pause_writing",
                  "resume_writing", "send_400_response", "timeout_keep_alive_handler"):
         assert callable(getattr(H11Protocol, name, None)), name
+
+
+def test_the_decoded_bound_makes_room_for_the_frames_of_the_model_and_options():
+    from audioclip.index.uploads import decoded_bound
+    from audioclip.media.files import DecodeOptions
+
+    central, every = (DecodeOptions(image_size=384, video_frames=v) for v in ("central", "all"))
+    frames = 10 * 3 * 384 * 384 * 4  # ten 384 x 384 frames of float32: 17.7 MB
+    assert decoded_bound(every) - decoded_bound(central) == frames - frames // 10
+    assert decoded_bound(every) > frames + central.limits.max_duration * central.sample_rate * 2 * 4

@@ -703,7 +703,10 @@ class EmbeddingWriter:
                 raise OutputLockedError(
                     f"{self.out} is being written by another job now ({err.holder or 'its lock is held'}); "
                     "wait for it to finish, or write to another output", err.holder) from None
-        if overwrite and self.files.local:  # only now, holding the lock: never another job's work
+        if overwrite and not self.files.local:
+            raise OutputError(f"{self.out}: overwrite removes local outputs only; delete the object-store output "
+                              "first, or write to a new one")
+        if overwrite:  # only now, holding the lock: never another job's work
             remove_output(self.out)
 
     # -- context and lock

@@ -60,7 +60,7 @@ __all__ = ["MAX_QUERY_CHANNELS", "QUERY_BATCH", "DecodedUpload", "SearchesFirst"
 QUERY_BATCH = 16  # windows per model call and per hold of the model lock: embed_files' default batch
 MAX_QUERY_CHANNELS = 8  # audio channels of an uploaded query (7.1 is 8): a query is a sound, not a session
 _WINDOWS, _FRAMES, _META = "windows.raw", "frames.raw", "meta.json"
-_FRAMES_ALLOWANCE = 16_000_000  # bytes beyond the audio's share of the bound: a picture's or video's frames
+_FRAMES_SLACK = 1_000_000  # bytes beyond the frames' exact share of the bound (headers, rounding)
 _FSIZE_SLACK = 1 << 20  # bytes RLIMIT_FSIZE allows past the bound (the running count stops first)
 _SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for text searches to go first
 
@@ -110,7 +110,9 @@ def decoded_bound(options: DecodeOptions) -> int:
     hop = options.hop or options.window
     overlap = max(1.0, options.window / hop) if hop > 0 else 1.0
     audio = options.limits.max_duration * options.sample_rate * channels * 4 * overlap
-    return int(audio + options.window * options.sample_rate * channels * 4) + _FRAMES_ALLOWANCE
+    # a picture is one frame; a video the central frame or ten ("all"), each 3 x size x size float32
+    frames = (10 if options.video_frames == "all" else 1) * 3 * options.image_size ** 2 * 4
+    return int(audio + options.window * options.sample_rate * channels * 4) + frames + _FRAMES_SLACK
 
 
 class _TooLarge(Exception):
