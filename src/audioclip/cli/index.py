@@ -37,7 +37,7 @@ from .options import (
 __all__ = ["register_index", "register_search", "register_serve"]
 
 _INDEX_EPILOG = ("exit status: 0 all files indexed (or nothing to do); 1 nothing could be indexed, or the index "
-                 "cannot be used; 2 usage error; 3 some files failed (each is reported on stderr)")
+                 "cannot be used; 2 usage error (or another job is writing the index, named); 3 some files failed (each is reported on stderr)")
 _EXTRAS = [("index", ("lancedb", "faiss"))]
 
 
