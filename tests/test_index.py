@@ -1035,3 +1035,19 @@ def test_get_file_takes_every_int64_id(checkpoint, library, db, tiny):
     assert index.get(record.file_id) == record
     for extreme in (-2**63, 2**63 - 1, 0, -1):  # the SQL parser reads -9223372036854775808 as a float
         assert index.get(extreme) is None
+
+
+def test_index_remove_on_the_command_line(checkpoint, library, db, tiny, tmp_path):
+    index = open_index(db, checkpoint, tiny)
+    index.add(library)
+    before = {r.path for r in index.files()}
+    (tmp_path / "pics-link").symlink_to(library / "pictures")
+    code, _, err = run_cli("index", "--db", db, "--remove", tmp_path / "pics-link")  # a link to the folder
+    assert code == 0 and "2 file(s) removed" in err, err
+    assert {r.path for r in Index.open(db).files()} == {p for p in before if "/pictures/" not in p}
+    code, _, err = run_cli("index", "--db", db, "--remove", library / "pictures")  # nothing left there
+    assert code == 1 and "0 file(s) removed" in err
+    code, _, err = run_cli("index", library, "--db", db, "--remove", library / "sounds")
+    assert code == 2 and "--remove goes without PATHs" in err
+    code, _, err = run_cli("index", "--db", tmp_path / "nodb", "--remove", library)
+    assert code == 2 and "no index here" in err

@@ -32,6 +32,7 @@ from .options import (
     positive_int,
     progress_bar,
     set_command,
+    verbose,
 )
 
 __all__ = ["register_index", "register_search", "register_serve"]
@@ -114,6 +115,11 @@ def _clock(seconds: float | None) -> str:
 
 
 def _run_index(args: argparse.Namespace) -> int:
+    if args.remove:
+        if args.inputs:
+            raise UsageError("--remove goes without PATHs: remove first, then index (two runs)")
+        _check_db_exists(args)
+        return _remove(args)
     if not args.inputs:
         _check_db_exists(args)
         return _print_stats(args)
@@ -183,6 +189,23 @@ def _run_index(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
 
 
+def _remove(args: argparse.Namespace) -> int:
+    """``index --remove PATH``: drop indexed files (and everything under folders) by path; no model is loaded."""
+    from audioclip.index import Index, IndexStoreError
+
+    try:
+        removed = Index.open(args.db, create=False).remove(args.remove)
+    except IndexStoreError as err:
+        if isinstance(err, LockedError):
+            raise  # another job writes the index: a usage error (2) naming it, from options.run
+        error(args, err)
+        return EXIT_NOTHING_DONE
+    for path in removed:
+        verbose(args, f"audioclip: removed {path}")
+    note(args, f"{args.db}: {len(removed)} file(s) removed")
+    return EXIT_OK if removed else EXIT_NOTHING_DONE
+
+
 def _print_stats(args: argparse.Namespace) -> int:
     from audioclip.index import Index, IndexStoreError
 
@@ -214,6 +237,9 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="*", metavar="PATH", help="files or folders")
     _add_db(parser)
     parser.add_argument("--prune", action="store_true", help="also drop indexed files that are gone from anywhere")
+    parser.add_argument("--remove", action="append", metavar="PATH",
+                        help="drop this file, or every file under this folder, from the index (whether or not it "
+                        "still exists; by the path the index shows, or a link to it); repeatable; no PATHs then")
     parser.add_argument("--retry-failed", action="store_true",
                         help="try again files that failed before even if they have not changed")
     parser.add_argument("--flush-every", type=positive_int, default=32, metavar="FILES",
