@@ -128,11 +128,8 @@ class OutputError(ValueError):
     """The output cannot be written or resumed (e.g. it holds another checkpoint's vectors)."""
 
 
-class OutputLockedError(OutputError, LockedError):
+class OutputLockedError(LockedError, OutputError):  # LockedError first: its __init__ keeps ``holder``
     """Another job is writing the output (``holder`` names it): the command line exits 2."""
-
-    def __init__(self, message: str, holder: str | None = None):
-        LockedError.__init__(self, message, holder)
 
 
 def format_for(path: str | os.PathLike, requested: str | None = None) -> str:

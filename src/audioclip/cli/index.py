@@ -8,8 +8,6 @@ import json
 import signal
 import sys
 
-from audioclip.io import LockedError
-
 from .options import (
     EXIT_NOTHING_DONE,
     EXIT_OK,
@@ -160,15 +158,9 @@ def _run_index(args: argparse.Namespace) -> int:
                            window=args.window, hop=args.hop, mono=True if args.mono else None,
                            video_frames=args.video_frames, progress=progress, on_plan=planned,
                            log=lambda message: note(args, f"{args.db}: {message}"))
-    except IndexStoreError as err:
+    finally:  # an IndexStoreError goes on to options.run: one line, 1 (2 when another job holds the lock)
         bar.close()
-        if isinstance(err, LockedError):
-            raise  # another job writes the index: a usage error (2) naming it, from options.run
-        error(args, err)
-        return EXIT_NOTHING_DONE
-    finally:
         signal.signal(signal.SIGTERM, previous)
-    bar.close()
     parts = [f"{len(report.added)} added", f"{len(report.updated)} updated", f"{report.unchanged} unchanged",
              f"{len(report.removed)} removed", f"{len(report.failed)} failed"]
     if report.touched:
@@ -191,15 +183,10 @@ def _run_index(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     """``index --remove PATH``: drop indexed files (and everything under folders) by path; no model is loaded."""
-    from audioclip.index import Index, IndexStoreError
+    from audioclip.index import Index
 
-    try:
-        removed = Index.open(args.db, create=False).remove(args.remove)
-    except IndexStoreError as err:
-        if isinstance(err, LockedError):
-            raise  # another job writes the index: a usage error (2) naming it, from options.run
-        error(args, err)
-        return EXIT_NOTHING_DONE
+    # an IndexStoreError goes on to options.run: one line, 1 (2 when another job holds the lock)
+    removed = Index.open(args.db, create=False).remove(args.remove)
     for path in removed:
         verbose(args, f"audioclip: removed {path}")
     note(args, f"{args.db}: {len(removed)} file(s) removed")

@@ -28,11 +28,8 @@ DEFAULT_CHECKPOINT = "full"
 _OPTION_KEYS = ("window", "hop", "mono", "video_frames")
 
 
-class IndexLockedError(IndexStoreError, LockedError):
+class IndexLockedError(LockedError, IndexStoreError):  # LockedError first: its __init__ keeps ``holder``
     """Another job is writing the index (``holder`` names it): the command line exits 2."""
-
-    def __init__(self, message: str, holder: str | None = None):
-        LockedError.__init__(self, message, holder)
 
 
 class QueryError(ValueError):
