@@ -295,3 +295,33 @@ def test_training_shards(tmp_path, umask):
         write_shards(clips, tmp_path / "again", "train", Failing(tmp_path / "cache"), max_count=2)
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["train-000000.tar"]  # no torn shard
     assert leftovers(tmp_path) == []
+
+
+# -- bounded reads of files handed to the package ---------------------------------------------
+
+
+def test_read_bounded_refuses_special_large_and_missing_files(tmp_path):
+    from audioclip.io import FileReadError, read_bytes_bounded, read_text_bounded
+
+    text = tmp_path / "labels.txt"
+    text.write_text("\ufeffdog\ncat\n", encoding="utf-8")
+    assert read_text_bounded(text, 100, what="labels file") == "dog\ncat\n"
+    assert read_bytes_bounded(text, 100) == text.read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = {
+        "/dev/zero": "not a regular file (a character device)",
+        str(tmp_path): "not a regular file (a folder)",
+        str(fifo): "not a regular file (a FIFO)",  # refused at once, never blocks
+        str(tmp_path / "missing"): "cannot open the labels file",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(FileReadError) as info:
+            read_text_bounded(path, 100, what="labels file")
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+    with pytest.raises(FileReadError, match="more than the 3 bytes allowed"):
+        read_text_bounded(text, 3, what="labels file")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe dog")
+    with pytest.raises(FileReadError, match="not utf-8 text"):
+        read_text_bounded(tmp_path / "bad.txt", 100)

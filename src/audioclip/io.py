@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask", "exclusive_lock",
-           "held_by", "lock_holder", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["FileReadError", "LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask",
+           "exclusive_lock", "held_by", "lock_holder", "read_bytes_bounded", "read_text_bounded",
+           "write_bytes_atomic", "write_text_atomic"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -140,6 +141,79 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str | Non
     with atomic_write(path, "w", encoding=encoding, newline=newline) as f:
         f.write(text)
     return Path(path)
+
+
+class FileReadError(ValueError):
+    """A file the package was asked to read is not a regular file, is too large, or cannot be read.
+
+    The message is one line that names the file and the problem
+    (``labels.txt: not a regular file (a FIFO)``, ``config.json: 2.1 GB, more than
+    the 1 MB allowed for a model config``).
+    """
+
+
+_KINDS = {0o010000: "a FIFO", 0o020000: "a character device", 0o060000: "a block device",
+          0o140000: "a socket", 0o040000: "a folder"}
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them, or :class:`FileReadError`.
+
+    The one way the package reads a file a user or a folder on disk hands it
+    (list files, model configs, index sidecars, export metadata): the file is
+    opened with ``O_NONBLOCK`` (a FIFO cannot block the open), checked with
+    ``fstat`` on that descriptor (a regular file, not a FIFO, device or folder:
+    ``/dev/zero`` is refused, not read for ever) and read up to its size, which
+    must not exceed ``max_bytes``. ``what`` names the file's role in the message
+    (``"labels file"``). Symbolic links are followed: the user named the file.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FileReadError(f"{name}: cannot open the {what}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        kind = st.st_mode & 0o170000
+        if kind != 0o100000:
+            raise FileReadError(f"{name}: the {what} is not a regular file ({_KINDS.get(kind, 'a special file')})")
+        if st.st_size > max_bytes:
+            raise FileReadError(f"{name}: the {what} is {_size_text(st.st_size)}, more than the "
+                                f"{_size_text(max_bytes)} allowed")
+        chunks, total = [], 0
+        while True:
+            # Read one byte past the bound: a file that grew after the fstat is caught too.
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise FileReadError(f"{name}: the {what} is more than the {_size_text(max_bytes)} allowed")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise FileReadError(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_text_bounded(path: str | os.PathLike, max_bytes: int, *, what: str = "file",
+                      encoding: str = "utf-8") -> str:
+    """:func:`read_bytes_bounded`, decoded (``utf-8`` by default; a BOM is dropped); undecodable is a FileReadError."""
+    data = read_bytes_bounded(path, max_bytes, what=what)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise FileReadError(f"{os.fspath(path)}: the {what} is not {encoding} text "
+                            f"(byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 class LockedError(RuntimeError):
