@@ -325,3 +325,50 @@ def test_read_bounded_refuses_special_large_and_missing_files(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe dog")
     with pytest.raises(FileReadError, match="not utf-8 text"):
         read_text_bounded(tmp_path / "bad.txt", 100)
+
+
+# -- lock files: never through a link, regular files only ---------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["link to a file", "dangling link", "fifo", "folder"])
+def test_a_lock_file_is_never_reached_through_a_link_or_a_special_file(tmp_path, planted):
+    from audioclip.io import LockFileError, exclusive_lock, held_by, lock_holder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious content\n")
+    lock = tmp_path / ".out.parquet.lock"
+    if planted == "link to a file":
+        lock.symlink_to(victim)
+    elif planted == "dangling link":
+        lock.symlink_to(tmp_path / "created-by-the-lock")
+    elif planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    kind = {"fifo": "a FIFO", "folder": "a folder"}.get(planted, "a symbolic link")
+    for attempt in (lambda: exclusive_lock(lock).__enter__(), lambda: held_by(lock)):
+        with pytest.raises(LockFileError) as info:
+            attempt()
+        message = str(info.value)
+        assert message.startswith(f"{lock}: the lock file is {kind}, not a regular file") and "\n" not in message
+    assert lock_holder(lock) is None
+    assert victim.read_bytes() == b"precious content\n"  # the link's target is untouched
+    assert not (tmp_path / "created-by-the-lock").exists()  # a dangling link creates nothing
+    assert os.path.lexists(lock)  # what was planted stays as it was
+
+
+def test_a_stale_lock_file_is_taken_over_and_its_holder_line_replaced(tmp_path):
+    """A lock file left by a killed job (a regular file nobody holds) is reused; the holder line is ours alone."""
+    from audioclip.io import LockedError, exclusive_lock, held_by
+
+    lock = tmp_path / ".out.parquet.lock"
+    lock.write_text("process 1 (a much longer command line of a job that was killed with -9 long ago), since then\n")
+    assert held_by(lock) is None
+    with exclusive_lock(lock):
+        text = lock.read_text()
+        assert text.startswith(f"process {os.getpid()} (") and text.count("\n") == 1
+        assert held_by(lock) == text.strip()
+        with pytest.raises(LockedError, match=f"locked by process {os.getpid()}"):
+            with exclusive_lock(lock):
+                pass
+    assert not lock.exists()

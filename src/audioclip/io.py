@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["FileReadError", "LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask",
+__all__ = ["FileReadError", "LockFileError", "LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask",
            "exclusive_lock", "held_by", "lock_holder", "read_bytes_bounded", "read_text_bounded",
            "write_bytes_atomic", "write_text_atomic"]
 
@@ -238,34 +238,112 @@ def _holder_line() -> str:
     return f"process {os.getpid()} ({command or 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
+class LockFileError(OSError):
+    """What sits at a lock file's name is not a lock file: a symbolic link, a folder, a FIFO, a device.
+
+    Nothing is followed, opened for writing or created through it; the message
+    is one line naming the path (``.out.parquet.lock: the lock file is a
+    symbolic link, not a regular file; nothing was written through it``).
+    """
+
+
+#: how lock files are opened: never through a symbolic link (O_NOFOLLOW), never blocking on a FIFO
+_LOCK_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _unsafe_lock(path: str | os.PathLike, kind: str) -> LockFileError:
+    return LockFileError(f"{os.fspath(path)}: the lock file is {kind}, not a regular file; nothing was written "
+                         "through it (remove it if no job is running)")
+
+
+def _lstat_kind(path: str | os.PathLike) -> str:
+    """What ``path`` itself is, for a message: "a symbolic link", "a FIFO", ... (an lstat, nothing followed)."""
+    try:
+        mode = os.lstat(path).st_mode & 0o170000
+    except OSError:
+        return "not a regular file"
+    return "a symbolic link" if mode == 0o120000 else _KINDS.get(mode, "a special file")
+
+
+def _open_lock(path: str | os.PathLike, *, create: bool) -> int | None:
+    """A descriptor on the regular file ``path``, never through a symbolic link (None: absent and not ``create``).
+
+    A new lock file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a link or
+    anything else already at the name makes the create fail rather than write
+    through it); an existing one is opened with ``O_NOFOLLOW``. Whatever was
+    opened is checked with ``fstat`` to be a regular file. Anything else at
+    the name is a :class:`LockFileError`.
+    """
+    fd = None
+    if create:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _LOCK_FLAGS, 0o666 & ~current_umask())
+        except FileExistsError:
+            pass  # a stale lock file (or a link, or a FIFO...: the open below tells)
+    if fd is None:
+        try:
+            fd = os.open(path, (os.O_RDWR if create else os.O_RDONLY) | _LOCK_FLAGS)
+        except FileNotFoundError:
+            if create:  # removed between the two opens by the job that held it: try again
+                return _open_lock(path, create=True)
+            return None
+        except OSError as exc:
+            import errno
+
+            # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD), EFTYPE (NetBSD)
+            if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path):
+                raise _unsafe_lock(path, "a symbolic link") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO):
+                raise _unsafe_lock(path, _lstat_kind(path)) from None
+            raise
+    kind = os.fstat(fd).st_mode & 0o170000
+    if kind != 0o100000:
+        os.close(fd)
+        raise _unsafe_lock(path, _KINDS.get(kind, "a special file"))
+    return fd
+
+
 def held_by(path: str | os.PathLike) -> str | None:
     """If another process holds the lock ``path`` now: its holder line (or "another process"); else None.
 
     A look without taking the lock, for failing fast before slow work (a model
     load): the lock itself must still be taken with :func:`exclusive_lock`.
+    Something other than a lock file at ``path`` (a symbolic link, a FIFO) is
+    a :class:`LockFileError` now, as the lock would be.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_lock(path, create=False)
+    if fd is None:
         return None  # no lock file: nobody holds it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return lock_holder(path) or "another process"
+        return _holder_of(fd) or "another process"
     finally:
         os.close(fd)  # also releases our shared lock
     return None
 
 
 def lock_holder(path: str | os.PathLike) -> str | None:
-    """The holder line of the lock file ``path`` (see :func:`exclusive_lock`), None if unknown."""
+    """The holder line of the lock file ``path`` (see :func:`exclusive_lock`), None if unknown (or not a lock file)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(1024).decode("utf-8", "replace").strip()
+        fd = _open_lock(path, create=False)
+    except OSError:
+        return None
+    if fd is None:
+        return None
+    try:
+        return _holder_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder_of(fd: int) -> str | None:
+    try:
+        text = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip()
     except OSError:
         return None
     return text.splitlines()[0] if text else None
@@ -281,6 +359,11 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     with a killed process and a stale lock file never blocks a re-run; the
     file is removed when the lock is released. Where ``flock`` does not exist
     (Windows) nothing is locked.
+
+    The lock file is never reached through a symbolic link: it is created with
+    ``O_EXCL | O_NOFOLLOW`` or opened with ``O_NOFOLLOW`` and must be a regular
+    file; a link (dangling or not), a FIFO or a folder planted at ``path`` is a
+    :class:`LockFileError` and is left as it is, and so is what it points at.
     """
     path = Path(path)
     try:
@@ -290,28 +373,30 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        fd = _open_lock(path, create=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder_of(fd)
             os.close(fd)
-            holder = lock_holder(path)
             raise LockedError(f"{path}: locked by {holder or 'another process'}", holder) from None
         # The holder before us may have removed the file between our open and our
         # lock: then we hold a lock on a name that no longer exists. Try again.
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            same = os.path.samestat(os.fstat(fd), os.lstat(path))
         except FileNotFoundError:
             same = False
         if same:
             break
         os.close(fd)
     try:
+        os.ftruncate(fd, 0)  # a stale file's longer holder line must not trail ours
         os.write(fd, f"{_holder_line()}\n".encode())  # for the message of a job that finds it locked
         yield path
     finally:
         try:
-            os.unlink(path)
+            if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still: never another job's new file
+                os.unlink(path)
         except OSError:
             pass
         os.close(fd)  # releases the lock
