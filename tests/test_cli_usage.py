@@ -410,3 +410,46 @@ def test_search_with_the_largest_k_answers(tmp_path):
     sf.write(tmp_path / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(44100)).astype("float32"), 44100)
     assert main(["index", str(tmp_path / "a.wav"), "--db", str(tmp_path / "db"), "--checkpoint", str(ckpt), "-q"]) == 0
     assert main(["search", "--db", str(tmp_path / "db"), "dog", "-k", "2147483647", "-q"]) == 0
+
+
+# -- files read on the user's behalf: bounded, regular files only -------------------------------------------
+
+
+def _limited(*args, timeout=60):
+    """The command in a fresh interpreter with 3 GB of address space (a file read whole fails fast, not the machine)."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    code = ("import sys\nfrom audioclip.cli import main\nstatus = main(sys.argv[1:])\n"
+            "print('torch' in sys.modules)\nsys.exit(status)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap, env={**os.environ, "AUDIOCLIP_OFFLINE": "1"})
+    return proc.returncode, proc.stderr, proc.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX special files")
+def test_list_and_config_files_are_read_bounded_fifos_and_devices_refused(media, tmp_path):
+    """/dev/zero, a FIFO or an over-large file as a list or config file: one line naming it, exit 2, before torch."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"dog\n" * 300_000)  # 1.2 MB of labels
+    wav, root = media / "a.wav", media / "folder"
+    commands = {
+        "--labels-file": ["classify", wav, "--labels-file"],
+        "--templates-file": ["classify", wav, "--labels", "dog", "--templates-file"],
+        "evaluate --templates-file": ["evaluate", "--task", "zeroshot", "--dataset", "esc50", "--root", root,
+                                      "--templates-file"],
+        "--class-names": ["evaluate", "--task", "zeroshot", "--dataset", "imagenet", "--root", root, "--class-names"],
+        "train --config": ["train", "--data-root", root, "--config"],
+    }
+    for name, args in commands.items():
+        for path, problem in (("/dev/zero", "not a regular file (a character device)"),
+                              (fifo, "not a regular file (a FIFO)"), (big, "more than the 1 MB allowed")):
+            code, err, torch_imported = _limited(*args, path)
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1, (name, path, err[-2000:])
+            assert lines[0].startswith(f"audioclip {args[0]}: error: {path}: ") and problem in lines[0], (name, err)
+            assert not torch_imported, (name, path)

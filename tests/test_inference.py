@@ -14,11 +14,11 @@ from audioclip.inference import (
     classify,
     embed_files,
     expand_paths,
-    read_list_file,
     shard,
     text_classifier,
     zero_shot,
 )
+from audioclip.cli.options import read_list_file
 from audioclip.media import MediaError, load_audio, load_image
 
 SR = 44100

@@ -18,7 +18,6 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -372,20 +371,6 @@ def _complete(result: FileResult) -> FileResult:
 
 
 # -- zero-shot classification ------------------------------------------------------
-
-
-def read_list_file(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a text file, without ``#`` comments (labels or prompt templates)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
-    items = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not items:
-        raise ValueError(f"{path}: no entries (one per line expected)")
-    return items
 
 
 def text_classifier(model: AudioCLIP, labels: Sequence[str], templates: str | Sequence[str] = "{}") -> torch.Tensor:

@@ -27,6 +27,7 @@ from .options import (
     check_checkpoint,
     check_device,
     check_inputs,
+    check_list_file,
     check_output_dir,
     check_templates,
     error,
@@ -204,6 +205,8 @@ def _check(args: argparse.Namespace) -> list[str] | None:
     for option, value in (("--class-names", args.class_names), ("--templates-file", args.templates_file)):
         if value:
             check_inputs([value], option)
+    if args.class_names:  # read with the dataset, later: a FIFO or /dev/zero is refused now
+        check_list_file(args.class_names, "class names file")
     templates = None if args.prompt_set == "openai-imagenet" else _templates(args)  # a set: open_clip's, later
     if not _per_fold(args.checkpoint):
         check_checkpoint(args.checkpoint)

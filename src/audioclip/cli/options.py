@@ -34,7 +34,7 @@ import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from audioclip.io import LockedError
+from audioclip.io import FileReadError, LockedError, read_text_bounded
 
 __all__ = [
     "AUDIO_MODES",
@@ -54,6 +54,7 @@ __all__ = [
     "check_checkpoint",
     "check_device",
     "check_inputs",
+    "check_list_file",
     "check_output_dir",
     "check_output_file",
     "check_templates",
@@ -411,22 +412,33 @@ def check_inputs(paths: Iterable[str | os.PathLike], what: str = "input") -> Non
         raise UsageError(f"{what} not found: {missing[0]}{more}")
 
 
-def read_list_file(path: str | os.PathLike, what: str = "entries") -> list[str]:
-    """The non-empty lines of a UTF-8 text file, without ``#`` comments; a usage error if none or unreadable."""
+#: the most a list file (labels, templates, class names) may hold: 1 MB is tens of thousands of lines
+MAX_LIST_BYTES = 1_000_000
+
+
+def read_list_file(path: str | os.PathLike, what: str = "entries", *, max_bytes: int = MAX_LIST_BYTES) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, without ``#`` comments; a usage error if none or unreadable.
+
+    Read with :func:`audioclip.io.read_text_bounded`: a regular file of at most
+    ``max_bytes``; ``/dev/zero``, a FIFO or a folder is refused at once, in one
+    line naming the file.
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a folder, not a text file") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a UTF-8 text file") from None
-    items = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        text = read_text_bounded(path, max_bytes, what=f"{what} file" if what != "entries" else "list file")
+    except FileReadError as err:
+        raise UsageError(str(err)) from None
+    items = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not items:
         raise UsageError(f"{path}: no {what} (one per line expected)")
     return items
+
+
+def check_list_file(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_LIST_BYTES) -> None:
+    """A usage error unless ``path`` is a regular UTF-8 text file of at most ``max_bytes`` (read by a command later)."""
+    try:
+        read_text_bounded(path, max_bytes, what=what)
+    except FileReadError as err:
+        raise UsageError(str(err)) from None
 
 
 def check_templates(templates: Sequence[str], source: str | None = None) -> list[str]:

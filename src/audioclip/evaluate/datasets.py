@@ -17,11 +17,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import read_text_bounded
 from ..media.sniff import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 __all__ = ["DATASETS", "EvalItem", "EvalSet", "load_eval_set", "read_imagenet"]
 
 DATASETS = ("esc50", "us8k", "audioset", "imagenet", "folder")
+#: the most an ImageNet class-names file may hold (CLIP's 1000 names: about 30 KB)
+MAX_CLASS_NAMES_BYTES = 1_000_000
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -197,10 +200,8 @@ def read_imagenet(root: str | os.PathLike, class_names: str | os.PathLike | None
 
 
 def _read_class_names(path: Path, folders: list[str]) -> list[str]:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    text = read_text_bounded(path, MAX_CLASS_NAMES_BYTES, what="class names file")  # a FileReadError (ValueError)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     rows = list(csv.reader(lines))
     known = set(folders)
     if all(len(r) >= 2 and r[0].strip() in known for r in rows):

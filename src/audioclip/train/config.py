@@ -11,11 +11,14 @@ unknown key is an error, so a typo never silently does nothing.
 from __future__ import annotations
 
 import copy
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..io import FileReadError, read_bytes_bounded
 
 __all__ = ["DEFAULTS", "ConfigError", "apply_overrides", "list_configs", "load_config", "merge"]
 
@@ -120,16 +123,15 @@ MAX_CONFIG_BYTES = 1_000_000
 def _read(name_or_path: str | Path) -> tuple[dict, str]:
     text_name = str(name_or_path)
     path = Path(text_name)
-    if path.is_file():
-        if path.stat().st_size > MAX_CONFIG_BYTES:  # a config is a page of YAML, not a data file named by mistake
-            raise ConfigError(f"config {text_name}: {path.stat().st_size} bytes is not a config "
-                              f"(at most {MAX_CONFIG_BYTES} bytes)")
+    if os.path.lexists(path):  # a file named: read bounded (a FIFO, /dev/zero or a 2 GB file is refused at once)
         try:
-            text, name = path.read_text(encoding="utf-8"), path.stem
+            data = read_bytes_bounded(path, MAX_CONFIG_BYTES, what="config")
+        except FileReadError as err:
+            raise ConfigError(str(err)) from None
+        try:
+            text, name = data.decode("utf-8"), path.stem
         except UnicodeDecodeError:
             raise ConfigError(f"config {text_name}: not a UTF-8 text (YAML) file") from None
-        except OSError as err:
-            raise ConfigError(f"config {text_name}: cannot read ({err.strerror or err})") from None
     elif text_name in list_configs():
         text, name = resources.files(_PACKAGE).joinpath(f"{text_name}.yaml").read_text(), text_name
     else:
