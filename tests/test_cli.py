@@ -287,7 +287,7 @@ def test_embed_other_formats(checkpoint, folder, tmp_path, fmt):
     assert table.num_rows == 2 and settings["checkpoint"] == table["checkpoint"][0].as_py()
     if fmt == "npy":
         assert np.load(out).shape == (2, 64)
-        assert (tmp_path / "emb.jsonl").exists()
+        assert (tmp_path / "emb.npy.rows.jsonl").exists() and not (tmp_path / "emb.jsonl").exists()
 
 
 def test_embed_killed_midway_loses_no_finished_work(checkpoint, tmp_path):

@@ -339,3 +339,58 @@ def test_outputs_on_a_pyarrow_file_system(parquet, model, inputs, tmp_path, monk
     assert item["error"] is None and item["path"] == f"file://{clip}" and len(item["windows"]) == 1
     missing = _decode_remote(f"file://{tmp_path}/nothing.wav", DecodeOptions())
     assert missing["error"].startswith("cannot fetch")
+
+
+# -- every output's side files are its own ------------------------------------------------------------------
+
+
+def _write(out, paths, **kwargs) -> int:
+    writer = EmbeddingWriter(out, checkpoint="c@1", **kwargs)
+    for i, path in enumerate(paths):
+        writer.add(_result(path, seed=i))
+    return writer.finalize()
+
+
+def test_an_npy_output_never_touches_a_jsonl_output_of_the_same_stem(tmp_path):
+    """lib.npy's rows are lib.npy.rows.jsonl: an unrelated lib.jsonl is neither replaced nor removed."""
+    jsonl, npy = tmp_path / "lib.jsonl", tmp_path / "lib.npy"
+    assert _write(jsonl, ["a.wav", "b.wav"]) == 2
+    before = jsonl.read_bytes()
+    assert _write(npy, ["c.wav"]) == 1
+    assert (tmp_path / "lib.npy.rows.jsonl").is_file() and (tmp_path / "lib.npy.meta.json").is_file()
+    assert jsonl.read_bytes() == before
+    assert read_embeddings(jsonl)["path"].to_pylist() == ["a.wav", "b.wav"] and read_embeddings(npy).num_rows == 1
+    _write(npy, ["d.wav"], overwrite=True)  # starts lib.npy over: its own files only
+    assert jsonl.read_bytes() == before and read_embeddings(npy)["path"].to_pylist() == ["d.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lib.jsonl", "lib.jsonl.meta.json", "lib.npy", "lib.npy.meta.json", "lib.npy.rows.jsonl"]
+
+
+def test_an_npy_output_of_an_earlier_release_reads_and_resumes_under_the_new_name(tmp_path):
+    """An .npy whose rows were written as OUT-with-.jsonl still reads; resumed, its rows move to OUT.rows.jsonl."""
+    shutil.copy(V1 / "v1.npy", tmp_path / "old.npy")
+    shutil.copy(V1 / "v1.jsonl", tmp_path / "old.jsonl")
+    emb = read_embeddings(tmp_path / "old.npy")
+    checkpoint = emb.settings["checkpoint"]
+    writer = EmbeddingWriter(tmp_path / "old.npy", checkpoint=checkpoint)
+    vector = torch.nn.functional.normalize(torch.ones(64), dim=0)
+    writer.add(FileResult("media/new.wav", "audio", [Embedding("audio", "pooled", 0.0, 1.0, vector)]))
+    assert writer.finalize() == emb.num_rows + 1
+    assert (tmp_path / "old.npy.rows.jsonl").is_file() and not (tmp_path / "old.jsonl").exists()
+    assert read_embeddings(tmp_path / "old.npy").num_rows == emb.num_rows + 1
+
+
+def test_a_jsonl_output_is_never_taken_for_an_npy_outputs_rows(tmp_path):
+    """An .npy without its rows beside a .jsonl output of the same stem: a one-line error, not a KeyError."""
+    _write(tmp_path / "lib.npy", ["a.wav"])
+    (tmp_path / "lib.npy.rows.jsonl").unlink()
+    _write(tmp_path / "lib.jsonl", ["b.wav"])
+    with pytest.raises(OutputError, match=r"lib.npy: its rows \(.*lib.npy.rows.jsonl\) are missing"):
+        read_embeddings(tmp_path / "lib.npy")
+
+
+@pytest.mark.parametrize("name", ["lib.npy.rows.jsonl", "lib.npy.meta.json", "lib.parquet.parts", ".lib.npy.lock"])
+def test_outputs_named_like_side_files_are_refused(tmp_path, name):
+    with pytest.raises(OutputError, match="kept for the side files of outputs"):
+        EmbeddingWriter(tmp_path / name, checkpoint="c@1", fmt="jsonl")
+    assert list(tmp_path.iterdir()) == []

@@ -200,7 +200,7 @@ def test_embedding_outputs(tmp_path, umask, fmt):
     assert len(parts) == 2 and {mode(p) for p in parts} == {umask}
     assert writer.finalize() == 2
     assert read_embeddings(out)["path"].to_pylist() == ["a.wav", "b.wav"]
-    written = [out] + ([out.with_name(out.name[:-4] + ".jsonl")] if fmt == "npy" else [])
+    written = [out] + ([out.with_name(out.name + ".rows.jsonl")] if fmt == "npy" else [])
     assert all(p.is_file() for p in written)
     assert {mode(p) for p in written} == {umask}
     assert leftovers(tmp_path) == []

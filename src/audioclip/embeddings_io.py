@@ -1,4 +1,4 @@
-"""Embedding outputs people can query: Parquet (default), .npy + .jsonl index, or JSON lines.
+"""Embedding outputs people can query: Parquet (default), .npy + its rows (OUT.rows.jsonl), or JSON lines.
 
 The row schema (version 2, docs/output-format.md) is one row per vector:
 
@@ -24,7 +24,10 @@ concatenate into the output of one run.
 The run's settings (checkpoint and its sha256, architecture, window, hop,
 sample rate, audio mode, package version, creation time, ...) travel with the
 data: in the Parquet file's key-value metadata (keys ``audioclip.*``), and for
-``.npy``/``.jsonl`` outputs in a sidecar ``OUT.meta.json``.
+``.npy``/``.jsonl`` outputs in a sidecar ``OUT.meta.json``. Every side file of an
+output is named from the output's whole name plus a suffix no output is given
+(:data:`SIDE_SUFFIXES`: ``OUT.meta.json``, an ``.npy``'s rows ``OUT.rows.jsonl``,
+``OUT.parts``, ``.OUT.lock``), so one output never writes or removes another's file.
 :func:`read_embeddings` reads any of them (and folders of Parquet parts, and
 the version-1 files of earlier releases, upgraded on read) into an
 :class:`Embeddings`: the table and the settings.
@@ -53,15 +56,18 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .inference import DecodeOptions, FileResult
+from .media.files import DecodeOptions
 from .io import LockedError, atomic_path, atomic_write, exclusive_lock, held_by, write_text_atomic
+
+if TYPE_CHECKING:  # the model's results; imported only for the annotations (reading an output needs no torch)
+    from .inference import FileResult
 
 __all__ = [
     "COLUMNS",
@@ -72,9 +78,11 @@ __all__ = [
     "OutputError",
     "OutputLockedError",
     "check_not_locked",
+    "check_output_name",
     "format_for",
     "read_embeddings",
     "remove_output",
+    "rows_path",
     "rows_table",
     "run_settings",
     "schema",
@@ -83,6 +91,12 @@ __all__ = [
 ]
 
 FORMATS = ("parquet", "npy", "jsonl")
+#: an ``.npy`` output's rows without vectors: ``OUT.rows.jsonl`` (``lib.npy.rows.jsonl``)
+ROWS_SUFFIX = ".rows.jsonl"
+#: the settings of an ``.npy`` or ``.jsonl`` output: ``OUT.meta.json``
+META_SUFFIX = ".meta.json"
+#: what side files end with (and the lock, ``.OUT.lock``): an output name ending so is refused
+SIDE_SUFFIXES = (ROWS_SUFFIX, META_SUFFIX, ".parts", ".lock")
 SCHEMA_VERSION = 2
 METADATA_PREFIX = "audioclip."
 _KIND_ORDER = {"image": 0, "frame": 1, "window": 2, "pooled": 3}
@@ -450,10 +464,14 @@ def _read_file(files: _Files, path: str, fmt: str, columns: list[str] | None = N
         import io as _io
 
         vectors = np.load(_io.BytesIO(files.read_bytes(path)))
-        rows = [json.loads(line) for line in files.read_bytes(_index_path(path)).decode("utf-8").splitlines()
-                if line.strip()]
+        index = rows_path(path)
+        if not files.exists(index):
+            index = _earlier_rows_path(files, path)  # written by an earlier release: OUT with .jsonl
+            if index is None:
+                raise OutputError(f"{path}: its rows ({rows_path(path)}) are missing")
+        rows = [json.loads(line) for line in files.read_bytes(index).decode("utf-8").splitlines() if line.strip()]
         if len(rows) != len(vectors):
-            raise OutputError(f"{path}: {len(vectors)} vectors but {len(rows)} index rows in {_index_path(path)}")
+            raise OutputError(f"{path}: {len(vectors)} vectors but {len(rows)} rows in {index}")
     if rows and not settings.get("checkpoint"):
         settings["checkpoint"] = rows[0].get("checkpoint")
     names = set().union(*(row.keys() for row in rows)) if rows else set(COLUMNS) - {"embedding"}
@@ -468,9 +486,40 @@ def _read_file(files: _Files, path: str, fmt: str, columns: list[str] | None = N
     return table, settings
 
 
-def _index_path(npy: str | os.PathLike) -> str:
+def rows_path(npy: str | os.PathLike) -> str:
+    """Where the rows (without vectors) of the ``.npy`` output ``npy`` are: ``NPY.rows.jsonl``."""
+    return f"{os.fspath(npy)}{ROWS_SUFFIX}"
+
+
+def _earlier_rows_path(files: _Files, npy: str | os.PathLike) -> str | None:
+    """The rows of ``npy`` as earlier releases named them (``lib.npy`` -> ``lib.jsonl``), if that file is them.
+
+    That name is also the name of a ``.jsonl`` output: it is taken for the
+    rows only when it has no sidecar of its own (``lib.jsonl.meta.json``) and
+    its first row holds no ``embedding`` (a ``.jsonl`` output's rows hold
+    their vectors; an ``.npy``'s rows never did).
+    """
     npy = os.fspath(npy)
-    return str(Path(npy).with_suffix(".jsonl")) if "://" not in npy else npy[: -len(Path(npy).suffix)] + ".jsonl"
+    stem, suffix = os.path.splitext(npy)
+    earlier = stem + ".jsonl"
+    if suffix.lower() != ".npy" or not files.exists(earlier) or files.exists(_sidecar(earlier)):
+        return None
+    try:
+        head = files.read_head(earlier, 1 << 20)
+        first = next((line for line in head.split(b"\n") if line.strip()), b"")
+        row = json.loads(first) if first else {}
+    except (OSError, ValueError):
+        return None
+    return earlier if isinstance(row, dict) and "embedding" not in row else None
+
+
+def check_output_name(out: str | os.PathLike) -> None:
+    """An :class:`OutputError` if ``out`` is named like another output's side file (:data:`SIDE_SUFFIXES`)."""
+    name = os.fspath(out).rstrip("/")
+    for suffix in SIDE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            raise OutputError(f"{out}: names ending in {suffix} are kept for the side files of outputs "
+                              f"({', '.join(SIDE_SUFFIXES)}); choose another name")
 
 
 def _sidecar(path: str) -> str:
@@ -558,6 +607,14 @@ class _Files:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def read_head(self, path: str, size: int) -> bytes:
+        """At most the first ``size`` bytes of ``path``."""
+        if self.local:
+            with open(path, "rb") as f:
+                return f.read(size)
+        with self.fs.open_input_stream(path) as f:
+            return f.read(size)
+
     def write_table(self, path: str, table: pa.Table) -> None:
         if self.local:
             with atomic_path(path) as tmp:
@@ -624,20 +681,24 @@ def write_part(parts: str | os.PathLike, table: pa.Table, settings: Mapping[str,
 
 
 def remove_output(out: str | os.PathLike) -> None:
-    """Everything an earlier embed wrote at a local ``out``: the file, its parts, an .npy's index, the sidecar;
-    for a folder output, its parts. Call it holding the output's lock (``EmbeddingWriter(overwrite=True)``)."""
+    """Everything an earlier embed wrote at a local ``out``: the file, its parts, an .npy's rows, the sidecar;
+    for a folder output, its parts. Call it holding the output's lock (``EmbeddingWriter(overwrite=True)``).
+
+    Only the output's own side files go: a ``.jsonl`` output beside an ``.npy``
+    one of the same stem is another output, and stays.
+    """
     out = Path(out)
     if out.is_dir():
         for part in out.glob("part-*.parquet"):
             part.unlink()
         return
-    parts = out.with_name(out.name + ".parts")
+    parts = Path(parts_folder(out))
     if parts.is_dir():
         shutil.rmtree(parts)
-    for extra in (out.with_name(out.name + ".meta.json"),
-                  out.with_suffix(".jsonl") if out.suffix.lower() == ".npy" else None):
-        if extra is not None and extra.is_file():
-            extra.unlink()
+    earlier = _earlier_rows_path(_Files(out), out) if out.suffix.lower() == ".npy" else None
+    for extra in (_sidecar(str(out)), rows_path(out), earlier):
+        if extra is not None and os.path.isfile(extra):
+            os.unlink(extra)
     if out.is_file():
         out.unlink()
 
@@ -672,6 +733,7 @@ class EmbeddingWriter:
     def __init__(self, out: str | os.PathLike, checkpoint: str | None = None, fmt: str | None = None,
                  part_size: int = 64, settings: Mapping[str, Any] | None = None, lock: bool = True,
                  overwrite: bool = False):
+        check_output_name(out)
         self.files = _Files(out)
         self.out = Path(self.files.root) if self.files.local else self.files.root
         self.fmt = format_for(self.out, fmt)
@@ -813,8 +875,11 @@ class EmbeddingWriter:
             self.files.write_bytes(self.out, lambda f: f.write(_jsonl(table, with_embedding=True).encode()))
         else:
             vectors = _matrix(table)
-            self.files.write_bytes(_index_path(self.out), lambda f: f.write(_jsonl(table, False).encode()))
+            earlier = _earlier_rows_path(self.files, self.out)  # this output's rows, as an earlier release named them
+            self.files.write_bytes(rows_path(self.out), lambda f: f.write(_jsonl(table, False).encode()))
             self.files.write_bytes(self.out, lambda f: np.save(f, vectors))
+            if earlier is not None:
+                self.files.delete(earlier)  # replaced by OUT.rows.jsonl (checked above to be this output's)
         if self.files.local:
             write_text_atomic(_sidecar(self.out), sidecar)
         else:

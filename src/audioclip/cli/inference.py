@@ -387,6 +387,13 @@ def _run_embed(args: argparse.Namespace) -> int:
     check_inputs([p for p in args.inputs if "://" not in p] if args.engine == "ray" else args.inputs)
     check_output_file(args.output, overwrite=args.overwrite, resumable=True,
                       suffixes=None if args.format else EMBED_SUFFIXES)
+    from audioclip.embeddings_io import OutputError, check_not_locked, check_output_name  # no torch
+
+    try:
+        check_output_name(args.output)
+    except OutputError as err:
+        raise UsageError(f"-o {err}") from None
+    check_not_locked(args.output)  # another job writing it: exit 2 now, before torch is even imported
     _check_engine(args)
     _check_model_options(args)
 
@@ -406,9 +413,6 @@ def _run_embed(args: argparse.Namespace) -> int:
         from audioclip.media.files import resolve_paths
 
         paths = resolve_paths(paths)
-    from audioclip.embeddings_io import check_not_locked
-
-    check_not_locked(args.output)  # another job writing it: exit 2 now, not after loading the model
     # Ray's actors take the model to their own devices: the driver's copy stays on the CPU
     model = load_model(args if args.engine == "plain" else argparse.Namespace(**{**vars(args), "device": "cpu"}))
 
@@ -457,7 +461,7 @@ def register_embed(subparsers: argparse._SubParsersAction) -> None:
         epilog=STATUS_EPILOG)
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="files or folders")
     group = add_output_options(
-        parser, required=True, help="output file: .parquet, .npy (vectors, with a .jsonl index beside them) "
+        parser, required=True, help="output file: .parquet, .npy (vectors, with their rows in OUT.rows.jsonl beside them) "
         "or .jsonl; an existing one from an earlier run is continued",
         overwrite_help="start an existing output over instead of continuing it")
     group.add_argument("--format", choices=("parquet", "npy", "jsonl"),
