@@ -92,6 +92,8 @@ def usage_cases(m):
         (["similarity", "--audio", wav], "at least two"),
         (["similarity", "--text", "a dog"], "at least two"),
         (["similarity", "--audio", missing, "--text", "a dog"], "not found"),
+        (["similarity", "--audio", wav, "--text", ""], "--text: an empty text"),
+        (["similarity", "--text", "a dog", "--text", "  "], "--text: an empty text"),
         (["evaluate", "--task", "zeroshot", "--dataset", "esc50"], "--root"),
         (["evaluate", "--task", "zeroshot", "--dataset", "esc50", "--root", m / "absent"], "not found"),
         (["evaluate", "--task", "zeroshot", "--dataset", "esc50", "--root", folder, "--template", "no slot"],
@@ -132,6 +134,7 @@ def test_usage_errors_exit_2_with_one_line_and_no_model_load(media, loader, caps
         assert len(lines) == 1, (args, err)
         assert lines[0].startswith(f"audioclip {command}: error: "), (args, err)
         assert words in lines[0], (args, err)
+        assert lines[0].endswith(" --help)") and f"(see audioclip {command}" in lines[0], (args, err)
         assert "Traceback" not in err and out == ""
     assert loader == []
 
@@ -152,11 +155,19 @@ def test_usage_errors_exit_2_with_one_line_and_no_model_load(media, loader, caps
     (["classify", "a.wav", "--labels", "dog", "-k", "0"], "at least 1"),
     (["classify", "a.wav", "--labels", "dog", "--top-k", "1e3"], "an integer"),
     (["index", "a.wav", "--db", "x", "--window", "-5"], "must be positive"),
+    (["classify", "a.wav", "--labels", "dog", "-k", "abc"], "argument -k/--top-k: expected an integer, got 'abc'"),
+    (["classify", "a.wav", "--labels", "dog", "--labels-file", "l.txt"], "not allowed with"),
+    (["classify", "a.wav", "--labels", "dog", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["search", "dog", "--db", "x", "-k", "abc"], "an integer"),
+    (["evaluate", "--task", "nope"], "invalid choice: 'nope'"),
+    (["prepare"], "required"),
 ])
 def test_parse_errors_exit_2_naming_the_option(args, words, loader, capsys):
+    """argparse's own errors have the shape of every usage error: one line, the command, a pointer to --help."""
     code, out, err = run(*args, capsys=capsys)
-    assert code == 2 and words in err.splitlines()[-1] and err.splitlines()[-1].startswith(f"audioclip {args[0]}: ")
-    assert "Traceback" not in err and loader == []
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert err.startswith(f"audioclip {args[0]}: error: ") and err.endswith(f" (see audioclip {args[0]} --help)\n")
+    assert "Traceback" not in err and "usage:" not in err and out == "" and loader == []
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

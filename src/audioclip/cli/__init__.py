@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import evaluate, export, index, inference, train
-from .options import EXIT_USAGE, run
+from .options import EXIT_USAGE, ArgumentParser, run, usage_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -64,7 +64,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="audioclip", description="AudioCLIP: text, image and audio in one embedding space.",
         epilog="exit status of every command: 0 done; 1 nothing could be processed, or an error; 2 usage error; "
         "3 some inputs failed. 'audioclip COMMAND --help' documents each.")
@@ -86,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     leaves the interpreter alone.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)  # argparse's own usage errors exit with status 2
+    args, unknown = parser.parse_known_args(argv)  # argparse's own usage errors exit with status 2
+    if unknown:  # named after the command they were given to, not after "audioclip"
+        parser.exit(EXIT_USAGE, usage_line(getattr(args, "prog", parser.prog),
+                                           f"unrecognized arguments: {' '.join(unknown)}") + "\n")
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

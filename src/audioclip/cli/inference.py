@@ -496,6 +496,8 @@ def _run_similarity(args: argparse.Namespace) -> int:
     total = len(args.audio) + len(args.image) + len(args.text)
     if total < 2:
         raise UsageError(f"give at least two items to compare (--audio FILE, --image FILE, --text TEXT); got {total}")
+    if any(not text.strip() for text in args.text):
+        raise UsageError("--text: an empty text was given (nothing to compare)")
     check_inputs([*args.audio, *args.image])
     _check_model_options(args)
 

@@ -32,12 +32,14 @@ import sys
 import traceback
 import types
 from collections.abc import Iterable, Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from audioclip.io import FileReadError, LockedError, read_text_bounded
 
 __all__ = [
     "AUDIO_MODES",
+    "ArgumentParser",
     "EXIT_INTERRUPTED",
     "EXIT_NOTHING_DONE",
     "EXIT_OK",
@@ -67,6 +69,7 @@ __all__ = [
     "read_list_file",
     "require_extra",
     "run",
+    "usage_line",
     "verbose",
 ]
 
@@ -90,6 +93,20 @@ def exit_status(done: int, failed: int) -> int:
 
 class UsageError(ValueError):
     """A command-line mistake found after parsing: reported as one line, exit status 2."""
+
+
+def usage_line(prog: str, message: object) -> str:
+    """The one shape of every usage error: ``audioclip CMD: error: MESSAGE (see audioclip CMD --help)``."""
+    return f"{prog}: error: {_one_line(message)} (see {prog} --help)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose own usage errors (a bad number, an unknown choice, a missing option) have the
+    same one-line shape as the command line's checks (:func:`usage_line`), exit status 2, instead of the usage
+    block. Sub-commands made with ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, usage_line(self.prog, message) + "\n")
 
 
 # -- values offered on the command line ------------------------------------------------------------
@@ -605,7 +622,7 @@ def _run(args: argparse.Namespace) -> int:
         status = args.func(args)
         return EXIT_OK if status is None else int(status)
     except UsageError as err:
-        error(args, err)
+        print(usage_line(_prog(args), err), file=sys.stderr, flush=True)
         return EXIT_USAGE
     except LockedError as err:  # another job writes the same output: nothing was done, try later
         error(args, err)
