@@ -161,6 +161,11 @@ def test_usage_errors_exit_2_with_one_line_and_no_model_load(media, loader, caps
     (["search", "dog", "--db", "x", "-k", "abc"], "an integer"),
     (["evaluate", "--task", "nope"], "invalid choice: 'nope'"),
     (["prepare"], "required"),
+    (["embed", "a.wav", "-o", "x.parquet", "--workers", "100000"], "must be 0 to 64"),
+    (["classify", "a.wav", "--labels", "dog", "--workers", "65"], "must be 0 to 64"),
+    (["index", "a.wav", "--db", "x", "--workers", "-1"], "must be 0 to 64"),
+    (["evaluate", "--task", "zeroshot", "--workers", "1000"], "must be 0 to 64"),
+    (["train", "--config", "esc50-audioclip", "--workers", "1000"], "must be 0 to 64"),
 ])
 def test_parse_errors_exit_2_naming_the_option(args, words, loader, capsys):
     """argparse's own errors have the shape of every usage error: one line, the command, a pointer to --help."""
@@ -343,6 +348,9 @@ def test_shared_options_have_the_same_names_defaults_and_choices():
     commands = _options(build_parser())
     assert set(MODEL_COMMANDS) | {"train", "prepare", "checkpoints", "download"} <= set(commands)
     assert cli_options.AUDIO_MODES == tuple(m for m in AUDIO_MODES if m != "int8")
+    from audioclip.inference import MAX_WORKERS
+
+    assert cli_options.MAX_WORKERS == MAX_WORKERS
     for name in MODEL_COMMANDS:
         opts = commands[name]
         for flag in ("--checkpoint", "--device", "--audio-mode", "--precision", "--cache-dir", "--offline",

@@ -201,3 +201,74 @@ def test_a_late_problem_in_a_streamed_file_drops_what_came_before(tiny_model, tm
     sf.write(tmp_path / "late.wav", wave, 44100, subtype="FLOAT")
     (result,) = embed_files(tiny_model, [str(tmp_path / "late.wav")], options=DecodeOptions(image_size=64))
     assert not result.ok and "peak 7" in result.error and result.embeddings == []
+
+
+# -- decoding processes: bounded, and never outliving the job ------------------------------------------------
+
+
+def test_decoding_workers_are_bounded_by_files_and_cpus(tiny_model, tmp_path, monkeypatch):
+    import audioclip.inference as inference
+
+    assert inference.decoding_workers(30, 1) == 1 and inference.decoding_workers(0, 5) == 0
+    assert inference.decoding_workers(64, 10_000) == min(64, inference.cpu_count())
+    with pytest.raises(ValueError, match="0 to 64"):
+        inference.decoding_workers(100_000, 10)
+    started = []
+    real = inference.DataLoader
+
+    def spy(*args, **kwargs):
+        started.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "DataLoader", spy)
+    sf.write(tmp_path / "a.wav", np.zeros(44100, np.float32), 44100)
+    assert [r.ok for r in embed_files(tiny_model, [str(tmp_path / "a.wav")], workers=30)] == [True]
+    assert started == [1]  # one file: one process, not 30
+
+
+_ORPHAN_PARENT = """
+import os, sys, time
+import audioclip.inference as inference
+from audioclip import create_model
+
+def busy(self, index):  # a decoder deep in a long file: it never looks up from its work
+    print(os.getpid(), flush=True)
+    time.sleep(300)
+    yield {}
+
+inference._DecodedFiles.pieces = busy
+list(inference.embed_files(create_model("AudioCLIP-tiny"), [sys.argv[1]], workers=1))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_decoding_worker_dies_with_its_killed_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    sf.write(tmp_path / "a.wav", np.zeros(44100, np.float32), 44100)
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, str(tmp_path / "a.wav")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(run_with_deadline(parent.stdout.readline, 120))
+        assert _alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.monotonic() + 20
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), "the decoding worker outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait(30)
+        if 'worker' in locals() and _alive(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .options import (
+    MAX_WORKERS,
     EXIT_NOTHING_DONE,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -32,12 +33,12 @@ from .options import (
     check_templates,
     error,
     light_open_clip,
-    non_negative_int,
     note,
     positive_int,
     read_list_file,
     require_extra,
     set_command,
+    worker_count,
 )
 
 __all__ = ["DATASETS", "PAIRS", "TASKS", "fold_checkpoint", "register_evaluate"]
@@ -129,7 +130,8 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> argparse.Argume
     inputs.add_argument("--class-names", metavar="FILE",
                         help="ImageNet: folder,name rows (default: CLIP's names for the 1000 WordNet-ID folders)")
     inputs.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
-    inputs.add_argument("--workers", type=non_negative_int, default=0, help="decoding processes (default: 0)")
+    inputs.add_argument("--workers", type=worker_count, default=0,
+                        help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0; at most one per CPU start)")
 
     out = add_output_options(parser, metavar="DIR",
                              help="results folder (default: eval-results/<task>-<dataset>-<checkpoint>); one "

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .options import (
+    MAX_WORKERS,
     EXIT_NOTHING_DONE,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -22,7 +23,6 @@ from .options import (
     error,
     light_open_clip,
     non_negative_float,
-    non_negative_int,
     note,
     port,
     positive_float,
@@ -31,6 +31,7 @@ from .options import (
     progress_bar,
     set_command,
     verbose,
+    worker_count,
 )
 
 __all__ = ["register_index", "register_search", "register_serve"]
@@ -234,8 +235,9 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
     _add_model_options(parser)
     group = parser.add_argument_group("input (fixed when the index is created)")
     group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
-    group.add_argument("--workers", type=non_negative_int, default=0,
-                       help="decoding processes (default: 0, decode in the main process)")
+    group.add_argument("--workers", type=worker_count, default=0,
+                       help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0, decode in the main process; at most "
+                       "one per CPU and per file start)")
     group.add_argument("--window", type=seconds, default=None,
                        help="audio window in seconds (default: 5)")
     group.add_argument("--hop", type=seconds, default=None,

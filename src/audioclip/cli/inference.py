@@ -12,6 +12,7 @@ import sys
 import time
 
 from .options import (
+    MAX_WORKERS,
     EXIT_NOTHING_DONE,
     EXIT_OK,
     STATUS_EPILOG,
@@ -29,7 +30,6 @@ from .options import (
     exit_status,
     light_open_clip,
     non_negative_float,
-    non_negative_int,
     note,
     positive_float,
     seconds,
@@ -41,6 +41,7 @@ from .options import (
     set_command,
     shard,
     verbose,
+    worker_count,
 )
 
 __all__ = ["load_model", "register_checkpoints", "register_classify", "register_download", "register_embed",
@@ -87,8 +88,9 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
     _add_limit_options(parser)
     group = parser.add_argument_group("input")
     group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
-    group.add_argument("--workers", type=non_negative_int, default=0,
-                       help="decoding processes (default: 0, decode in the main process)")
+    group.add_argument("--workers", type=worker_count, default=0,
+                       help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0, decode in the main process; at most "
+                       "one per CPU and per file start)")
     if windows:
         group.add_argument("--window", type=seconds, default=5.0,
                            help="audio window in seconds (default: 5, the ESC-50 clip length)")

@@ -150,6 +150,19 @@ def _count(text: str, minimum: int, wording: str) -> int:
     return value
 
 
+#: ``--workers`` at most: :data:`audioclip.inference.MAX_WORKERS`, spelled out so that parsing imports no torch
+MAX_WORKERS = 64
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: 0 to :data:`MAX_WORKERS` decoding processes (fewer start when there are fewer CPUs or files)."""
+    value = _number(int, text)
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_WORKERS} (decoding processes; fewer start when there "
+                                         f"are fewer CPUs or files), got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(float, text)
     if not value > 0:

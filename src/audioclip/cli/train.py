@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .options import (
+    MAX_WORKERS,
     EXIT_NOTHING_DONE,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -32,6 +33,7 @@ from .options import (
     positive_int,
     require_extra,
     set_command,
+    worker_count,
 )
 
 __all__ = ["register_prepare", "register_train"]
@@ -88,7 +90,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     run_group.add_argument("--batch-size", type=positive_int, help="train.batch_size (global, over all processes)")
     run_group.add_argument("--lr", type=float, help="optim.lr")
     run_group.add_argument("--gamma", type=float, help="sched.gamma (exponential decay per epoch)")
-    run_group.add_argument("--workers", type=int, help="train.num_workers (DataLoader workers per process)")
+    run_group.add_argument("--workers", type=worker_count,
+                           help=f"train.num_workers (DataLoader workers per process, 0 to {MAX_WORKERS})")
     run_group.add_argument("--seed", type=int, help="train.seed")
     run_group.add_argument("--cv", action="store_true", help="cross-validate: one run per fold, then mean ± std")
     run_group.add_argument("--folds", metavar="LIST", help="with --cv: the folds to run, e.g. 1,2,3 (default all)")
@@ -112,7 +115,8 @@ def register_prepare(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     ex.add_argument("out", help="output folder")
     ex.add_argument("--frames", type=positive_int, default=10, help="equally spaced frames per video (default 10)")
     ex.add_argument("--frame-size", type=positive_int, default=224, help="frame side in pixels (default 224)")
-    ex.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    ex.add_argument("--workers", type=worker_count, default=1,
+                    help=f"parallel processes, up to {MAX_WORKERS} (default 1; 0 is 1)")
     add_logging_options(ex)
     set_command(ex, run_prepare, prog=parser.prog)
     sh = sub.add_parser("shards", help="a config's train/val/test splits -> WebDataset shards + manifest.json",

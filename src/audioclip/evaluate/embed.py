@@ -15,6 +15,7 @@ killed run keeps what it had flushed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..inference import autocast
+from ..inference import autocast, decoding_workers, die_with_parent
 from ..io import atomic_write, write_text_atomic
 from ..prompts import text_classifier
 from ..media import MediaError, load_audio, load_image, load_video_frames
@@ -214,8 +215,9 @@ class _Inputs(Dataset):
         return {"i": i, "x": x}
 
 
-def _one_thread(_):
+def _one_thread(parent: int, worker_id: int) -> None:
     torch.set_num_threads(1)
+    die_with_parent(parent)
 
 
 def _as_list(batch):
@@ -275,10 +277,12 @@ def embed_items(
     new: dict[int, np.ndarray] = {}
 
     if todo:
+        workers = decoding_workers(workers, len(todo))
         loader = DataLoader(
             _Inputs([_source(items[i], modality) for i in todo], modality, conventions, encoder.image_size),
             batch_size=batch_size, num_workers=workers, collate_fn=_as_list,
-            worker_init_fn=_one_thread if workers else None, prefetch_factor=2 if workers else None,
+            worker_init_fn=functools.partial(_one_thread, os.getpid()) if workers else None,
+            prefetch_factor=2 if workers else None,
         )
         from tqdm import tqdm
 

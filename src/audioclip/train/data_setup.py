@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..data import (
     read_manifest,
     split_index,
 )
+from ..inference import die_with_parent
 from ..model import load_model_config
 from .distributed import Dist
 
@@ -50,8 +53,9 @@ class TrainData:
             self.train.set_epoch(epoch)
 
 
-def _worker_init(_):
+def _worker_init(parent: int, worker_id: int) -> None:
     torch.set_num_threads(1)  # a worker per core already; one thread each avoids oversubscription
+    die_with_parent(parent)  # a killed run leaves no worker behind
 
 
 def _model_rates(cfg: dict) -> tuple[int, int]:
@@ -160,7 +164,7 @@ def make_loader(data: TrainData, which: str, cfg: dict, dist: Dist) -> DataLoade
     ds = getattr(data, which)
     workers = int(t["num_workers"])
     extra = dict(num_workers=workers, collate_fn=collate, pin_memory=dist.device.type == "cuda",
-                 worker_init_fn=_worker_init if workers else None)
+                 worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None)
     if workers:
         extra["prefetch_factor"] = 2
     if isinstance(ds, ShardStream):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data import AudioCache, ValidationSpec, read_dataset, split_index, write_shards
+from ..inference import decoding_workers, die_with_parent
 from ..io import atomic_path, write_text_atomic
 from ..media import CLIP_MEAN, CLIP_STD, MediaError, load_audio, load_video_frames
 from ..media.sniff import VIDEO_EXTENSIONS
@@ -88,8 +89,9 @@ def extract_videos(source: str | os.PathLike, out: str | os.PathLike, num_frames
     jobs = [(v, out, num_frames, frame_size) for v in videos]
     bad = []
     bar = tqdm(total=len(jobs), unit="video", desc="extract", disable=not progress)
-    if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
+    workers = decoding_workers(max(1, workers), len(jobs))
+    if workers > 1:  # processes that die with this one (a killed job leaves no extractor running)
+        with get_context("spawn").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for result in pool.imap_unordered(_extract_one, jobs, chunksize=4):
                 bar.update(1)
                 if result:
