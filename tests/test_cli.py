@@ -349,3 +349,23 @@ def test_a_warning_is_one_line_too(checkpoint):
     assert warnings == ["audioclip similarity: warning: 1 text(s) exceed the 77-token context: #1 (302 tokens); "
                         "truncated"], proc.stderr
     assert "Traceback" not in proc.stderr and ".py" not in proc.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_classified_and_embedded(checkpoint, tmp_path):
+    """b'caf\\xe9.png' on disk: classify prints it and embed stores it (escaped), no UnicodeEncodeError."""
+    name = os.fsdecode(b"caf\xe9.png")  # the odd byte is a surrogate in Python
+    Image.new("RGB", (32, 32), "red").save(tmp_path / name, format="PNG")
+    env = {**os.environ, "AUDIOCLIP_OFFLINE": "1", "PYTHONIOENCODING": "utf-8:strict"}  # a strict stdout
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "audioclip", *args, "--checkpoint", checkpoint, "--device", "cpu"],
+                              capture_output=True, env=env, timeout=300)
+
+    proc = run("classify", os.fsencode(tmp_path / name), "--labels", "dog,cat")
+    assert proc.returncode == 0 and b"UnicodeEncodeError" not in proc.stderr, proc.stderr[-2000:]
+    assert b"caf\\udce9.png (image)" in proc.stdout
+    out = tmp_path / "emb.parquet"
+    for now, before in ((1, 0), (0, 1)):  # the second run finds it done
+        proc = run("embed", os.fsencode(tmp_path), "-o", out)
+        assert proc.returncode == 0 and f"({now} now, {before} before)".encode() in proc.stderr, proc.stderr[-2000:]
+    assert read_embeddings(out)["path"].to_pylist() == [str(tmp_path / "caf\\xe9.png")]

@@ -84,6 +84,7 @@ __all__ = [
     "remove_output",
     "rows_path",
     "rows_table",
+    "text_path",
     "run_settings",
     "schema",
     "upgrade",
@@ -280,6 +281,21 @@ def schema(dim: int, settings: Mapping[str, Any] | None = None) -> pa.Schema:
     return pa.schema(fields, metadata=settings_metadata(settings) if settings else None)
 
 
+def text_path(path: str) -> str:
+    """``path`` as the ``path`` column holds it: valid UTF-8 text.
+
+    A file name that is not UTF-8 reaches Python with its odd bytes as
+    surrogates (``b"caf\\xe9.wav"`` -> ``"caf\\udce9.wav"``), which Arrow, Parquet
+    and most tools cannot store: those bytes are written as ``\\xNN`` escapes
+    (``caf\\xe9.wav``). Every other name is kept as it is.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
 def rows_table(results: Iterable[FileResult], checkpoint: str, settings: Mapping[str, Any] | None = None) -> pa.Table:
     """The output rows of finished files (failed ones give none); a single-window clip gives one row."""
     columns: dict[str, list] = {name: [] for name in COLUMNS if name != "embedding"}
@@ -291,7 +307,7 @@ def rows_table(results: Iterable[FileResult], checkpoint: str, settings: Mapping
         for e in result.embeddings:
             if e.kind == "window" and n_windows == 1:
                 continue  # the same vector as the clip's pooled row
-            columns["path"].append(result.path)
+            columns["path"].append(text_path(result.path))
             columns["source"].append(result.source)
             columns["modality"].append(e.modality)
             columns["kind"].append(e.kind)
@@ -825,6 +841,11 @@ class EmbeddingWriter:
             # Outputs of earlier versions hold paths as they were spelled: compare resolved paths.
             done.update(p if _is_uri(p) else os.path.realpath(p) for p in pc.unique(table["path"]).to_pylist())
         return done
+
+    def todo(self, paths: Iterable[str]) -> list[str]:
+        """``paths`` (resolved) without those already embedded (:meth:`done_paths`), in their order."""
+        done = self.done_paths()
+        return [p for p in paths if text_path(p) not in done]
 
     # -- adding
     def add(self, result: FileResult) -> None:

@@ -391,7 +391,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
     try:
         os.ftruncate(fd, 0)  # a stale file's longer holder line must not trail ours
-        os.write(fd, f"{_holder_line()}\n".encode())  # for the message of a job that finds it locked
+        os.write(fd, f"{_holder_line()}\n".encode("utf-8", "backslashreplace"))  # argv may hold odd bytes
         yield path
     finally:
         try:

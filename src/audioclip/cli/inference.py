@@ -426,8 +426,7 @@ def _run_embed(args: argparse.Namespace) -> int:
                             audio_mode="onnxruntime" if args.backend == "onnxruntime" else args.audio_mode)
     writer = EmbeddingWriter(args.output, fmt=args.format, part_size=args.flush_every, settings=settings,
                              overwrite=args.overwrite)  # an earlier output goes only once the lock is held
-    done_before = writer.done_paths()
-    todo = [p for p in paths if p not in done_before]
+    todo = writer.todo(paths)
     skipped = len(paths) - len(todo)
     if skipped:
         note(args, f"resuming: {skipped} file(s) already in {args.output}")

@@ -622,10 +622,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{_prog(args)}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
         warnings.showwarning = one_line
+    # A file name that is not UTF-8 (its odd bytes are surrogates in Python) is printed with them as
+    # escapes, as stderr always does, instead of failing the command with a UnicodeEncodeError.
+    stdout, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    if errors == "strict" and hasattr(stdout, "reconfigure"):
+        stdout.reconfigure(errors="backslashreplace")
     try:
         return _run(args)
     finally:
         warnings.showwarning = shown
+        if errors == "strict" and hasattr(stdout, "reconfigure"):
+            stdout.reconfigure(errors=errors)
 
 
 def _run(args: argparse.Namespace) -> int:

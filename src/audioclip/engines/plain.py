@@ -36,8 +36,7 @@ def embed_plain(
     report = EmbedReport(output=os.fspath(output), engine="plain", ignored=ignored)
     with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings,
                         overwrite=overwrite) as writer:
-        done_before = writer.done_paths()
-        todo = [p for p in paths if p not in done_before]
+        todo = writer.todo(paths)
         report.skipped = len(paths) - len(todo)
         for result in embed_files(model, todo, batch_size=batch_size, workers=workers, precision=precision,
                                   options=options):

@@ -94,8 +94,7 @@ def embed_with_ray(
 
     with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings,
                         overwrite=overwrite) as writer:
-        done_before = writer.done_paths()
-        todo = [p for p in paths if p not in done_before]
+        todo = writer.todo(paths)
         report.skipped = len(paths) - len(todo)
         if todo:
             started = _connect(ray, address, ray_init)
