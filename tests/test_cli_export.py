@@ -59,3 +59,25 @@ def test_onnxruntime_backend_on_the_command_line(tmp_path):
     assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--onnx-dir", str(folder)]) == 2
     assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--backend", "onnxruntime",
                      "--onnx-dir", str(tmp_path)]) == 2
+
+
+def test_export_onnx_quiet_prints_nothing_of_the_exporters(tmp_path, monkeypatch, capsys):
+    """-q: neither the optimizer's logged notes nor what an exporter prints reach the terminal."""
+    import logging
+
+    import pytest
+
+    pytest.importorskip("onnxscript", reason="export onnx needs audioclip[onnx]")
+    import audioclip.export.onnx as onnx_export
+    from audioclip.cli import main as cli_main
+
+    def chatty_export(model, out, **kwargs):  # what torch.onnx.export and onnxscript's optimizer say while exporting
+        logging.getLogger("onnxscript.optimizer._constant_folding").warning(
+            "Skipping constant folding for op %s with multiple outputs.", "Split")
+        print("Applied 3 of general pattern rewrite rules.")
+        out.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", chatty_export)
+    assert cli_main(["export", "onnx", "--checkpoint", "AudioCLIP-tiny", "-o", str(tmp_path / "onnx"), "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert logging.getLogger("onnxscript").level == logging.NOTSET  # left as it was

@@ -472,3 +472,22 @@ def test_list_and_config_files_are_read_bounded_fifos_and_devices_refused(media,
             assert code == 2 and len(lines) == 1, (name, path, err[-2000:])
             assert lines[0].startswith(f"audioclip {args[0]}: error: {path}: ") and problem in lines[0], (name, err)
             assert not torch_imported, (name, path)
+
+
+def test_a_locked_or_planted_output_lock_is_refused_before_torch_is_imported(media, tmp_path):
+    """Another job's output: exit 2 at once (no torch); a link planted at the lock: one line, its target untouched."""
+    from audioclip.embeddings_io import output_lock
+    from audioclip.io import exclusive_lock
+
+    out = tmp_path / "emb.parquet"
+    with exclusive_lock(output_lock(out)):
+        code, err, _, torch_imported = _timed("embed", media / "a.wav", "-o", out, "--checkpoint", "AudioCLIP-tiny")
+    assert code == 2 and err.count("\n") == 1 and "being written by another job now" in err, err
+    assert not torch_imported and not out.exists()
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    output_lock(out).symlink_to(victim)
+    code, err, _, torch_imported = _timed("embed", media / "a.wav", "-o", out, "--checkpoint", "AudioCLIP-tiny")
+    assert code == 1 and err.count("\n") == 1 and "the lock file is a symbolic link" in err, err
+    assert not torch_imported and victim.read_text() == "precious\n" and not out.exists()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 from pathlib import Path
 
 from .options import (
@@ -86,10 +89,34 @@ def _run_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     from audioclip.export.onnx import export_onnx
 
-    export_onnx(model, out, checkpoint_id=factory.checkpoint_id(model),
-                progress=None if args.quiet else (lambda message: note(args, message)))
+    with _exporters_hushed(quiet=args.quiet):
+        export_onnx(model, out, checkpoint_id=factory.checkpoint_id(model),
+                    progress=None if args.quiet else (lambda message: note(args, message)))
     note(args, f"wrote audio.onnx, image.onnx, text.onnx into {out} (each checked in ONNX Runtime)")
     return EXIT_OK
+
+
+#: libraries whose loggers speak while a model is exported (the optimizer's notes on ops it leaves alone)
+_EXPORT_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _exporters_hushed(quiet: bool):
+    """Only errors from the exporting libraries' loggers; with ``quiet``, what they print on stdout goes too.
+
+    Their notes (``Skipping constant folding for op Split ...``) say nothing to
+    someone exporting a model: the export is checked in ONNX Runtime anyway.
+    """
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def register_export(subparsers: argparse._SubParsersAction) -> None:
