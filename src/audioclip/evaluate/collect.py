@@ -7,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from ..io import atomic_write, write_text_atomic
+from ..io import atomic_write, read_text_bounded, write_text_atomic
 from .paper import paper_value
 from .report import CSV_COLUMNS
+
+#: the most a results.json may hold (one evaluation's table: kilobytes)
+MAX_RESULTS_BYTES = 10_000_000
 
 __all__ = ["collect", "find_results"]
 
@@ -51,7 +54,13 @@ def _label(result: dict) -> str:
 
 def collect(paths, output: str | os.PathLike | None = None) -> str:
     """The zero-shot, supervised and querying tables of every ``results.json`` under ``paths`` (Markdown)."""
-    results = [json.loads(p.read_text()) for p in find_results(paths)]
+    results = []
+    for path in find_results(paths):
+        text = read_text_bounded(path, MAX_RESULTS_BYTES, what="results file")  # a FileReadError (ValueError)
+        try:
+            results.append(json.loads(text))
+        except ValueError as err:
+            raise ValueError(f"{path}: not a results file (invalid JSON: {err})") from None
     if not results:
         raise ValueError("no results.json found")
     out = []
