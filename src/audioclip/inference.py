@@ -226,7 +226,9 @@ def die_with_parent(parent: int) -> None:
     cannot notice anything itself, and it holds nothing that needs a clean exit
     (the parent writes every output). ``parent`` is the job's process; the
     worker's own parent may be a fork server between them, which exits with
-    the job. Elsewhere, or if ``prctl`` is unavailable, a daemon thread checks
+    the job. (For the kernel the parent is the thread that started the worker:
+    a DataLoader starts its workers in the thread that iterates it, which
+    outlives them.) Elsewhere, or if ``prctl`` is unavailable, a daemon thread checks
     every second that ``parent`` still exists and ends the worker if not.
     Either way a worker started after its parent already died ends at once.
     """

@@ -17,6 +17,9 @@
   3 some inputs failed; 130 interrupted. An output locked by another job
   (:class:`audioclip.io.LockedError`) is a usage error (2), its holder named. Errors are one line,
   ``audioclip CMD: error: ...``; ``--debug`` adds the traceback.
+- :class:`ArgumentParser`: every usage error, argparse's own (``-k abc``) and the
+  checks' (:class:`UsageError`), has one shape, :func:`usage_line`:
+  ``audioclip CMD: error: ... (see audioclip CMD --help)``, exit status 2.
 
 Nothing here imports torch at module level: building the parser and the
 checks that need no model stay fast.
