@@ -152,15 +152,17 @@ class GuardedH11Protocol(H11Protocol):
         self._drained = 0
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self._client_key: str | None = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
-        cap = min(self.limits.max_connections_per_client, self.limits.max_connections)
-        if not self.clients.admit(self._client_key, cap):
-            # Closed before a byte is read: the address already holds its share. Answering would mean
-            # reading a request head first, i.e. holding the connection the cap is there to refuse.
-            self._client_key = None
-            self.logger.debug("closing a connection: %s already holds %d", peer, cap)
-            transport.close()
-            return
+        self._client_key: str | None = None  # counted under this key while open (None: not counted)
+        key = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
+        cap = self.limits.max_connections_per_client
+        if cap < self.limits.max_connections:  # at or over the global cap, uvicorn's 503 comes first
+            if not self.clients.admit(key, cap):
+                # Closed before a byte is read: the address already holds its share. Answering would mean
+                # reading a request head first, i.e. holding the connection the cap is there to refuse.
+                self.logger.debug("closing a connection: %s already holds %d", peer, cap)
+                transport.close()
+                return
+            self._client_key = key
         self._watch()
 
     def data_received(self, data: bytes) -> None:
