@@ -98,7 +98,7 @@ def main() -> int:
         clip = write(tmp / "clip.flac", 5.0, 44100, 2, tones=True)
         long = write(tmp / "long.flac", long_s, 44100, 2, tones=True)
         hostile = write(tmp / "hostile.wav", hostile_s, 100, 8)
-        size = hostile.stat().st_size / 1024
+        size = hostile.stat().st_size / 1000
         cases = [("5 s clip (stereo FLAC)", clip, True), (f"{long_s:g} s recording (stereo FLAC)", long, True),
                  (f"{size:.0f} KB WAV, 8 ch at 100 Hz, {hostile_s:g} s", hostile, True),
                  ("... without the header check", hostile, False)]

@@ -70,8 +70,8 @@ _FRAMES_SLACK = 1_000_000  # bytes beyond the frames' exact share of the bound (
 _FSIZE_SLACK = 1 << 20  # bytes RLIMIT_FSIZE allows past the bound (the running count stops first)
 _SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for text searches to go first
 # Bytes of memory (RLIMIT_DATA) a decode worker may take beyond what it holds at its start (torch, the decoders:
-# about 0.9 GB of data mappings). A 600 s stereo FLAC takes about 80 MB more; the largest picture the media
-# limits let through (128 megapixels) about 1 GB while Pillow converts it.
+# about 0.9 GB of data mappings). Measured in resident memory: a 600 s stereo FLAC takes about 80 MB more, the
+# largest picture the media limits let through (128 megapixels) about 1.45 GB while Pillow converts it.
 WORKER_MEMORY = 2 << 30
 
 
