@@ -52,8 +52,12 @@ def _worker(path: str, folder: str, header_check: bool, queue) -> None:
         peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
-    outcome = ("refused: " + ("over the memory cap" if meta["too_large"] == "memory" else "too large once decoded")
-               if meta["too_large"] else "error: " + meta["error"] if meta["error"] else f"{len(meta['spans'])} windows")
+    if meta["too_large"]:
+        outcome = "refused: " + ("over the memory cap" if meta["too_large"] == "memory" else "too large once decoded")
+    elif meta["error"]:
+        outcome = "error: " + meta["error"]
+    else:
+        outcome = f"decoded ({len(meta['spans'])} windows{', a picture' if meta['frame'] else ''})"
     queue.put((wall, peak, outcome))
 
 
