@@ -1294,7 +1294,9 @@ def test_a_client_past_its_request_rate_gets_429_and_others_are_answered(served,
     server = started(served["index"], limits=limits)
     try:
         with connect_from("127.0.0.2", server.port) as sock:
-            sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 7 +
+            # each naming another client in X-Forwarded-For, which must change nothing
+            sock.sendall(b"".join(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 10.0.0.%d\r\n\r\n"
+                                  % i for i in range(7)) +
                          b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             data, took = read_until_closed(sock, 30)
         assert statuses(data) == [200] * 5 + [429] * 3 and took is not None, data
@@ -1328,6 +1330,10 @@ def test_client_keys_group_an_ipv6_host_by_its_64():
     limiter.take("b", now=1.0)
     limiter.take("c", now=100.0)  # the table is full: addresses whose buckets filled up again are forgotten
     assert set(limiter.buckets) == {"c"}
+    busy = ClientRateLimit(None, rate=1.0, burst=10, max_table=8)
+    for i in range(1000):  # many busy addresses: the table stays bounded
+        busy.take(f"10.0.{i // 256}.{i % 256}", now=i * 0.001)
+    assert len(busy.buckets) <= 8 and "10.0.3.231" in busy.buckets  # the last one is kept
 
 
 def test_request_heads_over_16_kb_are_refused(served, server_errors):

@@ -304,9 +304,12 @@ class ClientRateLimit:
     """Pure ASGI middleware: 429 for a client address (:func:`client_key`) past its request rate.
 
     One token bucket per address: ``client_burst`` requests at once, refilled
-    at ``client_rate`` a second. Addresses whose bucket has filled up again are
-    forgotten whenever the table passes ``max_table`` entries, so many
-    addresses cost memory only while they are busy.
+    at ``client_rate`` a second. The address is the socket's peer (uvicorn runs
+    with ``proxy_headers=False``: a ``X-Forwarded-For`` header changes nothing).
+    When the table reaches ``max_table`` addresses, those whose bucket has
+    filled up again are forgotten, and if busy ones still fill three quarters
+    of it, the longest idle of them: the table stays bounded, whatever the
+    number of addresses.
     """
 
     def __init__(self, app, rate: float, burst: int, max_table: int = 4096):
@@ -322,8 +325,11 @@ class ClientRateLimit:
             self.buckets[key] = (tokens, now)
             return (1 - tokens) / self.rate
         if key not in self.buckets and len(self.buckets) >= self.max_table:
-            self.buckets = {k: (t, w) for k, (t, w) in self.buckets.items()
-                            if t + (now - w) * self.rate < self.burst}
+            busy = {k: (t, w) for k, (t, w) in self.buckets.items() if t + (now - w) * self.rate < self.burst}
+            keep = self.max_table * 3 // 4  # room for new addresses, so that this runs once per max_table / 4
+            if len(busy) > keep:  # busy addresses fill the table: forget the longest idle (they get a new burst)
+                busy = dict(sorted(busy.items(), key=lambda item: item[1][1])[len(busy) - keep:])
+            self.buckets = busy
         self.buckets[key] = (tokens - 1, now)
         return 0.0
 

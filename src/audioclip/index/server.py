@@ -685,7 +685,10 @@ class SearchServer:
             app, http=protocol_class(limits, _SECURITY_HEADERS), ws="none", lifespan="off", loop="asyncio",
             log_config=None, log_level="error" if quiet else "info", access_log=not quiet,
             timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
-            h11_max_incomplete_event_size=limits.max_head_bytes, timeout_graceful_shutdown=5, server_header=False)
+            h11_max_incomplete_event_size=limits.max_head_bytes, timeout_graceful_shutdown=5, server_header=False,
+            # the client is the socket's peer: uvicorn would otherwise take X-Forwarded-For from any process on
+            # this machine (its default trusts 127.0.0.1), giving the per-client limits a new address per request
+            proxy_headers=False)
         self._uvicorn = uvicorn.Server(config)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
