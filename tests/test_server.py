@@ -1201,6 +1201,15 @@ def test_uvicorn_is_the_pinned_version_whose_internals_httpd_uses():
     for name in ("connection_made", "data_received", "on_response_complete", "connection_lost", "pause_writing",
                  "resume_writing", "send_400_response", "timeout_keep_alive_handler"):
         assert callable(getattr(H11Protocol, name, None)), name
+    import inspect
+
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    # send_error marks the request in progress disconnected, as H11Protocol.connection_lost does
+    for name in ("self.cycle", "self.conn", "self.transport", "self.timeout_keep_alive_task"):
+        assert name in inspect.getsource(H11Protocol.__init__), name
+    for name in ("self.disconnected", "self.message_event", "self.response_complete"):
+        assert name in inspect.getsource(RequestResponseCycle.__init__), name
 
 
 def test_the_decoded_bound_makes_room_for_the_frames_of_the_model_and_options():
