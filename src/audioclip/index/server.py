@@ -17,9 +17,10 @@ Routes (everything else is 404; every answer but the page's files is JSON):
   out. The file is decoded by a worker process within ``decode_timeout`` seconds and the media limits,
   lowered for a query: at most ``max_query_seconds`` of sound and 8 channels (any number when the index
   is mono: they are averaged into one), and at most ``max_decoded_bytes`` written by the worker (by
-  default what ``max_query_seconds`` of stereo windows take, ~230 MB for 600 s; a small file of many
-  channels at a low rate would otherwise decode to gigabytes): beyond it the decoding stops and the
-  answer is 413 "too large once decoded". The windows are embedded here a batch at a time
+  default what ``max_query_seconds`` of stereo windows take, ~215 MB for 600 s; a small file of many
+  channels at a low rate would otherwise decode to gigabytes): a file whose header states more is
+  refused before decoding, one that turns out to decode to more is stopped, and the answer is 413
+  "too large once decoded"; the worker's memory is capped as well (``uploads.WORKER_MEMORY``). The windows are embedded here a batch at a time
   (``uploads.py``), text searches that are waiting going first; the folder is deleted before the
   answer is sent. Errors name the file by the name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file (with HTTP range
