@@ -150,19 +150,22 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline_kind: str | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
         self._drained = 0
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
         self._client_key: str | None = None  # counted under this key while open (None: not counted)
-        key = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
+        self._refused = False
         cap = self.limits.max_connections_per_client
         if cap < self.limits.max_connections:  # at or over the global cap, uvicorn's 503 comes first
+            peer = transport.get_extra_info("peername")
+            key = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
             if not self.clients.admit(key, cap):
-                # Closed before a byte is read: the address already holds its share. Answering would mean
-                # reading a request head first, i.e. holding the connection the cap is there to refuse.
+                # Closed before a byte is read, and before uvicorn counts it among its connections (where it
+                # would take a place under the global cap until closed): the address already holds its share.
+                # Answering would mean reading a request head first, i.e. holding what the cap refuses.
+                self._refused = True
                 self.logger.debug("closing a connection: %s already holds %d", peer, cap)
                 transport.close()
                 return
             self._client_key = key
+        super().connection_made(transport)
         self._watch()
 
     def data_received(self, data: bytes) -> None:
@@ -198,6 +201,8 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_deadline(None)
         self._cancel_write_deadline()
+        if self._refused:  # never handed to uvicorn
+            return
         if self._client_key is not None:
             self.clients.release(self._client_key)
             self._client_key = None
