@@ -19,7 +19,9 @@ generates:
   44.1 kHz): refused from its header, before decoding;
 - the same file with the header check switched off, as for a format whose
   header states no length: what the worker's memory cap (``RLIMIT_DATA``,
-  ``WORKER_MEMORY`` beyond its start) stops.
+  ``WORKER_MEMORY`` beyond its start) stops;
+- a PNG of 128 megapixels (the media limits' largest picture; simple stripes,
+  so the file is small): it must decode within the memory cap.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def _worker(path: str, folder: str, header_check: bool, queue) -> None:
@@ -106,6 +109,13 @@ def main() -> int:
         cases = [("5 s clip (stereo FLAC)", clip, True), (f"{long_s:g} s recording (stereo FLAC)", long, True),
                  (f"{size:.0f} KB WAV, 8 ch at 100 Hz, {hostile_s:g} s", hostile, True),
                  ("... without the header check", hostile, False)]
+        side = 800 if args.smoke else int(128e6 ** 0.5) - 2
+        picture = np.zeros((side, side, 3), np.uint8)
+        picture[::7] = 200
+        picture[:, ::5, 1] = 90
+        Image.fromarray(picture).save(tmp / "picture.png")
+        del picture
+        cases.append((f"{side * side / 1e6:.0f}-megapixel PNG", tmp / "picture.png", True))
         rows = []
         for name, path, check in cases:
             wall, peak, outcome = run(context, path, check)
