@@ -296,10 +296,11 @@ def test_a_slow_upload_is_cut_at_its_total_deadline(served):
 
 
 def test_searches_are_answered_while_slow_clients_hold_connections(served):
-    server = started(served["index"], limits=ConnectionLimits(head_timeout=60, max_connections=64))
+    server = started(served["index"], limits=ConnectionLimits(head_timeout=60, max_connections=64,
+                                                              max_connections_per_client=64))
     slow = []
     try:
-        for i in range(40):  # slowloris: heads that never end
+        for i in range(40):  # slowloris: heads that never end (from one address: no per-client cap here)
             sock = connect(server.port)
             sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-" + str(i).encode() + b": ")
             slow.append(sock)
@@ -926,12 +927,28 @@ def test_a_small_upload_cannot_decode_to_gigabytes(served, tmp_path, monkeypatch
         stopped(server)
 
 
+def _matroska(path, channels: int, rate: int, seconds: float) -> None:
+    """PCM in a Matroska file: FFmpeg decodes it, libsndfile reads no header of it (so no length is stated)."""
+    import av
+
+    rng = np.random.default_rng(channels)
+    samples = (0.1 * rng.standard_normal((int(rate * seconds), channels)) * 32767).astype(np.int16)
+    layout = {1: "mono", 2: "stereo"}[channels]
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
 def test_the_decode_worker_stops_writing_at_its_bound(served, tmp_path):
-    """The running count: the worker writes no more than the bound, and what it wrote is freed."""
+    """The running count: the worker writes no more than the bound, and what it wrote is freed (a file whose
+    header states no length that libsndfile reads, so that the check of the stated length cannot refuse it)."""
     work = tmp_path / "work"
     work.mkdir()
     path = work / "query.wav"
-    _wav(path, 2, 100, 60)  # 21 MB once decoded
+    _matroska(path, 2, 100, 60)  # 21 MB once decoded
     options = query_options_for(served)
     with pytest.raises(UploadError) as refused:
         decode_upload(str(path), "q.wav", options, budget=120, max_bytes=3_000_000)
@@ -1184,6 +1201,15 @@ def test_uvicorn_is_the_pinned_version_whose_internals_httpd_uses():
     for name in ("connection_made", "data_received", "on_response_complete", "connection_lost", "pause_writing",
                  "resume_writing", "send_400_response", "timeout_keep_alive_handler"):
         assert callable(getattr(H11Protocol, name, None)), name
+    import inspect
+
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    # send_error marks the request in progress disconnected, as H11Protocol.connection_lost does
+    for name in ("self.cycle", "self.conn", "self.transport", "self.timeout_keep_alive_task"):
+        assert name in inspect.getsource(H11Protocol.__init__), name
+    for name in ("self.disconnected", "self.message_event", "self.response_complete"):
+        assert name in inspect.getsource(RequestResponseCycle.__init__), name
 
 
 def test_the_decoded_bound_makes_room_for_the_frames_of_the_model_and_options():
@@ -1194,3 +1220,248 @@ def test_the_decoded_bound_makes_room_for_the_frames_of_the_model_and_options():
     frames = 10 * 3 * 384 * 384 * 4  # ten 384 x 384 frames of float32: 17.7 MB
     assert decoded_bound(every) - decoded_bound(central) == frames - frames // 10
     assert decoded_bound(every) > frames + central.limits.max_duration * central.sample_rate * 2 * 4
+
+
+# -- 10. fair shares: per-client caps, head size, one log line, start-up order, upload bounds -------
+
+
+def connect_from(source: str, port: int, timeout: float = 10) -> socket.socket:
+    """A connection to the server (on 127.0.0.1) from ``source``, another loopback address (all of 127/8 is
+    loopback on Linux): how the tests tell one client from another."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+def statuses(data: bytes) -> list[int]:
+    """Status codes of the HTTP responses in ``data``, pipelined ones too (a JSON body ends without a newline)."""
+    import re
+
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] ([0-9]{3}) ", data)]
+
+
+def still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def test_one_client_holding_and_reopening_connections_does_not_lock_others_out(served):
+    """The attacker (127.0.0.2) keeps trying to hold every connection and reopens each one closed; another
+    client (127.0.0.3) is answered all along, and the attacker ends up holding its share, no more."""
+    limits = ConnectionLimits(head_timeout=60, max_connections=8, max_connections_per_client=3)
+    server = started(served["index"], limits=limits)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def attack() -> None:
+        while not stop.is_set():
+            for sock in [s for s in held if not still_open(s)]:
+                held.remove(sock)
+                sock.close()
+            while len(held) < 2 * limits.max_connections and not stop.is_set():
+                try:
+                    sock = connect_from("127.0.0.2", server.port)
+                    sock.sendall(b"GET /api/stats HTTP/1.1\r\n")  # a head that never ends
+                except OSError:
+                    break
+                held.append(sock)
+            time.sleep(0.05)
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(5):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=("127.0.0.3", 0))
+            try:
+                conn.request("GET", "/api/stats")
+                response = conn.getresponse()
+                assert response.status == 200, response.read()
+                response.read()
+            finally:
+                conn.close()
+            time.sleep(0.2)
+        stop.set()
+        attacker.join(10)
+        for _ in range(100):  # until the server has taken (and closed) the connections the attacker opened last
+            if sum(still_open(s) for s in held) <= limits.max_connections_per_client:
+                break
+            time.sleep(0.1)
+        assert sum(still_open(s) for s in held) == limits.max_connections_per_client  # its share, held
+    finally:
+        stop.set()
+        attacker.join(10)
+        for sock in held:
+            sock.close()
+        stopped(server)
+
+
+def test_a_client_past_its_request_rate_gets_429_and_others_are_answered(served, server_errors):
+    limits = dataclasses.replace(LIMITS, client_rate=0.01, client_burst=5)  # 5 at once, then one per 100 s
+    server = started(served["index"], limits=limits)
+    try:
+        with connect_from("127.0.0.1", server.port) as sock:
+            # each naming another client in X-Forwarded-For, which must change nothing (uvicorn's default
+            # would believe it from 127.0.0.1)
+            sock.sendall(b"".join(b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 10.0.0.%d\r\n\r\n"
+                                  % i for i in range(7)) +
+                         b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data, took = read_until_closed(sock, 30)
+        assert statuses(data) == [200] * 5 + [429] * 3 and took is not None, data
+        refused = data.split(b"HTTP/1.1 429")[1]
+        assert b"retry-after: " in refused.lower() and b"too many requests from your address" in refused
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=("127.0.0.3", 0))
+        try:
+            conn.request("GET", "/api/stats")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    finally:
+        stopped(server)
+    assert server_errors() == []
+
+
+def test_client_keys_group_an_ipv6_host_by_its_64():
+    from audioclip.index.httpd import ClientCounts, ClientRateLimit, client_key
+
+    assert client_key("127.0.0.2") == "127.0.0.2" and client_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1") and client_key(None) == ""
+    counts = ClientCounts()
+    assert [counts.admit("a", 2) for _ in range(3)] == [True, True, False]
+    counts.release("a")
+    counts.release("a")
+    assert counts.open == {}  # an address leaves the table with its last connection
+    limiter = ClientRateLimit(None, rate=1.0, burst=2, max_table=2)
+    assert [limiter.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    assert limiter.take("a", now=1.0) == 0.0  # refilled at the rate
+    limiter.take("b", now=1.0)
+    limiter.take("c", now=100.0)  # the table is full: addresses whose buckets filled up again are forgotten
+    assert set(limiter.buckets) == {"c"}
+    busy = ClientRateLimit(None, rate=1.0, burst=10, max_table=8)
+    for i in range(1000):  # many busy addresses: the table stays bounded
+        busy.take(f"10.0.{i // 256}.{i % 256}", now=i * 0.001)
+    assert len(busy.buckets) <= 8 and "10.0.3.231" in busy.buckets  # the last one is kept
+
+
+def test_request_heads_over_16_kb_are_refused(served, server_errors):
+    port = served["port"]
+    assert LIMITS.max_head_bytes == ConnectionLimits().max_head_bytes == 16384
+
+    def get(pad: int) -> bytes:
+        return b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+
+    fits, over = get(16384 - len(get(0))), get(16385 - len(get(0)))
+    assert len(fits) == 16384 and len(over) == 16385
+    data, _ = exchange(port, fits + b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert statuses(data) == [200, 200], data[:200]
+    for raw in (over, get(120_000), get(0) + get(60_000)):  # whole, in one read; and pipelined behind another
+        data, took = exchange(port, raw)
+        assert statuses(data)[-1] == 431 and took is not None, data[:200]
+        assert "request head too large" in body_json(b"HTTP/1.1 431" + data.split(b"HTTP/1.1 431")[-1])["error"]
+    assert server_errors() == []
+
+
+def test_a_bad_chunk_size_is_answered_400_and_logged_in_one_line(served):
+    records = served["records"]
+    records.clear()
+    for target in (b"/api/search?kind=audio&name=a.wav", b"/api/stats"):
+        method = b"POST" if b"search" in target else b"GET"
+        data, took = exchange(served["port"], method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"X-Audioclip: 1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n"
+                              b"zz\r\nabc\r\n0\r\n\r\n")
+        assert responses(data) == [400] and took is not None, data
+        assert "malformed request" in body_json(data)["error"]
+    time.sleep(0.5)  # the handlers of both requests have run
+    assert [r for r in records if r.exc_info] == []
+    lines = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(lines) <= 2 and all("\n" not in r.getMessage() for r in lines), [r.getMessage() for r in lines]
+
+
+def test_a_bad_host_or_a_busy_port_fails_before_the_model_loads(served, monkeypatch, capsys):
+    from audioclip.cli import main
+    from audioclip.index import api
+
+    loaded = []
+    monkeypatch.setattr(api.Index, "model", property(lambda self: loaded.append(1)))
+    db = str(served["root"] / "db")
+    assert main(["serve", "--db", db, "--host", "no-such-host.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("audioclip serve: error: --host no-such-host.invalid: "), err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        assert main(["serve", "--db", db, "--port", str(busy.getsockname()[1])]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot listen on 127.0.0.1:" in err and "in use" in err, err
+    assert loaded == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--max-upload-mb", "1e30"], "at most 4096"),
+    (["--max-query-seconds", "1e30"], "at most 86400"),
+    (["--max-connections-per-client", "0"], "at least 1"),
+])
+def test_serve_limits_out_of_range_are_usage_errors(args, words, capsys, tmp_path):
+    from audioclip.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--db", str(tmp_path / "db"), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and args[0] in err and words in err, err
+
+
+def test_a_per_client_cap_over_the_global_one_is_a_usage_error(served, capsys):
+    from audioclip.cli import main
+
+    assert main(["serve", "--db", str(served["root"] / "db"), "--max-connections", "8",
+                 "--max-connections-per-client", "9"]) == 2
+    assert "cannot be more than --max-connections" in capsys.readouterr().err
+
+
+def test_an_upload_whose_header_states_too_much_is_refused_before_decoding(served, tmp_path):
+    """944 kB of 8 channels at 100 Hz for 590 s is 830 MB once decoded at 44.1 kHz: refused from its header,
+    before a sample is decoded (nothing is written); a file within the bound is decoded as before."""
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / "query.wav"
+    data = _wav(path, 8, 100, 590)
+    assert len(data) < 1_000_000
+    with pytest.raises(UploadError) as refused:
+        decode_upload(str(path), "q.wav", query_options_for(served), budget=120)
+    assert refused.value.status == 413 and "too large once decoded" in refused.value.message
+    assert not any(p.suffix == ".raw" for p in work.iterdir())  # refused before the decoding began
+    short = tmp_path / "short"
+    short.mkdir()
+    _wav(short / "query.wav", 8, 100, 30)
+    assert decode_upload(str(short / "query.wav"), "q.wav", query_options_for(served), budget=120).windows is not None
+
+
+def _allocate_past(limit: int, queue) -> None:
+    from audioclip.index.uploads import _limit_memory
+
+    _limit_memory(limit)
+    try:
+        block = np.ones(4 * limit // 8)  # four times the room left
+        queue.put(f"allocated {block.nbytes}")
+    except MemoryError:
+        queue.put("MemoryError")
+
+
+def test_the_decode_worker_has_a_memory_cap(tmp_path):
+    import multiprocessing
+
+    from audioclip.index.uploads import WORKER_MEMORY
+
+    context = multiprocessing.get_context("forkserver")
+    queue = context.Queue()
+    process = context.Process(target=_allocate_past, args=(256 << 20, queue))
+    process.start()
+    process.join(60)
+    assert queue.get(timeout=10) == "MemoryError" and process.exitcode == 0
+    assert 1 << 30 <= WORKER_MEMORY <= 4 << 30

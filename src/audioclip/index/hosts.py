@@ -1,12 +1,14 @@
-"""Host names as ``audioclip serve`` compares them with a request's ``Host`` header (no heavy imports: the
-command line checks ``--allowed-host`` values with :func:`host_name` before anything is loaded)."""
+"""Host names as ``audioclip serve`` compares them with a request's ``Host`` header, and the listening socket
+(no heavy imports: the command line checks ``--allowed-host`` values with :func:`host_name`, and binds the
+socket with :func:`listen`, before anything is loaded)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
-__all__ = ["host_name", "request_host_name"]
+__all__ = ["host_name", "listen", "request_host_name"]
 
 _NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?", re.ASCII)
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
@@ -60,3 +62,25 @@ def request_host_name(header: str) -> str:
         return host_name(header)
     except ValueError:
         return ""
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A TCP socket bound to ``host`` (a name or address; the first address it resolves to) and ``port``, listening.
+
+    Connections wait in the backlog until the server starts accepting, so the
+    socket can be bound before the model loads: a bad address or a busy port
+    is found at once. Raises ``socket.gaierror`` for a name that does not
+    resolve, ``OSError`` for an address that cannot be bound (in use, not
+    this machine's, a privileged port).
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart is not refused for TIME_WAIT
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock

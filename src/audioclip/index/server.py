@@ -17,9 +17,10 @@ Routes (everything else is 404; every answer but the page's files is JSON):
   out. The file is decoded by a worker process within ``decode_timeout`` seconds and the media limits,
   lowered for a query: at most ``max_query_seconds`` of sound and 8 channels (any number when the index
   is mono: they are averaged into one), and at most ``max_decoded_bytes`` written by the worker (by
-  default what ``max_query_seconds`` of stereo windows take, ~230 MB for 600 s; a small file of many
-  channels at a low rate would otherwise decode to gigabytes): beyond it the decoding stops and the
-  answer is 413 "too large once decoded". The windows are embedded here a batch at a time
+  default what ``max_query_seconds`` of stereo windows take, ~215 MB for 600 s; a small file of many
+  channels at a low rate would otherwise decode to gigabytes): a file whose header states more is
+  refused before decoding, one that turns out to decode to more is stopped, and the answer is 413
+  "too large once decoded"; the worker's memory is capped as well (``uploads.WORKER_MEMORY``). The windows are embedded here a batch at a time
   (``uploads.py``), text searches that are waiting going first; the folder is deleted before the
   answer is sent. Errors name the file by the name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file (with HTTP range
@@ -44,9 +45,13 @@ addresses in brackets; anything else is a ``ValueError``, a usage error on the c
 
 Connections (``httpd.py``): HTTP/1.1 parsed by h11; ``Transfer-Encoding`` with ``Content-Length`` is
 refused (400, connection closed: no request smuggling); a request head must arrive within
-``head_timeout``, an idle connection is closed after ``keep_alive``, an upload body must keep coming
-(``body_idle_timeout``, ``body_timeout``); past ``max_connections`` requests get 503 at once (from
-uvicorn itself: plain text, without the security headers, and the connection closed after it).
+``head_timeout`` and be at most ``max_head_bytes`` (431), an idle connection is closed after
+``keep_alive``, an upload body must keep coming (``body_idle_timeout``, ``body_timeout``); past
+``max_connections`` requests get 503 at once (from uvicorn itself: plain text, without the security
+headers, and the connection closed after it). Below that cap, one client address (an IPv6 /64) may
+hold ``max_connections_per_client`` connections (more are closed at once) and make ``client_rate``
+requests a second after a burst of ``client_burst`` (429 beyond), so that one client cannot take
+the whole server.
 Answers carry ``nosniff``, ``no-referrer`` and a strict Content-Security-Policy. Errors never show a
 server path: a store error is logged and answered with a generic message, an unexpected one is
 logged to stderr and answered 500.
@@ -80,8 +85,8 @@ from starlette.routing import Route
 from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from ..media.files import DecodeOptions
 from .api import Index, QueryError
-from .hosts import host_name, request_host_name
-from .httpd import ConnectionLimits, FramingGuard, protocol_class
+from .hosts import host_name, listen, request_host_name
+from .httpd import ClientRateLimit, ConnectionLimits, FramingGuard, protocol_class
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
 from .store import IndexStoreError
@@ -653,11 +658,14 @@ def allowed_host_names(host: str, extra=()) -> frozenset[str]:
 
 
 def build_app(site: _Site, allowed_hosts: frozenset[str]):
-    """The ASGI application: Starlette's routes inside the Host check, the framing check and the headers."""
+    """The ASGI application: Starlette's routes inside the Host check, the framing check, the per-client request
+    rate and the headers."""
     app = Starlette(routes=site.routes(), exception_handlers={
         _Refused: _refused, HTTPException: _http_error, Exception: _internal_error})
     app.router.redirect_slashes = False  # "/api/stats/" is not found, not redirected
-    return _SecurityHeaders(FramingGuard(_HostGuard(app, allowed_hosts)))
+    limits = site.limits
+    return _SecurityHeaders(ClientRateLimit(FramingGuard(_HostGuard(app, allowed_hosts)), limits.client_rate,
+                                            limits.client_burst))
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -678,7 +686,10 @@ class SearchServer:
             app, http=protocol_class(limits, _SECURITY_HEADERS), ws="none", lifespan="off", loop="asyncio",
             log_config=None, log_level="error" if quiet else "info", access_log=not quiet,
             timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
-            timeout_graceful_shutdown=5, server_header=False)
+            h11_max_incomplete_event_size=limits.max_head_bytes, timeout_graceful_shutdown=5, server_header=False,
+            # the client is the socket's peer: uvicorn would otherwise take X-Forwarded-For from any process on
+            # this machine (its default trusts 127.0.0.1), giving the per-client limits a new address per request
+            proxy_headers=False)
         self._uvicorn = uvicorn.Server(config)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -735,27 +746,16 @@ class SearchServer:
     stop = shutdown
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)  # connections wait in the backlog until uvicorn starts accepting
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 20_000_000,
                 quiet: bool = False, *, allowed_hosts=(), max_uploads: int = MAX_UPLOADS,
                 max_query_seconds: float = MAX_QUERY_SECONDS, decode_timeout: float = DECODE_TIMEOUT,
                 limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH,
                 max_receiving: int = MAX_RECEIVING, max_receiving_bytes: int | None = None,
-                max_decoded_bytes: int | None = None) -> SearchServer:
+                max_decoded_bytes: int | None = None, sock: socket.socket | None = None) -> SearchServer:
     """A server for ``index``, bound but not yet serving (``serve_forever`` or ``start``). ``port=0`` picks a free one.
+
+    ``sock``: a socket already listening (:func:`~audioclip.index.hosts.listen`) to serve on instead of binding
+    ``host`` and ``port``; ``host`` still names the address for the Host check.
 
     ``max_uploads`` uploads are decoded and embedded at a time; ``max_receiving`` bodies are received at a time,
     of at most ``max_receiving_bytes`` in all (default: 4 x ``max_upload``); an upload decodes to at most
@@ -769,22 +769,32 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
                  max_receiving=max_receiving, max_receiving_bytes=max_receiving_bytes,
                  max_decoded_bytes=max_decoded_bytes)
     app = build_app(site, allowed)
-    server = SearchServer(site, app, _bind(host, port), limits, quiet)
+    server = SearchServer(site, app, sock if sock is not None else listen(host, port), limits, quiet)
     threading.Thread(target=start_worker_pool, daemon=True).start()  # so that the first upload need not wait
     return server
 
 
 def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: int = 20_000_000,
           quiet: bool = False, **options) -> int:
-    """Serve until interrupted; returns the exit status. ``options``: those of :func:`make_server`."""
+    """Serve until interrupted; returns the exit status. ``options``: those of :func:`make_server`.
+
+    The socket is bound (unless ``options`` gives one as ``sock``) before the model loads, so that a busy port or
+    an address of another machine fails at once (status 1).
+    """
     stats = index.stats()
+    if options.get("sock") is None:
+        try:
+            options["sock"] = listen(host, port)
+        except OSError as err:  # socket.gaierror included
+            print(f"audioclip: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
+            return 1
     print(f"loading the model ({(index.meta or {}).get('checkpoint')}) ...", file=sys.stderr)
-    index.model  # noqa: B018 (load now: the first query is then fast, and a bad checkpoint fails here)
     try:
+        index.model  # noqa: B018 (load now: the first query is then fast, and a bad checkpoint fails here)
         server = make_server(index, host, port, max_upload, quiet, **options)
-    except OSError as err:
-        print(f"audioclip: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
-        return 1
+    except BaseException:
+        options["sock"].close()
+        raise
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {index.db} ({stats['files']} files) on http://{shown}:{server.port}/ "
           "(Ctrl-C to stop)", file=sys.stderr)

@@ -12,10 +12,16 @@ libraries. So the server never decodes one itself:
    picture or video frames as another, and ``meta.json``. A worker over its
    time budget is killed; one that crashes is reported, and the server goes
    on. What the worker writes is bounded too (``max_bytes``): a small file
-   can decode to a great deal (a 128 kB WAV of 64 channels at 100 Hz is
-   113 MB of float32 at 44.1 kHz), so the writer keeps a running count and
-   stops past the bound ("too large once decoded", 413), and the worker's
-   ``RLIMIT_FSIZE`` stops any single file a little past it as a backstop.
+   can decode to a great deal (a 944 kB WAV of 8 channels at 100 Hz for
+   590 s is 830 MB of float32 at 44.1 kHz). So the worker first reads the
+   header (libsndfile's formats: WAV, FLAC, Ogg...) and refuses a file whose
+   stated length and channels decode past the bound before decoding a sample
+   ("too large once decoded", 413); while decoding, the writer keeps a
+   running count and stops past the bound (a header can lie, or there may
+   be none to read); the worker's ``RLIMIT_FSIZE`` stops any single file a
+   little past it; and its ``RLIMIT_DATA`` caps its memory at
+   :data:`WORKER_MEMORY` beyond what it holds when it starts (a decoder
+   that needs more fails, and the upload with it).
 2. :func:`embed_upload` embeds the windows here (the model lives here),
    taking ``index.model_lock`` for one batch at a time, so that text
    searches, which take the same lock, are answered between two batches of
@@ -54,8 +60,8 @@ from ..media.files import DecodeOptions
 if TYPE_CHECKING:
     from .api import Index
 
-__all__ = ["MAX_QUERY_CHANNELS", "QUERY_BATCH", "DecodedUpload", "SearchesFirst", "UploadError", "decode_upload",
-           "decoded_bound", "embed_upload", "query_options", "start_worker_pool"]
+__all__ = ["MAX_QUERY_CHANNELS", "QUERY_BATCH", "WORKER_MEMORY", "DecodedUpload", "SearchesFirst", "UploadError",
+           "decode_upload", "decoded_bound", "embed_upload", "query_options", "start_worker_pool"]
 
 QUERY_BATCH = 16  # windows per model call and per hold of the model lock: embed_files' default batch
 MAX_QUERY_CHANNELS = 8  # audio channels of an uploaded query (7.1 is 8): a query is a sound, not a session
@@ -63,6 +69,10 @@ _WINDOWS, _FRAMES, _META = "windows.raw", "frames.raw", "meta.json"
 _FRAMES_SLACK = 1_000_000  # bytes beyond the frames' exact share of the bound (headers, rounding)
 _FSIZE_SLACK = 1 << 20  # bytes RLIMIT_FSIZE allows past the bound (the running count stops first)
 _SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for text searches to go first
+# Bytes of memory (RLIMIT_DATA) a decode worker may take beyond what it holds at its start (torch, the decoders:
+# about 0.9 GB of data mappings). Measured in resident memory: a 600 s stereo FLAC takes about 80 MB more, the
+# largest picture the media limits let through (128 megapixels) about 1.45 GB while Pillow converts it.
+WORKER_MEMORY = 2 << 30
 
 
 class UploadError(Exception):
@@ -106,13 +116,40 @@ def decoded_bound(options: DecodeOptions) -> int:
     the index is mono) as float32 windows, overlapping ones counted as often as they are written, and the
     frames of a picture or video. A longer recording, or one of more channels, may be refused as too large
     once decoded even though it is within the duration and channel limits."""
-    channels = 1 if options.mono else 2
-    hop = options.hop or options.window
-    overlap = max(1.0, options.window / hop) if hop > 0 else 1.0
-    audio = options.limits.max_duration * options.sample_rate * channels * 4 * overlap
+    audio = _audio_bytes(options.limits.max_duration, 2, options)
     # a picture is one frame; a video the central frame or ten ("all"), each 3 x size x size float32
     frames = (10 if options.video_frames == "all" else 1) * 3 * options.image_size ** 2 * 4
-    return int(audio + options.window * options.sample_rate * channels * 4) + frames + _FRAMES_SLACK
+    return int(audio + options.window * options.sample_rate * (1 if options.mono else 2) * 4) + frames \
+        + _FRAMES_SLACK
+
+
+def _audio_bytes(seconds: float, channels: int, options: DecodeOptions) -> float:
+    """Bytes of float32 windows that ``seconds`` of ``channels`` decode to (one channel for a mono index),
+    overlapping windows counted as often as they are written."""
+    hop = options.hop or options.window
+    overlap = max(1.0, options.window / hop) if hop > 0 else 1.0
+    return seconds * options.sample_rate * (1 if options.mono else channels) * 4 * overlap
+
+
+def _stated_too_large(path: str, options: DecodeOptions, max_bytes: int) -> bool:
+    """Whether the file's header states a sound that decodes past ``max_bytes`` (False when it states none).
+
+    Only a file within the media limits is judged here: one over them is
+    refused by the decoder, with the limit named.
+    """
+    import soundfile
+
+    try:
+        info = soundfile.info(path)
+    except Exception:  # noqa: BLE001 (not a format libsndfile reads, or no header: the running count remains)
+        return False
+    if not (info.samplerate > 0 and info.frames > 0 and info.channels > 0):
+        return False
+    seconds = info.frames / info.samplerate
+    limits = options.limits
+    if limits.check_audio(info.channels, info.samplerate, info.frames):
+        return False
+    return _audio_bytes(seconds, info.channels, options) > max_bytes
 
 
 class _TooLarge(Exception):
@@ -155,15 +192,36 @@ def _limit_file_size(max_bytes: int) -> None:
         pass
 
 
-def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: int | None = None) -> None:
+def _limit_memory(extra: int) -> None:
+    """Cap this process's data (heap and private mappings: ``RLIMIT_DATA``) at what it holds now plus ``extra``."""
+    try:
+        import resource
+
+        with open("/proc/self/status") as status:
+            held = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        soft = held + extra
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    except (ImportError, AttributeError, ValueError, OSError, StopIteration):  # not Linux: the other bounds remain
+        pass
+
+
+def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: int | None = None,
+                   memory: int | None = WORKER_MEMORY) -> None:
     """In the worker: decode ``path`` into ``folder`` (raw arrays, then ``meta.json`` last), at most
-    ``max_bytes`` of them."""
+    ``max_bytes`` of them, in at most ``memory`` bytes beyond what the worker holds at its start (None: no cap)."""
     torch.set_num_threads(1)  # one core for a query: the server and the other users keep the rest
     if max_bytes is not None:
         _limit_file_size(max_bytes)
+    if memory is not None:
+        _limit_memory(memory)
     meta: dict = {"source": None, "error": None, "spans": [], "window": None, "frame": None, "too_large": False}
     writer = _Writer(max_bytes)
     try:
+        if max_bytes is not None and _stated_too_large(path, options, max_bytes):
+            raise _TooLarge
         with open(os.path.join(folder, _WINDOWS), "wb") as windows, \
                 open(os.path.join(folder, _FRAMES), "wb") as frames:
             for piece in _DecodedFiles([path], options).pieces(0):
@@ -176,9 +234,13 @@ def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: in
                     meta["frame"] = writer.append(frames, frame)
     except _TooLarge:
         meta["too_large"] = True
+    except MemoryError:  # past RLIMIT_DATA (a decoder that needs more than the worker may have)
+        meta["too_large"] = "memory"
     except OSError as err:  # EFBIG: the backstop (or the disk is full)
         meta["too_large"] = err.errno == errno.EFBIG
         meta["error"] = None if meta["too_large"] else "cannot be decoded (no room for it)"
+    if str(meta["error"]).startswith("MemoryError"):  # the decoding reports it as the file's error
+        meta["too_large"], meta["error"] = "memory", None
     if meta["too_large"]:
         meta["spans"], meta["window"], meta["frame"] = [], None, None
         for name in (_WINDOWS, _FRAMES):  # free the room now
@@ -227,6 +289,9 @@ def decode_upload(path: str, name: str, options: DecodeOptions, budget: float,
             meta = json.load(f)
     except (OSError, ValueError):
         raise UploadError(422, f"{name}: cannot be decoded (the decoder failed)") from None
+    if meta.get("too_large") == "memory":
+        raise UploadError(413, f"{name}: too large to decode (over the {WORKER_MEMORY / 2**30:g} GB of memory a "
+                               "query may take)")
     if meta.get("too_large"):
         raise UploadError(413, f"{name}: too large once decoded (over {max_bytes / 1e6:.0f} MB of samples; "
                                "a shorter recording, or one of fewer channels, fits)")
