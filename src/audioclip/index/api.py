@@ -396,10 +396,15 @@ def _architecture_image_size(name: str) -> int | None:
     import json
     from importlib import resources
 
+    from ..io import read_text_bounded
+
     try:
         bundled = resources.files("audioclip.model_configs").joinpath(f"{name}.json")
-        text = bundled.read_text() if bundled.is_file() else Path(name).read_text()
+        if "/" not in name and os.sep not in name and bundled.is_file():
+            text = bundled.read_text()
+        else:  # a config file (bounded, regular files only: the name may come from the index's metadata)
+            text = read_text_bounded(name, MAX_CONFIG_BYTES, what="model config")
         size = json.loads(text).get("vision_cfg", {}).get("image_size")
     except (OSError, ValueError, AttributeError):
         return None
-    return int(size) if isinstance(size, int) else None
+    return int(size) if type(size) is int and 1 <= size <= 4096 else None

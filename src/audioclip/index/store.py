@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..io import atomic_write, held_by
+from ..io import FileReadError, atomic_write, held_by, read_text_bounded
 from .ann import AnnIndex
 
 __all__ = [
@@ -68,14 +68,42 @@ class IndexStoreError(ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
 
 
+MAX_META_BYTES = 1 << 20  # audioclip-index.json: a few hundred bytes when written by an index run
+MAX_DIM = 8192  # the widest vectors an index may hold (AudioCLIP's are 1024-d)
+# --window and --hop as the command line bounds them (cli/options.py: MIN_SECONDS, MAX_SECONDS): a shorter
+# window read from a tampered file would make a query file millions of windows.
+MIN_SECONDS, MAX_SECONDS = 0.01, 86_400.0
+MAX_IMAGE_SIZE = 4096
+
+
 def checked_meta(meta, where) -> dict:
-    """``meta`` if it has what every reader of an index relies on, else :class:`IndexStoreError` naming ``where``."""
+    """``meta`` if it has what every reader of an index relies on, in range, else :class:`IndexStoreError`
+    naming ``where``: ``checkpoint`` a string, ``dim`` 1 to ``MAX_DIM``, ``window``/``hop`` ``MIN_SECONDS`` to
+    ``MAX_SECONDS``, ``image_size`` 1 to ``MAX_IMAGE_SIZE``, the other options of the types an index run writes."""
+    def bad(problem: str) -> IndexStoreError:
+        return IndexStoreError(f"{where}: unreadable index metadata ({problem})")
+
     if not isinstance(meta, dict):
-        raise IndexStoreError(f"{where}: unreadable index metadata (a JSON object expected, found "
-                              f"{type(meta).__name__})")
+        raise bad(f"a JSON object expected, found {type(meta).__name__}")
     if not isinstance(meta.get("checkpoint"), str) or type(meta.get("dim")) is not int:
         missing = "checkpoint" if not isinstance(meta.get("checkpoint"), str) else "dim"
-        raise IndexStoreError(f"{where}: unreadable index metadata (no valid {missing!r})")
+        raise bad(f"no valid {missing!r}")
+    if not 1 <= meta["dim"] <= MAX_DIM:
+        raise bad(f"'dim' is {meta['dim']}, not 1 to {MAX_DIM}")
+    for key in ("window", "hop"):
+        value = meta.get(key)
+        if value is not None and (type(value) not in (int, float) or not MIN_SECONDS <= value <= MAX_SECONDS):
+            raise bad(f"{key!r} is {value!r}, not {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds")
+    size = meta.get("image_size")
+    if size is not None and (type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE):
+        raise bad(f"'image_size' is {size!r}, not 1 to {MAX_IMAGE_SIZE} pixels")
+    if meta.get("mono") is not None and not isinstance(meta["mono"], bool):
+        raise bad(f"'mono' is {meta['mono']!r}, not true or false")
+    if meta.get("video_frames") is not None and meta["video_frames"] not in ("central", "all"):
+        raise bad(f"'video_frames' is {meta['video_frames']!r}, not 'central' or 'all'")
+    for key in ("checkpoint_source", "config", "paths", "created"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a string")
     return meta
 
 
@@ -228,7 +256,8 @@ class LanceStore:
 
     @classmethod
     def exists(cls, path: str | os.PathLike) -> bool:
-        return (Path(path) / cls.META).is_file()
+        # Whatever is there (a FIFO, a folder) is the metadata: read_meta then says what is wrong with it.
+        return os.path.lexists(Path(path) / cls.META)
 
     # What a first run leaves before its metadata is written: the lock file (a killed writer's: the lock
     # goes with its process, the file stays), a temporary file of the metadata, table folders of an
@@ -306,12 +335,16 @@ class LanceStore:
     # -- metadata ------------------------------------------------------------------
 
     def read_meta(self) -> dict | None:
+        path = self.path / self.META
         try:
-            meta = json.loads((self.path / self.META).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
+            meta = json.loads(read_text_bounded(path, MAX_META_BYTES, what="index metadata"))
+        except FileReadError as err:
+            if not os.path.lexists(path):
+                return None
+            raise IndexStoreError(f"{path}: unreadable index metadata ({str(err).removeprefix(f'{path}: ')})") \
+                from None
+        except ValueError as err:
+            raise IndexStoreError(f"{path}: unreadable index metadata ({err})") from None
         return checked_meta(meta, self.path / self.META)
 
     def write_meta(self, meta: dict) -> None:
