@@ -445,7 +445,8 @@ class AnnIndex:
 
         with self._lock:
             state = self.state()
-            if state is None or "generation" not in state or self._unusable == self._state_key:
+            key = self._state_key
+            if state is None or "generation" not in state or self._unusable == key:
                 return None
             try:
                 generation, index, meta = self._load(state)
@@ -472,7 +473,11 @@ class AnnIndex:
         if k:
             scores, ids = index.search(query, k, params=params)
             scores, ids = scores[0], ids[0]
-            found = (ids >= 0) & (ids < len(meta))  # ids past the row map: only in a tampered file
+            if (ids >= len(meta)).any():  # ids past the row map: a tampered file
+                self._unusable = key
+                _warn(f"{self.folder / ('g%d.index' % generation)}: holds ids past its row map")
+                return None
+            found = ids >= 0
             scores, ids = scores[found], ids[found]
         else:
             scores, ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
