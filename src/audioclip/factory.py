@@ -63,7 +63,7 @@ def list_pretrained() -> list[tuple[str, str]]:
     return [(w.architecture, name) for name, w in REGISTRY.items()]
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a model config is a page of JSON (the bundled ones: under 1 KB)
+MAX_CONFIG_BYTES = 1_000_000  # a model config is a page of JSON (the bundled ones: under 1 KB)
 MAX_PARAMETERS = 2**31  # 8 GiB of float32: twenty times AudioCLIP-RN50 (134 M parameters)
 
 # What a model config may hold: each setting a bundled config uses (and two more of open_clip's plain
