@@ -1121,3 +1121,47 @@ def test_index_metadata_that_is_a_fifo_is_a_one_line_error(checkpoint, library, 
     os.mkfifo(db / LanceStore.META)
     with pytest.raises(IndexStoreError, match=r"audioclip-index.json: unreadable index metadata \(.*FIFO"):
         run_with_deadline(lambda: LanceStore(db).read_meta(), 60)
+
+
+def test_an_empty_db_name_is_a_usage_error(library):
+    for args in (("index", library, "--db", ""), ("index", "--db", " "), ("index", "--remove", library, "--db", ""),
+                 ("search", "dog", "--db", "")):
+        code, _, err = run_cli(*args)
+        assert code == 2 and "--db: an empty name was given" in err and err.count("\n") == 1, (args, err)
+
+
+def test_lance_errors_are_one_line_without_rust_source_paths(checkpoint, library, tmp_path):
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    for data in (db / "media.lance" / "data").iterdir():
+        data.write_bytes(b"not lance data")
+    for args in (("index", "--db", db), ("search", "dog", "--db", db, "--device", "cpu", "--exact")):
+        code, _, err = run_cli(*args)
+        assert code == 1 and err.count("\n") == 1 and "the index's tables cannot be used" in err, (args, err)
+        assert ".rs:" not in err and "/rustc/" not in err, err
+
+
+def test_a_full_disk_after_the_last_commit_keeps_the_files_and_says_what_failed(checkpoint, library, tmp_path,
+                                                                                 monkeypatch):
+    """Every file committed, then the ANN build (or compaction) finds the disk full: exit 0 with one warning line
+    (the files are indexed and searchable), never 1 as if nothing had been done."""
+    import errno
+
+    from audioclip.index.ann import AnnIndex
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LanceStore, "ANN_MIN_ROWS", 1)  # the ANN index is built after this run's commits
+    monkeypatch.setattr(AnnIndex, "build", full)
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert code == 0 and len(warnings) == 1, err
+    assert "the files are indexed, but tidying the index afterwards failed (" in warnings[0]
+    assert "No space left on device" in warnings[0] and "error" not in err, err
+    assert sorted(os.path.basename(p) for p in rows_per_file(str(db))) == ["a.png", "b.jpg", "long.flac", "short.wav"]
+    monkeypatch.undo()
+    code, out, err = run_cli("search", "dog", "--db", db, "--device", "cpu", "--json")
+    assert code == 0 and len(out.splitlines()) == 4, err

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -264,16 +265,24 @@ class Index:
                 later["image_size"] = options.image_size
             if meta.get("paths") != "resolved" and report.unresolved == 0:
                 later["paths"] = "resolved"
-            if later:
-                self.store.write_meta({**meta, **later})
-            if not (report.indexed_now or report.removed or report.failed):
-                # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
-                # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
-                return report
-            if log is not None and isinstance(self.store, LanceStore):
-                self.store.optimize(log=log)
-            else:
-                self.store.optimize()
+            # Every file is committed now: what follows only tidies (records hints, compacts, builds the ANN
+            # index). A failure there (a full disk) must not lose or deny the work done: the report says it.
+            try:
+                if later:
+                    self.store.write_meta({**meta, **later})
+                if not (report.indexed_now or report.removed or report.failed):
+                    # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
+                    # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
+                    return report
+                if log is not None and isinstance(self.store, LanceStore):
+                    self.store.optimize(log=log)
+                else:
+                    self.store.optimize()
+            except (OSError, RuntimeError, IndexStoreError) as err:
+                report.maintenance_error = (f"the files are indexed, but tidying the index afterwards failed "
+                                            f"({_first_line(err)}); searches give the same results (maybe more "
+                                            "slowly); the next run that adds or changes files tidies it again")
+                warnings.warn(f"{self.db}: {report.maintenance_error}", RuntimeWarning, stacklevel=2)
             return report
 
     def _create_meta(self, given: dict) -> dict:
@@ -388,6 +397,12 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.db!r})"
+
+
+def _first_line(err: BaseException) -> str:
+    from .store import lance_message
+
+    return lance_message(err)
 
 
 def _architecture_image_size(name: str) -> int | None:

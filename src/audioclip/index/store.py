@@ -15,9 +15,11 @@ there, and rows arrive in one atomic commit per batch of files.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,6 +107,33 @@ def checked_meta(meta, where) -> dict:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a string")
     return meta
+
+
+def lance_message(err: BaseException) -> str:
+    """The first meaningful line of an error, without the Rust source locations LanceDB appends.
+
+    ``lance error: LanceError(IO): Generic LocalFileSystem error: failed to fill whole buffer,
+    /rustc/.../function.rs:250:5`` becomes ``LanceError(IO): Generic LocalFileSystem error: failed to fill
+    whole buffer``.
+    """
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "") or type(err).__name__
+    text = re.sub(r",?\s*\(?(/|[A-Za-z]:\\)?[\w./\\-]*\.rs:\d+(:\d+)?\)?", "", text)
+    text = re.sub(r"^(lance error|lancedb error):\s*", "", text, flags=re.IGNORECASE)
+    return text.strip().rstrip(",") or type(err).__name__
+
+
+def _lance_errors(method):
+    """Errors LanceDB raises from its Rust code (``lance error: ...``), as one :class:`IndexStoreError` line."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            if isinstance(err, IndexStoreError) or not re.search(r"lance|\.rs:\d+", str(err), re.IGNORECASE):
+                raise
+            raise IndexStoreError(f"{self.path}: the index's tables cannot be used ({lance_message(err)})") \
+                from None
+    return wrapper
 
 
 def row_schema(dim: int) -> pa.Schema:
@@ -409,10 +438,12 @@ class LanceStore:
 
     # -- files ---------------------------------------------------------------------------
 
+    @_lance_errors
     def files(self) -> dict[str, FileRecord]:
         data = self._scan(self.TABLE, FILE_FIELDS)
         return {} if data is None else _records(data)
 
+    @_lance_errors
     def get_file(self, file_id: int) -> FileRecord | None:
         file_id = int(file_id)
         if not -2**63 <= file_id < 2**63:
@@ -423,12 +454,14 @@ class LanceStore:
         records = {} if data is None else _records(data)
         return next(iter(records.values()), None)
 
+    @_lance_errors
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
             self._upgrade()
             self.ann.mark(set(rows["file_id"].to_pylist()))  # before the commit: see ann.py
             self._create_or_add(self.TABLE, _with_later_fields(rows))
 
+    @_lance_errors
     def delete_files(self, file_ids: Sequence[int]) -> None:
         table = self._table(self.TABLE)
         ids = [int(i) for i in file_ids]
@@ -436,6 +469,7 @@ class LanceStore:
             self.ann.mark(ids)
             table.delete(_in("file_id", ids))  # one commit, however many files
 
+    @_lance_errors
     def update_files(self, records: Sequence[FileRecord]) -> None:
         """Set the identity (size, mtime, hash, dev, inode) of indexed files, all in one commit.
 
@@ -461,6 +495,7 @@ class LanceStore:
         source = pa.Table.from_pylist([{n: getattr(r, n) for n in schema.names} for r in latest], schema=schema)
         table.merge_insert("file_id").when_matched_update_all().execute(source)
 
+    @_lance_errors
     def rows(self, file_ids: Sequence[int]) -> pa.Table:
         """Every row of these files, in ``row_schema``'s columns (an older table's missing ones null)."""
         table = self._table(self.TABLE)
@@ -473,6 +508,7 @@ class LanceStore:
             parts.append(table.search().where(where).limit(None).to_arrow())
         return _with_later_fields(pa.concat_tables(parts))
 
+    @_lance_errors
     def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
                exact: bool = False) -> pa.Table:
         """The ``limit`` best rows: ``file_id``, ``kind``, ``start``, ``score`` (cosine), best first."""
@@ -498,18 +534,21 @@ class LanceStore:
         score = pc.subtract(pa.scalar(1.0, pa.float32()), found["_distance"])
         return found.drop_columns(["_distance"]).append_column("score", score)
 
+    @_lance_errors
     def count_rows(self) -> int:
         table = self._table(self.TABLE)
         return 0 if table is None else table.count_rows()
 
     # -- failures --------------------------------------------------------------------------
 
+    @_lance_errors
     def failures(self) -> dict[str, FailureRecord]:
         data = self._scan(self.FAILURES, [f for f in FailureRecord.__dataclass_fields__])
         if data is None:
             return {}
         return {row["path"]: FailureRecord(**row) for row in data.to_pylist()}
 
+    @_lance_errors
     def set_failures(self, add: Sequence[FailureRecord], remove: Sequence[int]) -> None:
         drop = {int(i) for i in remove} | {f.file_id for f in add}
         table = self._table(self.FAILURES)
@@ -522,6 +561,7 @@ class LanceStore:
 
     # -- maintenance -----------------------------------------------------------------------
 
+    @_lance_errors
     def optimize(self, ann: str = "auto", keep_versions: datetime.timedelta = datetime.timedelta(minutes=5),
                  log=None) -> None:
         """Compact small commits, drop old versions, keep the ANN index fresh.
@@ -565,6 +605,7 @@ class LanceStore:
         if ("vector",) in indexed:  # an older version's LanceDB index: the FAISS one replaces it
             table.drop_index(indexed[("vector",)].name)
 
+    @_lance_errors
     def build_ann(self, log=None) -> dict:
         """(Re)build the FAISS index beside the table from its current rows (the writer lock held)."""
         table = self._table(self.TABLE)
