@@ -1165,3 +1165,17 @@ def test_a_full_disk_after_the_last_commit_keeps_the_files_and_says_what_failed(
     monkeypatch.undo()
     code, out, err = run_cli("search", "dog", "--db", db, "--device", "cpu", "--json")
     assert code == 0 and len(out.splitlines()) == 4, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_index_metadata_naming_a_fifo_as_its_checkpoint_never_hangs(checkpoint, library, tmp_path):
+    from test_hostile import run_with_deadline
+
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    os.mkfifo(tmp_path / "weights.pt")
+    meta_file = db / LanceStore.META
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "checkpoint_source": str(tmp_path / "weights.pt")}))
+    with pytest.raises(IndexStoreError, match=r"weights.pt.* not a regular file \(a FIFO\)"):
+        run_with_deadline(lambda: Index.open(db, create=False).model_id, 60)

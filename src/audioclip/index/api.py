@@ -125,12 +125,12 @@ class Index:
                 raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
             try:
                 path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir, offline=self._offline)
+                model_id = checkpoints.checkpoint_id(path, weights)  # hashes the file (a regular one only)
             except checkpoints.CheckpointError as err:
                 if self._checkpoint is None and self.meta:
                     raise IndexStoreError(f"{self.db}: the index was built with checkpoint {checkpoint!r}, "
                                           f"which cannot be loaded ({err}); pass --checkpoint") from None
                 raise
-            model_id = checkpoints.checkpoint_id(path, weights)
             self._source = weights.name if weights is not None else str(Path(path).resolve())
             if meta and model_id != meta["checkpoint"]:
                 raise self._other_checkpoint(model_id)
