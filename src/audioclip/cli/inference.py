@@ -62,7 +62,12 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--onnx-dir", metavar="DIR",
                        help="with --backend onnxruntime: a folder from 'audioclip export onnx' (default: export the "
                        "checkpoint once into the cache folder); a --checkpoint given too must be the one exported")
-    parser.set_defaults(checkpoint=None)  # None: --checkpoint not given (full, unless --onnx-dir names the model)
+    # The default checkpoint, told apart from one given on the command line (beside --onnx-dir it must match)
+    parser.set_defaults(checkpoint=_DefaultCheckpoint(parser.get_default("checkpoint")))
+
+
+class _DefaultCheckpoint(str):
+    """``--checkpoint``'s default (``full``) when the option was not given."""
 
 
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +106,8 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
-    given, args.checkpoint = args.checkpoint, "full" if args.checkpoint is None else args.checkpoint
+    given = None if isinstance(args.checkpoint, _DefaultCheckpoint) else args.checkpoint
+    args.checkpoint = str(args.checkpoint)
     if getattr(args, "backend", "pytorch") == "onnxruntime":
         require_extra("onnx", ("onnx", "onnxruntime", "onnxscript"))
         if args.device not in ("auto", "cpu"):

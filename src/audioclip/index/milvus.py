@@ -85,6 +85,13 @@ class MilvusStore:
             self.lite = False
         if self.lite and not create and not Path(self.uri).exists():
             raise IndexStoreError(f"{db}: no index here (build one with 'audioclip index FOLDER --db {db}')")
+        if self.lite and os.path.lexists(self.uri):  # a FIFO or device would hang or feed Milvus Lite
+            from ..io import FileReadError, check_regular_file
+
+            try:
+                check_regular_file(self.uri, 1 << 50, what="Milvus Lite file")
+            except FileReadError as err:
+                raise IndexStoreError(str(err)) from None
         try:
             from pymilvus import MilvusClient
         except ImportError:
