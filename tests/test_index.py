@@ -1179,3 +1179,16 @@ def test_index_metadata_naming_a_fifo_as_its_checkpoint_never_hangs(checkpoint, 
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "checkpoint_source": str(tmp_path / "weights.pt")}))
     with pytest.raises(IndexStoreError, match=r"weights.pt.* not a regular file \(a FIFO\)"):
         run_with_deadline(lambda: Index.open(db, create=False).model_id, 60)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_config_named_by_index_metadata_is_read_bounded(tmp_path):
+    """The picture size is read from the index's config name without the model: a FIFO there never hangs."""
+    from audioclip.index.api import _architecture_image_size
+    from test_hostile import run_with_deadline
+
+    os.mkfifo(tmp_path / "config.json")
+    assert run_with_deadline(lambda: _architecture_image_size(str(tmp_path / "config.json")), 60) is None
+    (tmp_path / "ok.json").write_text(json.dumps({"vision_cfg": {"image_size": 96}}))
+    assert _architecture_image_size(str(tmp_path / "ok.json")) == 96
+    assert _architecture_image_size("AudioCLIP-tiny") == 64

@@ -380,7 +380,7 @@ class AnnIndex:
         size = check_regular_file(path, _index_bytes(state), what="ANN index file").st_size
         data_path = self.folder / f"g{generation}.ivfdata"
         if state.get("data_file"):
-            check_regular_file(data_path, _index_bytes(state), what="ANN list data")
+            check_regular_file(data_path, 2 * _index_bytes(state), what="ANN list data")  # room for list slack
         for entry in self.folder.iterdir():  # what an on-disk index names is looked for in this folder
             if entry.name.startswith("g") and not entry.name.endswith(".tmp"):
                 check_regular_file(entry, 1 << 62, what="ANN sidecar file")

@@ -411,6 +411,7 @@ def _architecture_image_size(name: str) -> int | None:
     import json
     from importlib import resources
 
+    from ..factory import MAX_CONFIG_BYTES
     from ..io import read_text_bounded
 
     try:
