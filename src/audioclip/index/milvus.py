@@ -86,12 +86,14 @@ class MilvusStore:
         if self.lite and not create and not Path(self.uri).exists():
             raise IndexStoreError(f"{db}: no index here (build one with 'audioclip index FOLDER --db {db}')")
         if self.lite and os.path.lexists(self.uri):  # a FIFO or device would hang or feed Milvus Lite
-            from ..io import FileReadError, check_regular_file
+            import stat
 
             try:
-                check_regular_file(self.uri, 1 << 50, what="Milvus Lite file")
-            except FileReadError as err:
-                raise IndexStoreError(str(err)) from None
+                mode = os.stat(self.uri).st_mode
+            except OSError as err:
+                raise IndexStoreError(f"{db}: cannot open Milvus ({err.strerror or err})") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # Milvus Lite keeps a file or a folder there
+                raise IndexStoreError(f"{db}: {self.uri} is not a Milvus Lite file (a special file)")
         try:
             from pymilvus import MilvusClient
         except ImportError:
