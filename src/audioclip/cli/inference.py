@@ -156,7 +156,10 @@ def _check_same_checkpoint(name: str, args: argparse.Namespace) -> None:
     if weights is not None and not Path(name).expanduser().exists():
         ident = checkpoints.checkpoint_id("", weights)
     elif path.is_file():
-        ident = checkpoints.checkpoint_id(path)
+        try:
+            ident = checkpoints.checkpoint_id(path)
+        except (checkpoints.CheckpointError, OSError) as err:
+            raise UsageError(f"--checkpoint {name}: {err}") from None
     else:
         raise UsageError(f"--checkpoint {name}: only registered weights or a checkpoint file can be compared with "
                          f"the export in --onnx-dir; leave --checkpoint out (the folder is the model)")
