@@ -6,6 +6,8 @@ checked against a brute-force scan of what the store holds at that moment.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -174,3 +176,95 @@ def test_dropped_below_the_threshold(store):
     store.optimize()
     assert store.count_rows() < store.ANN_MIN_ROWS and not store.ann.exists()
     assert list(store.ann.folder.glob("g*")) == []
+
+
+# -- special and tampered sidecar files: never a hang, never a raw error; the exact scan instead -------------------
+
+
+def _fifo(path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _state(store, **changes):
+    import json
+
+    state = {**json.loads((store.ann.folder / "state.json").read_text()), **changes}
+    (store.ann.folder / "state.json").write_text(json.dumps(state))
+
+
+def _rows_file(store):
+    return store.ann.folder / f"g{store.ann.state()['generation']}.rows.npy"
+
+
+def _index_file(store):
+    return store.ann.folder / f"g{store.ann.state()['generation']}.index"
+
+
+def _huge_shape(store):
+    from numpy.lib import format as npy
+
+    path = _rows_file(store)
+    header = npy.header_data_from_array_1_0(np.zeros(1, np.load(path).dtype))
+    header["shape"] = (10**13,)  # 164 TiB of rows in a file of a few hundred bytes
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, header)
+        f.write(b"\0" * 100)
+
+
+def _rows(store, array):
+    np.save(_rows_file(store), array, allow_pickle=True)
+
+
+def _bad_codes(store):
+    rows = np.load(_rows_file(store))
+    rows["kind"][::7] = 9
+    np.save(_rows_file(store), rows)
+
+
+def _ids_past_the_rows(store):
+    import faiss
+
+    index = faiss.read_index(str(_index_file(store)))
+    index.remove_ids(np.arange(index.ntotal, dtype=np.int64))  # same size, ids beyond the row map
+    count = len(np.load(_rows_file(store)))
+    vectors = unit(np.random.default_rng(9).standard_normal((count, DIM)))
+    index.add_with_ids(vectors, np.arange(count, dtype=np.int64) + 10**9)
+    faiss.write_index(index, str(_index_file(store)))
+
+
+TAMPERED = {
+    "FIFO state file": lambda store: _fifo(store.ann.folder / "state.json"),
+    "FIFO index file": lambda store: _fifo(_index_file(store)),
+    "FIFO row map": lambda store: _fifo(_rows_file(store)),
+    "state not an object": lambda store: (store.ann.folder / "state.json").write_text("[1, 2]"),
+    "state of wrong types": lambda store: _state(store, vectors="many", dirty=[1]),
+    "state with a huge list count": lambda store: _state(store, lists=2**40),
+    "state naming another generation": lambda store: _state(store, generation="1/../../x"),
+    "pickled row map": lambda store: _rows(store, np.array([{"x": 1}] * 3000, dtype=object)),
+    "row map of another dtype": lambda store: _rows(store, np.zeros(3000, np.float64)),
+    "row map of a huge shape": _huge_shape,
+    "row map with bad codes": _bad_codes,
+    "garbage FAISS file": lambda store: _index_file(store).write_bytes(os.urandom(50_000)),
+    "FAISS ids past the row map": _ids_past_the_rows,
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("tamper", list(TAMPERED), ids=list(TAMPERED))
+def test_a_special_or_tampered_sidecar_falls_back_to_the_exact_scan_with_one_warning(store, tamper):
+    import warnings
+
+    from test_hostile import run_with_deadline
+
+    query = unit(np.random.default_rng(11).standard_normal(DIM))
+    want = [(f, s) for f, s, _ in brute_force(store, query, 20)]
+    TAMPERED[tamper](store)
+    fresh = LanceStore(store.path)  # another process: nothing of the sidecar cached
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = run_with_deadline(lambda: [fresh.search(query, 20) for _ in range(3)], 60)
+    assert all(keys(f) == want for f in found)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and type(caught[0].message).__name__ == "AnnIndexWarning", messages
+    assert "\n" not in messages[0] and "exact scan" in messages[0] and str(store.ann.folder) in messages[0]

@@ -59,6 +59,21 @@ def test_onnxruntime_backend_on_the_command_line(tmp_path):
     assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--onnx-dir", str(folder)]) == 2
     assert cli_main(["classify", str(tmp_path / "c1.wav"), "--labels", "a,b", "--backend", "onnxruntime",
                      "--onnx-dir", str(tmp_path)]) == 2
+    # the export records each graph's sha256; a graph swapped in is refused in one line
+    import hashlib
+    import shutil
+
+    meta = json.loads((folder / "audioclip-onnx.json").read_text())
+    assert meta["sha256"] == {m: hashlib.sha256((folder / f"{m}.onnx").read_bytes()).hexdigest()
+                              for m in ("audio", "image", "text")}
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folder, swapped)
+    shutil.copyfile(folder / "image.onnx", swapped / "audio.onnx")
+    run = subprocess.run([sys.executable, "-m", "audioclip", "classify", str(tmp_path / "c1.wav"), "--labels",
+                          "dog,rain", "--backend", "onnxruntime", "--onnx-dir", str(swapped)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert "swapped/audio.onnx: not the graph this export wrote" in run.stderr
 
 
 def test_export_onnx_quiet_prints_nothing_of_the_exporters(tmp_path, monkeypatch, capsys):

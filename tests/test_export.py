@@ -302,3 +302,91 @@ def test_onnx_export_refuses_a_fast_head_and_checks_the_folder(tmp_path):
         export_onnx(fuse(create_model("AudioCLIP-tiny")), tmp_path / "x")
     with pytest.raises(OnnxExportError, match="not an ONNX export"):
         OnnxAudioCLIP(tmp_path)
+
+
+def _fake_export(folder: Path, checkpoint: str = "tiny.pt@0123456789abcdef") -> Path:
+    """An export folder whose graphs are placeholder bytes (sessions open on first use: never here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for modality in ("audio", "image", "text"):
+        data = f"graph of {modality} for {checkpoint}".encode()
+        (folder / f"{modality}.onnx").write_bytes(data)
+        digests[modality] = hashlib.sha256(data).hexdigest()
+    meta = {"format": 2, "architecture": "AudioCLIP-tiny", "checkpoint": checkpoint, "embed_dim": 64,
+            "image_size": 64, "context_length": 77, "sample_rate": 44100,
+            "logit_scales": {"audio_image": 10.0, "audio_text": 10.0, "image_text": 100.0},
+            "files": {m: f"{m}.onnx" for m in digests}, "sha256": digests}
+    (folder / "audioclip-onnx.json").write_text(json.dumps(meta))
+    return folder
+
+
+@onnx_deps
+def test_onnx_graphs_are_checked_against_the_hashes_the_export_recorded(tmp_path):
+    from audioclip.export.onnx import OnnxAudioCLIP, OnnxExportError
+
+    mine, other = _fake_export(tmp_path / "mine"), _fake_export(tmp_path / "other", "other.pt@fedcba9876543210")
+    assert OnnxAudioCLIP(mine).pretrained_cfg["checkpoint_id"] == "tiny.pt@0123456789abcdef"
+    (mine / "audio.onnx").write_bytes((other / "audio.onnx").read_bytes())  # copied in from another export
+    with pytest.raises(OnnxExportError, match=r"mine/audio.onnx: not the graph this export wrote") as info:
+        OnnxAudioCLIP(mine)
+    assert "\n" not in str(info.value)
+    # an export that records no hashes cannot be checked: refused, never trusted
+    meta = json.loads((other / "audioclip-onnx.json").read_text())
+    del meta["sha256"]
+    (other / "audioclip-onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(OnnxExportError, match="records no sha256 of its graphs"):
+        OnnxAudioCLIP(other)
+
+
+@onnx_deps
+@pytest.mark.parametrize("change, problem", [
+    ({"embed_dim": 10**9}, "'embed_dim' is 1000000000"),
+    ({"image_size": "64"}, "'image_size' is '64'"),
+    ({"logit_scales": [1]}, "'logit_scales' is not an object of numbers"),
+    ({"sha256": {"audio": "x"}}, "'sha256' does not give the three graphs' hashes"),
+    ({"checkpoint": ["a"]}, "'checkpoint' is not a string"),
+])
+def test_onnx_export_metadata_is_validated(tmp_path, change, problem):
+    from audioclip.export.onnx import OnnxAudioCLIP, OnnxExportError
+
+    folder = _fake_export(tmp_path / "x")
+    meta = {**json.loads((folder / "audioclip-onnx.json").read_text()), **change}
+    (folder / "audioclip-onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(OnnxExportError, match=f"not an ONNX export of audioclip \\(.*{problem}"):
+        OnnxAudioCLIP(folder)
+
+
+@onnx_deps
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_onnx_export_files_that_are_fifos_are_refused(tmp_path):
+    from audioclip.export.onnx import OnnxAudioCLIP, OnnxExportError
+    from test_hostile import run_with_deadline
+
+    for name in ("audioclip-onnx.json", "text.onnx"):
+        folder = _fake_export(tmp_path / name)
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+        with pytest.raises(OnnxExportError, match=r"not a regular file \(a FIFO\)"):
+            run_with_deadline(lambda: OnnxAudioCLIP(folder), 60)
+
+
+@onnx_deps
+def test_checkpoint_beside_onnx_dir_must_be_the_exported_one(tmp_path, tiny_file):
+    from audioclip.checkpoints import checkpoint_id as file_checkpoint_id
+    from audioclip.cli import main as cli_main
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros((4410, 1), np.float32), 44100)
+    folder = _fake_export(tmp_path / "export", file_checkpoint_id(tiny_file))
+    other = save_model(create_model("AudioCLIP-tiny"), tmp_path / "other.pt")
+    for given in (str(other), "full", "AudioCLIP-tiny"):
+        run = subprocess.run([sys.executable, "-m", "audioclip", "classify", str(tmp_path / "a.wav"), "--labels",
+                              "a,b", "--backend", "onnxruntime", "--onnx-dir", str(folder), "--checkpoint", given],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, (given, run.stderr)
+        assert f"--checkpoint {given}" in run.stderr and "--onnx-dir" in run.stderr, run.stderr
+    # the same checkpoint passes the check (and goes on to load the placeholder graphs, which fail to run: 1)
+    code = cli_main(["classify", str(tmp_path / "a.wav"), "--labels", "a,b", "--backend", "onnxruntime",
+                     "--onnx-dir", str(folder), "--checkpoint", str(tiny_file), "-q"])
+    assert code == 1

@@ -260,3 +260,102 @@ def test_audio_mode_transforms_the_returned_model(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="unknown audio mode"):
         create_model(path, audio_mode="turbo")
+
+
+# -- model configs from files: bounded, bundled names only, dimensions checked before anything is built ------------
+
+
+@pytest.fixture
+def hub_folder(tmp_path):
+    from audioclip.export.hub import export_hub_folder
+
+    export_hub_folder(tiny(0), tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def _set_config(folder, **changes):
+    import json
+
+    path = folder / "config.json"
+    config = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+def test_a_hub_config_names_a_bundled_architecture_never_a_path(hub_folder, tmp_path):
+    import json
+
+    from audioclip.model.config import load_model_config
+
+    elsewhere = tmp_path / "elsewhere.json"  # a valid config: loading it would prove the name was opened
+    elsewhere.write_text(json.dumps(load_model_config(TINY)))
+    for name in (str(elsewhere), "../elsewhere.json", "/etc/passwd", 7):
+        _set_config(hub_folder, architecture=name, model_cfg=None)
+        with pytest.raises(CheckpointError, match=r"config.json names the architecture .* which is not bundled"):
+            create_model(hub_folder)
+    _set_config(hub_folder, architecture=TINY)  # a bundled name is fine
+    assert create_model(hub_folder).pretrained_cfg["architecture"] == TINY
+
+
+BAD_CONFIGS = [
+    ({"embed_dim": 10**6}, "embed_dim is 1000000, not a whole number from 1 to 8,192"),
+    ({"embed_dim": 64.5}, "embed_dim is 64.5, not a whole number"),
+    ({"vision_cfg": {"image_size": 10**5, "layers": [1, 1, 1, 1], "width": 16}}, "vision_cfg.image_size is 100000"),
+    ({"text_cfg": {"vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "hf_model_name": "bert-base-uncased"}},
+     "text_cfg.'hf_model_name' is not a setting of audioclip's models"),
+    ({"audio_cfg": {"layers": [1, 1, 1, 10**6]}}, r"audio_cfg.layers is \[1, 1, 1, 1000000\], not a 4 whole numbers"),
+    ({"audio_cfg": {"sample_rate": 0}}, "audio_cfg.sample_rate is 0"),
+    ({"audio_cfg": {"n_fft": 512, "win_length": 4000}}, "audio_cfg.win_length is more than n_fft"),
+    ({"kind": "other"}, "kind is 'other'"),
+]
+
+
+@pytest.mark.parametrize("change, problem", BAD_CONFIGS)
+def test_a_model_config_is_bounded_before_anything_is_built(hub_folder, tmp_path, change, problem, monkeypatch):
+    import json
+
+    import audioclip.factory as factory
+    from audioclip.model.config import load_model_config
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built from a config out of bounds")
+
+    monkeypatch.setattr(factory, "_build", never)
+    cfg = load_model_config(TINY)
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
+    _set_config(hub_folder, model_cfg=cfg)  # in a Hub folder's config.json
+    with pytest.raises(CheckpointError, match=rf"config.json model_cfg: invalid model config: {problem}"):
+        create_model(hub_folder)
+    path = tmp_path / "cfg.json"  # given explicitly
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=rf"cfg.json: invalid model config: {problem}"):
+        create_model(TINY, config=path)
+    with pytest.raises(CheckpointError, match=f"invalid model config: {problem}"):  # a dict
+        create_model(TINY, config=cfg)
+
+
+def test_a_model_config_file_is_read_bounded(tmp_path):
+    import os
+
+    from test_hostile import run_with_deadline
+
+    big = tmp_path / "big.json"
+    big.write_text('{"embed_dim": 64, "description": "' + "x" * 2_000_000 + '"}')
+    with pytest.raises(CheckpointError, match=r"big.json: the model config is 2 MB, more than the 1 MB allowed"):
+        create_model(TINY, config=big)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.json")
+        with pytest.raises(CheckpointError, match=r"fifo.json: the model config is not a regular file \(a FIFO\)"):
+            run_with_deadline(lambda: create_model(TINY, config=tmp_path / "fifo.json"), 60)
+    with pytest.raises(CheckpointError, match="unknown model config"):
+        create_model(TINY, config=tmp_path / "absent.json")
+
+
+def test_too_many_parameters_are_refused_from_the_meta_device(monkeypatch):
+    import audioclip.factory as factory
+    from audioclip.model.config import load_model_config
+
+    cfg = load_model_config("AudioCLIP-RN50")  # 134 M parameters: counted without memory
+    monkeypatch.setattr(factory, "MAX_PARAMETERS", 100_000_000)
+    with pytest.raises(CheckpointError, match=r"config: invalid model config: 1\d\d,\d{3},\d{3} parameters, more than"):
+        create_model(TINY, config=cfg)

@@ -7,6 +7,7 @@ vector should win, it writes rows with chosen vectors into the store directly.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -1051,3 +1052,143 @@ def test_index_remove_on_the_command_line(checkpoint, library, db, tiny, tmp_pat
     assert code == 2 and "--remove goes without PATHs" in err
     code, _, err = run_cli("index", "--db", tmp_path / "nodb", "--remove", library)
     assert code == 2 and "no index here" in err
+
+
+# -- hostile index folders -------------------------------------------------------------------------------------
+
+
+def _cli_subprocess(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "audioclip", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "AUDIOCLIP_OFFLINE": "1"})
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_in_the_ann_folder_never_hangs_search(checkpoint, library, tmp_path):
+    """A FIFO at the ANN state or index file: ``search`` answers by the exact scan, with one warning line."""
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    LanceStore(db).build_ann()  # a sidecar, whatever the size
+    want = _cli_subprocess("search", "a dog", "--db", db, "--device", "cpu", "--json", "--exact")
+    assert want.returncode == 0, want.stderr
+    generation = LanceStore(db).ann.state()["generation"]
+    for name in ("state.json", f"g{generation}.index", f"g{generation}.rows.npy"):
+        tampered = tmp_path / f"tampered-{name}"
+        shutil.copytree(db, tampered)
+        (tampered / "ann" / name).unlink()
+        os.mkfifo(tampered / "ann" / name)
+        try:
+            run = _cli_subprocess("search", "a dog", "--db", tampered, "--device", "cpu", "--json", timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"search hangs on a FIFO at ann/{name}")
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 0 and len(lines) == 1 and "warning" in lines[0] and "FIFO" in lines[0], run.stderr
+        assert [json.loads(x)["path"] for x in run.stdout.splitlines()] == \
+            [json.loads(x)["path"] for x in want.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"window": 1e-4}, "'window' is 0.0001, not 0.01 to 86400 seconds"),
+    ({"hop": 10**9}, "'hop' is 1000000000"),
+    ({"window": "5"}, "'window' is '5'"),
+    ({"dim": 10**9}, "'dim' is 1000000000"),
+    ({"image_size": 10**6}, "'image_size' is 1000000"),
+    ({"mono": "yes"}, "'mono' is 'yes'"),
+    ({"video_frames": ["all"]}, "'video_frames' is ['all']"),
+    ({"config": {"embed_dim": 1}}, "'config' is a dict"),
+    ({"checkpoint_source": 7}, "'checkpoint_source' is a int"),
+])
+def test_index_metadata_is_validated_on_open(checkpoint, library, tmp_path, change, problem):
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    meta_file = db / LanceStore.META
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **change}))
+    for args in (("search", "dog", "--db", db, "--device", "cpu"), ("index", "--db", db),
+                 ("search", "--audio", library / "sounds" / "short.wav", "--db", db, "--device", "cpu")):
+        code, _, err = run_cli(*args)
+        assert code == 1 and err.count("\n") == 1 and problem in err and str(meta_file) in err, (args, err)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_index_metadata_that_is_a_fifo_is_a_one_line_error(checkpoint, library, tmp_path):
+    from test_hostile import run_with_deadline
+
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    (db / LanceStore.META).unlink()
+    os.mkfifo(db / LanceStore.META)
+    with pytest.raises(IndexStoreError, match=r"audioclip-index.json: unreadable index metadata \(.*FIFO"):
+        run_with_deadline(lambda: LanceStore(db).read_meta(), 60)
+
+
+def test_an_empty_db_name_is_a_usage_error(library):
+    for args in (("index", library, "--db", ""), ("index", "--db", " "), ("index", "--remove", library, "--db", ""),
+                 ("search", "dog", "--db", "")):
+        code, _, err = run_cli(*args)
+        assert code == 2 and "--db: an empty name was given" in err and err.count("\n") == 1, (args, err)
+
+
+def test_lance_errors_are_one_line_without_rust_source_paths(checkpoint, library, tmp_path):
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    for data in (db / "media.lance" / "data").iterdir():
+        data.write_bytes(b"not lance data")
+    for args in (("index", "--db", db), ("search", "dog", "--db", db, "--device", "cpu", "--exact")):
+        code, _, err = run_cli(*args)
+        assert code == 1 and err.count("\n") == 1 and "the index's tables cannot be used" in err, (args, err)
+        assert ".rs:" not in err and "/rustc/" not in err, err
+
+
+def test_a_full_disk_after_the_last_commit_keeps_the_files_and_says_what_failed(checkpoint, library, tmp_path,
+                                                                                 monkeypatch):
+    """Every file committed, then the ANN build (or compaction) finds the disk full: exit 0 with one warning line
+    (the files are indexed and searchable), never 1 as if nothing had been done."""
+    import errno
+
+    from audioclip.index.ann import AnnIndex
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LanceStore, "ANN_MIN_ROWS", 1)  # the ANN index is built after this run's commits
+    monkeypatch.setattr(AnnIndex, "build", full)
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert code == 0 and len(warnings) == 1, err
+    assert "the files are indexed, but tidying the index afterwards failed (" in warnings[0]
+    assert "No space left on device" in warnings[0] and "error" not in err, err
+    assert sorted(os.path.basename(p) for p in rows_per_file(str(db))) == ["a.png", "b.jpg", "long.flac", "short.wav"]
+    monkeypatch.undo()
+    code, out, err = run_cli("search", "dog", "--db", db, "--device", "cpu", "--json")
+    assert code == 0 and len(out.splitlines()) == 4, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_index_metadata_naming_a_fifo_as_its_checkpoint_never_hangs(checkpoint, library, tmp_path):
+    from test_hostile import run_with_deadline
+
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", library / "pictures", "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
+    assert code == 0, err
+    os.mkfifo(tmp_path / "weights.pt")
+    meta_file = db / LanceStore.META
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "checkpoint_source": str(tmp_path / "weights.pt")}))
+    with pytest.raises(IndexStoreError, match=r"weights.pt.* not a regular file \(a FIFO\)"):
+        run_with_deadline(lambda: Index.open(db, create=False).model_id, 60)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_config_named_by_index_metadata_is_read_bounded(tmp_path):
+    """The picture size is read from the index's config name without the model: a FIFO there never hangs."""
+    from audioclip.index.api import _architecture_image_size
+    from test_hostile import run_with_deadline
+
+    os.mkfifo(tmp_path / "config.json")
+    assert run_with_deadline(lambda: _architecture_image_size(str(tmp_path / "config.json")), 60) is None
+    (tmp_path / "ok.json").write_text(json.dumps({"vision_cfg": {"image_size": 96}}))
+    assert _architecture_image_size(str(tmp_path / "ok.json")) == 96
+    assert _architecture_image_size("AudioCLIP-tiny") == 64

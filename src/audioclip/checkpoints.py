@@ -177,6 +177,13 @@ def cached_path(
 
 
 def _sha256(path: Path) -> str:
+    """sha256 of a regular file's content (hex); a FIFO or device is a CheckpointError, never read."""
+    from .io import FileReadError, check_regular_file
+
+    try:
+        check_regular_file(path, 1 << 44, what="checkpoint")
+    except FileReadError as err:
+        raise CheckpointError(str(err)) from None
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -641,7 +648,10 @@ def file_sha256(path: str | os.PathLike, cache: bool = True) -> str:
     key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
     try:
         store = _cache_folder(None) / _HASH_CACHE
-        entries = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
+        from .io import read_text_bounded
+
+        # bounded, regular files only (a FIFO planted in the cache must not hang every command)
+        entries = json.loads(read_text_bounded(store, 1 << 22, what="hash cache")) if store.exists() else {}
         if not isinstance(entries, dict):
             entries = {}
     except (OSError, ValueError, CheckpointError):

@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["FileReadError", "LockFileError", "LockedError", "atomic_path", "atomic_write", "commit_file", "current_umask",
-           "exclusive_lock", "held_by", "lock_holder", "read_bytes_bounded", "read_text_bounded",
+__all__ = ["FileReadError", "LockFileError", "LockedError", "atomic_path", "atomic_write", "check_regular_file",
+           "commit_file", "current_umask", "exclusive_lock", "held_by", "lock_holder", "read_bytes_bounded",
+           "read_text_bounded",
            "write_bytes_atomic", "write_text_atomic"]
 
 _UMASK_LOCK = threading.Lock()
@@ -163,6 +164,42 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def _open_regular(name: str, max_bytes: int, what: str) -> tuple[int, os.stat_result]:
+    """An ``O_NONBLOCK`` descriptor on the regular file ``name`` of at most ``max_bytes``, and its fstat."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FileReadError(f"{name}: cannot open the {what}: {exc.strerror or exc}") from None
+    try:
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise FileReadError(f"{name}: cannot read the {what}: {exc.strerror or exc}") from None
+        kind = st.st_mode & 0o170000
+        if kind != 0o100000:
+            raise FileReadError(f"{name}: the {what} is not a regular file ({_KINDS.get(kind, 'a special file')})")
+        if st.st_size > max_bytes:
+            raise FileReadError(f"{name}: the {what} is {_size_text(st.st_size)}, more than the "
+                                f"{_size_text(max_bytes)} allowed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def check_regular_file(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> os.stat_result:
+    """The stat of ``path`` if it is a regular file of at most ``max_bytes``, else :class:`FileReadError`.
+
+    For files a library must open itself (a FAISS index it memory-maps): the
+    same checks as :func:`read_bytes_bounded` (``O_NONBLOCK`` open, ``fstat``
+    of that descriptor), nothing read. Whatever opens the path next still
+    trusts that it was not replaced in between.
+    """
+    fd, st = _open_regular(os.fspath(path), max_bytes, what)
+    os.close(fd)
+    return st
+
+
 def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, *, what: str = "file") -> bytes:
     """The bytes of the regular file ``path``, at most ``max_bytes`` of them, or :class:`FileReadError`.
 
@@ -175,18 +212,8 @@ def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, *, what: str = "
     (``"labels file"``). Symbolic links are followed: the user named the file.
     """
     name = os.fspath(path)
+    fd, _ = _open_regular(name, max_bytes, what)
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise FileReadError(f"{name}: cannot open the {what}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        kind = st.st_mode & 0o170000
-        if kind != 0o100000:
-            raise FileReadError(f"{name}: the {what} is not a regular file ({_KINDS.get(kind, 'a special file')})")
-        if st.st_size > max_bytes:
-            raise FileReadError(f"{name}: the {what} is {_size_text(st.st_size)}, more than the "
-                                f"{_size_text(max_bytes)} allowed")
         chunks, total = [], 0
         while True:
             # Read one byte past the bound: a file that grew after the fstat is caught too.

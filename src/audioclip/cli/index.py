@@ -50,6 +50,8 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
 def _check_db_spec(args: argparse.Namespace) -> None:
     from audioclip.index.milvus import is_milvus
 
+    if not args.db.strip():  # Path("") would be the current folder
+        raise UsageError("--db: an empty name was given (a folder, milvus:FILE.db or http://HOST:19530)")
     if is_milvus(args.db):
         from .options import require_extra
 
@@ -177,6 +179,8 @@ def _run_index(args: argparse.Namespace) -> int:
     note(args, f"{args.db}: {', '.join(parts)}; the index has {report.files} file(s), {report.rows} vector(s)")
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
+    # A step after the last commit that failed (a full disk) is warned about by Index.add, one line; the files
+    # are indexed, so it changes no exit status (0 when every file was).
     if report.failed and report.indexed_now == 0 and not report.unchanged:
         return EXIT_NOTHING_DONE
     return EXIT_SOME_FAILED if report.failed else EXIT_OK

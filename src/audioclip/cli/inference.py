@@ -62,7 +62,13 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
                        "needs audioclip[onnx]); --audio-mode does not apply")
     group.add_argument("--onnx-dir", metavar="DIR",
                        help="with --backend onnxruntime: a folder from 'audioclip export onnx' (default: export the "
-                       "checkpoint once into the cache folder)")
+                       "checkpoint once into the cache folder); a --checkpoint given too must be the one exported")
+    # The default checkpoint, told apart from one given on the command line (beside --onnx-dir it must match)
+    parser.set_defaults(checkpoint=_DefaultCheckpoint(parser.get_default("checkpoint")))
+
+
+class _DefaultCheckpoint(str):
+    """``--checkpoint``'s default (``full``) when the option was not given."""
 
 
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +108,8 @@ def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) ->
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
+    given = None if isinstance(args.checkpoint, _DefaultCheckpoint) else args.checkpoint
+    args.checkpoint = str(args.checkpoint)
     if getattr(args, "backend", "pytorch") == "onnxruntime":
         require_extra("onnx", ("onnx", "onnxruntime", "onnxscript"))
         if args.device not in ("auto", "cpu"):
@@ -113,6 +121,8 @@ def _check_model_options(args: argparse.Namespace) -> None:
 
             if not (Path(args.onnx_dir) / "audioclip-onnx.json").is_file():
                 raise UsageError(f"--onnx-dir {args.onnx_dir}: not a folder written by 'audioclip export onnx'")
+            if given is not None:
+                _check_same_checkpoint(given, args)
             return  # the folder is the model
     elif getattr(args, "onnx_dir", None) is not None:
         raise UsageError("--onnx-dir goes with --backend onnxruntime")
@@ -120,6 +130,45 @@ def _check_model_options(args: argparse.Namespace) -> None:
     prefetch_checkpoint(args.checkpoint, args.cache_dir)  # read while torch is imported
     check_device(args.device)
     check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+
+
+def _check_same_checkpoint(name: str, args: argparse.Namespace) -> None:
+    """``--checkpoint`` beside ``--onnx-dir`` must name the weights the export was made from (a usage error if not).
+
+    Compared by checkpoint id (registered weights: their published hash; a file: its content's), before
+    torch is imported; the graphs themselves are checked against the export's hashes when it loads.
+    """
+    import json
+    from pathlib import Path
+
+    from audioclip import checkpoints
+    from audioclip.io import FileReadError, read_text_bounded
+
+    check_checkpoint(name)
+    try:
+        recorded = json.loads(read_text_bounded(Path(args.onnx_dir) / "audioclip-onnx.json", 1 << 20,
+                                                what="ONNX export metadata")).get("checkpoint")
+    except (FileReadError, ValueError, AttributeError) as err:
+        raise UsageError(f"--onnx-dir {args.onnx_dir}: not a folder written by 'audioclip export onnx' ({err})") \
+            from None
+    weights = checkpoints.lookup(name) or checkpoints.lookup_filename(name)
+    path = Path(name).expanduser()
+    if path.is_dir():  # a Hub-style model folder: its weights file
+        path = path / "model.safetensors"
+    if weights is not None and not Path(name).expanduser().exists():
+        ident = checkpoints.checkpoint_id("", weights)
+    elif path.is_file():
+        try:
+            ident = checkpoints.checkpoint_id(path)
+        except (checkpoints.CheckpointError, OSError) as err:
+            raise UsageError(f"--checkpoint {name}: {err}") from None
+    else:
+        raise UsageError(f"--checkpoint {name}: only registered weights or a checkpoint file can be compared with "
+                         f"the export in --onnx-dir; leave --checkpoint out (the folder is the model)")
+    if ident != recorded:
+        raise UsageError(f"--checkpoint {name} ({ident}) is not the checkpoint the export in --onnx-dir "
+                         f"{args.onnx_dir} was made from ({recorded or 'not recorded'}); leave --checkpoint out or "
+                         "export that checkpoint")
 
 
 def load_model(args: argparse.Namespace):
@@ -148,7 +197,7 @@ def _onnx_model(args: argparse.Namespace):
     import re
 
     from audioclip import checkpoints, factory
-    from audioclip.export.onnx import META_FILE, OnnxAudioCLIP, export_onnx
+    from audioclip.export.onnx import OnnxAudioCLIP, export_onnx
     from audioclip.io import LockedError, exclusive_lock
 
     if args.onnx_dir is not None:
@@ -157,15 +206,26 @@ def _onnx_model(args: argparse.Namespace):
                                  progress=not args.quiet)
     ident = factory.checkpoint_id(model)
     folder = checkpoints.cache_dir(args.cache_dir) / "onnx" / re.sub(r"[^A-Za-z0-9._@-]+", "_", ident)
-    while not (folder / META_FILE).is_file():
+    while not _current_export(folder):
         try:
             with exclusive_lock(folder.with_name(folder.name + ".lock")):  # one export at a time
-                if not (folder / META_FILE).is_file():
+                if not _current_export(folder):
                     note(args, f"exporting {args.checkpoint} to ONNX once, into {folder} (a few minutes)")
                     export_onnx(model, folder, checkpoint_id=ident)
         except LockedError:  # another job is exporting the same weights: wait for it
             time.sleep(2)
     return OnnxAudioCLIP(folder)
+
+
+def _current_export(folder) -> bool:
+    """Whether the cache folder holds a whole export this version can check (its graphs' hashes recorded)."""
+    from audioclip.export.onnx import OnnxExportError, read_export_meta
+
+    try:
+        read_export_meta(folder)
+    except OnnxExportError:
+        return False
+    return True
 
 
 def _decode_options(args: argparse.Namespace, model):

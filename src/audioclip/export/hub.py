@@ -62,9 +62,15 @@ def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoin
         "kind": "esresnext", "num_classes": model.fc.out_features,
         "audio_cfg": {**model.config.__dict__, "layers": list(model.config.layers)},
     }
+    from ..factory import check_model_config, list_models
+
+    # A bundled architecture's name, or none: a loader never takes the name for a file to open, and the
+    # full config below is what loads (checked now, as a loader will check it).
+    architecture = info.get("architecture") if info.get("architecture") in list_models() else None
+    check_model_config(model_cfg, f"{out / 'config.json'} model_cfg")
     config = {
         "library": "audioclip",
-        "architecture": info.get("architecture"),
+        "architecture": architecture,
         "model_cfg": model_cfg,
         "weights": info.get("weights") if unchanged else None,
         "checkpoint": checkpoint_id,

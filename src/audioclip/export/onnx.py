@@ -11,8 +11,10 @@
 - ``text.onnx``: ``input_ids`` int64 ``(batch, context_length)`` CLIP BPE ids ->
   ``embedding`` as ``encode_text``;
 - ``audioclip-onnx.json``: the architecture, embedding size, image size, context
-  length, the three logit scales and the weights' identity, so that the folder
-  alone is a usable model (:class:`OnnxAudioCLIP`).
+  length, the three logit scales, the weights' identity and the sha256 of each
+  graph, so that the folder alone is a usable model (:class:`OnnxAudioCLIP`),
+  and a graph copied in from another export is refused rather than run under
+  this export's checkpoint id.
 
 The graphs come from PyTorch's ONNX exporter (``torch.export`` underneath), are
 simplified by onnxscript's optimizer and checked by ``onnx.checker`` with full shape inference;
@@ -37,15 +39,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import atomic_path, write_text_atomic
+from ..io import FileReadError, atomic_path, check_regular_file, read_text_bounded, write_text_atomic
 from ..model import AudioCLIP, ESResNeXtFbsp, freeze_fbsp_kernel
 from ..model.tokenizer import tokenize
 
-__all__ = ["ONNX_FILES", "OnnxAudioCLIP", "OnnxExportError", "export_onnx"]
+__all__ = ["ONNX_FILES", "OnnxAudioCLIP", "OnnxExportError", "export_onnx", "read_export_meta"]
 
 ONNX_FILES = {"audio": "audio.onnx", "image": "image.onnx", "text": "text.onnx"}
 META_FILE = "audioclip-onnx.json"
-FORMAT = 1
+FORMAT = 2  # 2: the graphs' sha256 recorded (format 1 exports are refused: export again)
+MAX_META_BYTES = 1 << 20
+MAX_GRAPH_BYTES = 1 << 31  # protobuf's limit for one ONNX file without external data
 
 
 class OnnxExportError(RuntimeError):
@@ -209,6 +213,7 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
         "sample_rate": model.audio.config.sample_rate,
         "logit_scales": {k: float(v.detach()) for k, v in model.logit_scales().items()},
         "files": ONNX_FILES,
+        "sha256": {modality: _file_sha256(paths[modality], modality) for modality in ONNX_FILES},
     }
     paths["meta"] = out / META_FILE
     write_text_atomic(paths["meta"], json.dumps(meta, indent=2) + "\n")
@@ -216,6 +221,56 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
 
 
 # -- running them ------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path, what: str = "ONNX") -> str:
+    """sha256 of a graph file (hex), read in blocks; a FIFO or device is refused, not read."""
+    import hashlib
+
+    check_regular_file(path, MAX_GRAPH_BYTES, what=f"{what} graph")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_export_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an export folder, read bounded and checked (types, ranges), or :class:`OnnxExportError`.
+
+    ``sha256`` must name the three graphs (exports written before it was recorded are refused: export
+    again). Nothing else in the folder is read.
+    """
+    meta_path = Path(folder) / META_FILE
+
+    def bad(problem: str) -> OnnxExportError:
+        return OnnxExportError(f"{meta_path}: not an ONNX export of audioclip ({problem})")
+
+    try:
+        meta = json.loads(read_text_bounded(meta_path, MAX_META_BYTES, what="ONNX export metadata"))
+    except FileReadError as e:
+        raise bad(str(e).removeprefix(f"{meta_path}: ")) from None
+    except ValueError as e:
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise bad(f"a JSON object expected, found {type(meta).__name__}")
+    for key, low, high in (("embed_dim", 1, 8192), ("context_length", 1, 1024), ("image_size", 16, 1024)):
+        if type(meta.get(key)) is not int or not low <= meta[key] <= high:
+            raise bad(f"{key!r} is {meta.get(key)!r}, not a whole number from {low} to {high}")
+    scales = meta.get("logit_scales")
+    if not isinstance(scales, dict) or not all(isinstance(k, str) and type(v) in (int, float)
+                                               for k, v in scales.items()):
+        raise bad("'logit_scales' is not an object of numbers")
+    for key in ("checkpoint", "architecture"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"{key!r} is not a string")
+    digests = meta.get("sha256")
+    if digests is None:
+        raise bad("it records no sha256 of its graphs (written by an older audioclip): export it again")
+    if not isinstance(digests, dict) or set(digests) != set(ONNX_FILES) or not all(
+            isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in digests.values()):
+        raise bad("'sha256' does not give the three graphs' hashes")
+    return meta
 
 
 class _Visual:
@@ -235,14 +290,20 @@ class OnnxAudioCLIP:
 
     def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None):
         self.folder = Path(folder)
-        meta_path = self.folder / META_FILE
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise OnnxExportError(f"{meta_path}: not an ONNX export of audioclip ({e})") from None
-        missing = [f for f in ONNX_FILES.values() if not (self.folder / f).is_file()]
+        self.meta: dict[str, Any] = read_export_meta(self.folder)
+        missing = [f for f in ONNX_FILES.values() if not (self.folder / f).exists()]
         if missing:
             raise OnnxExportError(f"{self.folder}: missing {', '.join(missing)}; export again")
+        # Each graph must be the one the export wrote: the checkpoint id below comes from the metadata, so a
+        # graph copied in from another export would otherwise write its vectors under this one's id.
+        for modality, name in ONNX_FILES.items():
+            try:
+                digest = _file_sha256(self.folder / name, modality)
+            except (FileReadError, OSError) as e:
+                raise OnnxExportError(f"{self.folder / name}: cannot be read ({e})") from None
+            if digest != self.meta["sha256"][modality]:
+                raise OnnxExportError(f"{self.folder / name}: not the graph this export wrote (its sha256 "
+                                      f"{digest[:16]}... differs from the {META_FILE}'s); export again")
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
         self._sessions: dict[str, Any] = {}
@@ -262,7 +323,7 @@ class OnnxAudioCLIP:
         import hashlib
 
         digest = hashlib.sha256()
-        for name in sorted(ONNX_FILES.values()):
+        for name in sorted(ONNX_FILES.values()):  # the graphs' own hashes, verified on load
             with open(self.folder / name, "rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)

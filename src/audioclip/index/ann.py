@@ -36,17 +36,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ..io import atomic_write
+from ..io import FileReadError, atomic_write, check_regular_file, read_text_bounded
 
-__all__ = ["AnnIndex", "ann_lists"]
+__all__ = ["AnnIndex", "AnnIndexWarning", "ann_lists"]
 
 KINDS = ("window", "image", "frame")
 SOURCES = ("audio", "image", "video")
@@ -66,6 +68,96 @@ def _in_memory_bytes() -> int:
 
 IN_MEMORY_BYTES = _in_memory_bytes()  # scans stream about 3x faster from memory than through a file mapping
 STATE = "state.json"
+MAX_STATE_BYTES = 64 << 20  # state.json: ~30 bytes per dirty file, so about 2 million of them
+MAX_DIM = 8192  # the widest vectors an index may claim (AudioCLIP's are 1024-d)
+MAX_LISTS = 1 << 24
+
+
+class AnnIndexWarning(UserWarning):
+    """The ANN sidecar of an index cannot be used (unreadable, tampered, inconsistent): searches scan exactly."""
+
+
+class _Unusable(Exception):
+    """A sidecar file is not what a build writes; the message says which and why."""
+
+
+def _checked_state(state, where: Path) -> dict:
+    """``state`` if it has the fields and types a build writes (``state.json``), else :class:`_Unusable`."""
+    if not isinstance(state, dict):
+        raise _Unusable(f"{where}: not a JSON object ({type(state).__name__})")
+
+    def integer(key, low, high, optional=False):
+        value = state.get(key)
+        if value is None and optional:
+            return
+        if type(value) is not int or not low <= value <= high:
+            raise _Unusable(f"{where}: {key!r} is {value!r}, not a whole number from {low} to {high}")
+
+    if "generation" not in state:  # a sidecar that is only a list of dirty files: nothing to search
+        return state
+    integer("generation", 1, 2**62)
+    integer("vectors", 0, 2**40)
+    integer("lists", 1, MAX_LISTS)
+    integer("dim", 1, MAX_DIM)
+    integer("seq", 0, 2**62, optional=True)
+    integer("table_version", 0, 2**62, optional=True)
+    dirty = state.get("dirty", {})
+    if not isinstance(dirty, dict):
+        raise _Unusable(f"{where}: 'dirty' is a {type(dirty).__name__}, not an object")
+    for key, value in dirty.items():
+        try:
+            ok = -2**63 <= int(key) < 2**63 and type(value) is int
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _Unusable(f"{where}: 'dirty' holds {key!r}: {value!r}, not a file id and a number")
+    if not isinstance(state.get("data_file"), (str, type(None))):
+        raise _Unusable(f"{where}: 'data_file' is not a path")
+    return state
+
+
+def _read_rows(path: Path, vectors: int) -> np.ndarray:
+    """The row map ``g{G}.rows.npy``: exactly ``vectors`` rows of ``ROW_DTYPE``, checked before reading.
+
+    Read through the header (``numpy.lib.format``), never ``np.load``: the
+    dtype, order and shape are checked against what a build writes and the
+    shape against the file's size before anything is allocated, and nothing
+    is ever unpickled.
+    """
+    from numpy.lib import format as npy
+
+    st = check_regular_file(path, 128 + vectors * ROW_DTYPE.itemsize + 65_536, what="ANN row map")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not os.path.samestat(os.fstat(f.fileno()), st):
+            raise _Unusable(f"{path}: replaced while being read")
+        try:
+            version = npy.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"format version {version}")
+        except ValueError as err:
+            raise _Unusable(f"{path}: not a row map ({err})") from None
+        if dtype != ROW_DTYPE or fortran or shape != (vectors,):
+            raise _Unusable(f"{path}: holds {dtype} {shape}, not the {vectors} rows of the index")
+        if st.st_size != f.tell() + vectors * ROW_DTYPE.itemsize:
+            raise _Unusable(f"{path}: {st.st_size} bytes, not the size of {vectors} rows")
+        meta = np.fromfile(f, dtype=ROW_DTYPE, count=vectors)
+    if len(meta) != vectors:
+        raise _Unusable(f"{path}: truncated")
+    for field, names in (("kind", KINDS), ("source", SOURCES)):
+        if len(meta) and not (0 <= meta[field].min() and meta[field].max() < len(names)):
+            raise _Unusable(f"{path}: a row's {field} code is out of range")
+    return meta
+
+
+def _index_bytes(state: dict) -> int:
+    """The most bytes a generation's FAISS file (lists, ids and centroids, with room for headers) can take."""
+    dim, lists, vectors = state["dim"], state["lists"], state["vectors"]
+    return vectors * (4 * dim + 8) + lists * (4 * dim + 64) + (1 << 20)
 
 
 def ann_lists(rows: int) -> int:
@@ -87,6 +179,7 @@ class AnnIndex:
         self._loaded = None  # (generation, faiss index, rows array, {source code: mask})
         self._selectors: dict = {}
         self._dirty_cache = None  # (key, table of the dirty files' rows, matrix)
+        self._unusable = None  # the state key whose generation failed to load: not tried again
 
     # -- state ----------------------------------------------------------------------
 
@@ -100,12 +193,16 @@ class AnnIndex:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key != self._state_key:
+            # Unreadable or not what a build writes: ignore the sidecar (searches scan the store exactly),
+            # once per version of the file.
             try:
-                state = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                return None
-            except (OSError, ValueError):
-                return None  # unreadable: ignore the sidecar (searches scan the store exactly)
+                state = _checked_state(json.loads(read_text_bounded(path, MAX_STATE_BYTES, what="ANN state file")),
+                                       path)
+            except (FileReadError, ValueError, _Unusable) as err:
+                if not path.exists():
+                    return None
+                state = None
+                _warn(f"{err}" if isinstance(err, (FileReadError, _Unusable)) else f"{path}: not JSON ({err})")
             self._state_key, self._state = key, state
         return self._state
 
@@ -277,20 +374,35 @@ class AnnIndex:
         import faiss
 
         generation = state["generation"]
-        path = str(self.folder / f"g{generation}.index")
-        if not state.get("data_file") and os.path.getsize(path) <= IN_MEMORY_BYTES:
-            index = faiss.read_index(path)  # in memory, where a scan streams fastest
+        path = self.folder / f"g{generation}.index"
+        # Every file FAISS may open is a regular file here (a FIFO would block its open for ever, a device
+        # feed it without end), and no larger than the state's vectors need.
+        size = check_regular_file(path, _index_bytes(state), what="ANN index file").st_size
+        data_path = self.folder / f"g{generation}.ivfdata"
+        if state.get("data_file"):
+            check_regular_file(data_path, 2 * _index_bytes(state), what="ANN list data")  # room for list slack
+        for entry in self.folder.iterdir():  # what an on-disk index names is looked for in this folder
+            if entry.name.startswith("g") and not entry.name.endswith(".tmp"):
+                check_regular_file(entry, 1 << 62, what="ANN sidecar file")
+        if not state.get("data_file") and size <= IN_MEMORY_BYTES:
+            index = faiss.read_index(str(path))  # in memory, where a scan streams fastest
         elif not state.get("data_file"):  # one file: its lists memory-mapped
-            index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        elif Path(state["data_file"]) == (self.folder / f"g{generation}.ivfdata").resolve():
-            index = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
-        else:  # the index folder was moved since the build: look for the data beside the index file
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        else:  # the lists' data is looked for beside the index file only (the folder may have moved)
             with _quiet_stdout():  # FAISS says so on the C stdout
-                index = faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
-        meta = np.load(self.folder / f"g{generation}.rows.npy")
+                index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        if not isinstance(index, faiss.IndexIVFFlat) or index.d != state["dim"] \
+                or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.nlist != state["lists"]:
+            raise _Unusable(f"{path}: not the {state['dim']}-d inner-product IVF index of {state['lists']} "
+                            "list(s) the state describes")
+        if state.get("data_file"):
+            lists = faiss.downcast_InvertedLists(index.invlists)
+            if not isinstance(lists, faiss.OnDiskInvertedLists) or lists.totsize > os.path.getsize(data_path):
+                raise _Unusable(f"{data_path}: shorter than its index says")
+        meta = _read_rows(self.folder / f"g{generation}.rows.npy", state["vectors"])
         if index.ntotal != len(meta):
-            raise OSError(f"{self.folder}: generation {generation} is inconsistent ({index.ntotal} vectors, "
-                          f"{len(meta)} rows)")
+            raise _Unusable(f"{self.folder}: generation {generation} is inconsistent ({index.ntotal} vectors, "
+                            f"{len(meta)} rows)")
         # One thread per query: a single query's scan of a few lists gains nothing from a second thread,
         # and waiting for it on a busy machine is what makes the slow percentile slow (docs/performance.md).
         faiss.omp_set_num_threads(1)
@@ -333,11 +445,20 @@ class AnnIndex:
 
         with self._lock:
             state = self.state()
-            if state is None or "generation" not in state:
+            key = self._state_key
+            if state is None or "generation" not in state or self._unusable == key:
                 return None
             try:
                 generation, index, meta = self._load(state)
-            except (OSError, RuntimeError):
+            except (_Unusable, FileReadError) as err:
+                self._unusable = self._state_key
+                _warn(str(err))
+                return None
+            except (OSError, RuntimeError, MemoryError, ValueError) as err:  # FAISS on a damaged file
+                self._unusable = self._state_key
+                first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+                first = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", first)  # FAISS's C++ location
+                _warn(f"{self.folder / ('g%d.index' % state['generation'])}: unreadable ({first})")
                 return None
             selector, _bits, kept = self._selector(state, meta, tuple(sources) if sources else None)
             dirty = self._dirty_rows(state, table_version, read_rows, max_dirty_rows)
@@ -352,6 +473,10 @@ class AnnIndex:
         if k:
             scores, ids = index.search(query, k, params=params)
             scores, ids = scores[0], ids[0]
+            if (ids >= len(meta)).any():  # ids past the row map: a tampered file
+                self._unusable = key
+                _warn(f"{self.folder / ('g%d.index' % generation)}: holds ids past its row map")
+                return None
             found = ids >= 0
             scores, ids = scores[found], ids[found]
         else:
@@ -499,6 +624,11 @@ def _row_meta(batch) -> np.ndarray:
     meta["kind"] = _codes(batch.column(batch.schema.get_field_index("kind")), KINDS)
     meta["source"] = _codes(batch.column(batch.schema.get_field_index("source")), SOURCES)
     return meta
+
+
+def _warn(problem: str) -> None:
+    warnings.warn(f"{problem}; searching without the ANN index (an exact scan: slower, same results)",
+                  AnnIndexWarning, stacklevel=3)
 
 
 def _release_memory() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,12 +125,12 @@ class Index:
                 raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
             try:
                 path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir, offline=self._offline)
+                model_id = checkpoints.checkpoint_id(path, weights)  # hashes the file (a regular one only)
             except checkpoints.CheckpointError as err:
                 if self._checkpoint is None and self.meta:
                     raise IndexStoreError(f"{self.db}: the index was built with checkpoint {checkpoint!r}, "
                                           f"which cannot be loaded ({err}); pass --checkpoint") from None
                 raise
-            model_id = checkpoints.checkpoint_id(path, weights)
             self._source = weights.name if weights is not None else str(Path(path).resolve())
             if meta and model_id != meta["checkpoint"]:
                 raise self._other_checkpoint(model_id)
@@ -264,16 +265,24 @@ class Index:
                 later["image_size"] = options.image_size
             if meta.get("paths") != "resolved" and report.unresolved == 0:
                 later["paths"] = "resolved"
-            if later:
-                self.store.write_meta({**meta, **later})
-            if not (report.indexed_now or report.removed or report.failed):
-                # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
-                # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
-                return report
-            if log is not None and isinstance(self.store, LanceStore):
-                self.store.optimize(log=log)
-            else:
-                self.store.optimize()
+            # Every file is committed now: what follows only tidies (records hints, compacts, builds the ANN
+            # index). A failure there (a full disk) must not lose or deny the work done: the report says it.
+            try:
+                if later:
+                    self.store.write_meta({**meta, **later})
+                if not (report.indexed_now or report.removed or report.failed):
+                    # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
+                    # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
+                    return report
+                if log is not None and isinstance(self.store, LanceStore):
+                    self.store.optimize(log=log)
+                else:
+                    self.store.optimize()
+            except (OSError, RuntimeError, IndexStoreError) as err:
+                report.maintenance_error = (f"the files are indexed, but tidying the index afterwards failed "
+                                            f"({_first_line(err)}); searches give the same results (maybe more "
+                                            "slowly); the next run that adds or changes files tidies it again")
+                warnings.warn(f"{self.db}: {report.maintenance_error}", RuntimeWarning, stacklevel=2)
             return report
 
     def _create_meta(self, given: dict) -> dict:
@@ -390,16 +399,28 @@ class Index:
         return f"Index({self.db!r})"
 
 
+def _first_line(err: BaseException) -> str:
+    from .store import lance_message
+
+    return lance_message(err)
+
+
 def _architecture_image_size(name: str) -> int | None:
     """``vision_cfg.image_size`` of a bundled architecture or a JSON config file, read without torch; None if
     ``name`` is neither (or says nothing of it)."""
     import json
     from importlib import resources
 
+    from ..factory import MAX_CONFIG_BYTES
+    from ..io import read_text_bounded
+
     try:
         bundled = resources.files("audioclip.model_configs").joinpath(f"{name}.json")
-        text = bundled.read_text() if bundled.is_file() else Path(name).read_text()
+        if "/" not in name and os.sep not in name and bundled.is_file():
+            text = bundled.read_text()
+        else:  # a config file (bounded, regular files only: the name may come from the index's metadata)
+            text = read_text_bounded(name, MAX_CONFIG_BYTES, what="model config")
         size = json.loads(text).get("vision_cfg", {}).get("image_size")
     except (OSError, ValueError, AttributeError):
         return None
-    return int(size) if isinstance(size, int) else None
+    return int(size) if type(size) is int and 1 <= size <= 4096 else None

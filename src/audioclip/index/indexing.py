@@ -87,6 +87,9 @@ class IndexReport:
     # Records still stored under a name that is not their resolved path (an older index), None if not
     # checked (the index says its paths are resolved).
     unresolved: int | None = None
+    # A step after every file was committed (compaction, the ANN build) that failed, e.g. on a full disk:
+    # what failed and why, in one line. The files are indexed and searches give the same results.
+    maintenance_error: str | None = None
 
     @property
     def indexed_now(self) -> int:

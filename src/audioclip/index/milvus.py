@@ -85,6 +85,15 @@ class MilvusStore:
             self.lite = False
         if self.lite and not create and not Path(self.uri).exists():
             raise IndexStoreError(f"{db}: no index here (build one with 'audioclip index FOLDER --db {db}')")
+        if self.lite and os.path.lexists(self.uri):  # a FIFO or device would hang or feed Milvus Lite
+            import stat
+
+            try:
+                mode = os.stat(self.uri).st_mode
+            except OSError as err:
+                raise IndexStoreError(f"{db}: cannot open Milvus ({err.strerror or err})") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # Milvus Lite keeps a file or a folder there
+                raise IndexStoreError(f"{db}: {self.uri} is not a Milvus Lite file (a special file)")
         try:
             from pymilvus import MilvusClient
         except ImportError:

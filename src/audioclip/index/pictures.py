@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
+from ..io import FileReadError, atomic_write, read_bytes_bounded
 from ..media import MediaError
 
 __all__ = ["PictureCache", "render_thumbnail", "render_waveform"]
@@ -51,9 +51,9 @@ class PictureCache:
 
     def get(self, key: str) -> bytes | None:
         path = self.folder / key
-        try:
-            data = path.read_bytes()
-        except OSError:
+        try:  # bounded and regular files only: a FIFO planted in the cache must not hang the page
+            data = read_bytes_bounded(path, self.max_bytes, what="cached picture")
+        except FileReadError:
             return None
         try:
             os.utime(path)  # recently used

@@ -15,9 +15,11 @@ there, and rows arrive in one atomic commit per batch of files.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..io import atomic_write, held_by
+from ..io import FileReadError, atomic_write, held_by, read_text_bounded
 from .ann import AnnIndex
 
 __all__ = [
@@ -68,15 +70,70 @@ class IndexStoreError(ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
 
 
+MAX_META_BYTES = 1 << 20  # audioclip-index.json: a few hundred bytes when written by an index run
+MAX_DIM = 8192  # the widest vectors an index may hold (AudioCLIP's are 1024-d)
+# --window and --hop as the command line bounds them (cli/options.py: MIN_SECONDS, MAX_SECONDS): a shorter
+# window read from a tampered file would make a query file millions of windows.
+MIN_SECONDS, MAX_SECONDS = 0.01, 86_400.0
+MAX_IMAGE_SIZE = 4096
+
+
 def checked_meta(meta, where) -> dict:
-    """``meta`` if it has what every reader of an index relies on, else :class:`IndexStoreError` naming ``where``."""
+    """``meta`` if it has what every reader of an index relies on, in range, else :class:`IndexStoreError`
+    naming ``where``: ``checkpoint`` a string, ``dim`` 1 to ``MAX_DIM``, ``window``/``hop`` ``MIN_SECONDS`` to
+    ``MAX_SECONDS``, ``image_size`` 1 to ``MAX_IMAGE_SIZE``, the other options of the types an index run writes."""
+    def bad(problem: str) -> IndexStoreError:
+        return IndexStoreError(f"{where}: unreadable index metadata ({problem})")
+
     if not isinstance(meta, dict):
-        raise IndexStoreError(f"{where}: unreadable index metadata (a JSON object expected, found "
-                              f"{type(meta).__name__})")
+        raise bad(f"a JSON object expected, found {type(meta).__name__}")
     if not isinstance(meta.get("checkpoint"), str) or type(meta.get("dim")) is not int:
         missing = "checkpoint" if not isinstance(meta.get("checkpoint"), str) else "dim"
-        raise IndexStoreError(f"{where}: unreadable index metadata (no valid {missing!r})")
+        raise bad(f"no valid {missing!r}")
+    if not 1 <= meta["dim"] <= MAX_DIM:
+        raise bad(f"'dim' is {meta['dim']}, not 1 to {MAX_DIM}")
+    for key in ("window", "hop"):
+        value = meta.get(key)
+        if value is not None and (type(value) not in (int, float) or not MIN_SECONDS <= value <= MAX_SECONDS):
+            raise bad(f"{key!r} is {value!r}, not {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds")
+    size = meta.get("image_size")
+    if size is not None and (type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE):
+        raise bad(f"'image_size' is {size!r}, not 1 to {MAX_IMAGE_SIZE} pixels")
+    if meta.get("mono") is not None and not isinstance(meta["mono"], bool):
+        raise bad(f"'mono' is {meta['mono']!r}, not true or false")
+    if meta.get("video_frames") is not None and meta["video_frames"] not in ("central", "all"):
+        raise bad(f"'video_frames' is {meta['video_frames']!r}, not 'central' or 'all'")
+    for key in ("checkpoint_source", "config", "paths", "created"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a string")
     return meta
+
+
+def lance_message(err: BaseException) -> str:
+    """The first meaningful line of an error, without the Rust source locations LanceDB appends.
+
+    ``lance error: LanceError(IO): Generic LocalFileSystem error: failed to fill whole buffer,
+    /rustc/.../function.rs:250:5`` becomes ``LanceError(IO): Generic LocalFileSystem error: failed to fill
+    whole buffer``.
+    """
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "") or type(err).__name__
+    text = re.sub(r",?\s*\(?(/|[A-Za-z]:\\)?[\w./\\-]*\.rs:\d+(:\d+)?\)?", "", text)
+    text = re.sub(r"^(lance error|lancedb error):\s*", "", text, flags=re.IGNORECASE)
+    return text.strip().rstrip(",") or type(err).__name__
+
+
+def _lance_errors(method):
+    """Errors LanceDB raises from its Rust code (``lance error: ...``), as one :class:`IndexStoreError` line."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            if isinstance(err, IndexStoreError) or not re.search(r"lance|\.rs:\d+", str(err), re.IGNORECASE):
+                raise
+            raise IndexStoreError(f"{self.path}: the index's tables cannot be used ({lance_message(err)})") \
+                from None
+    return wrapper
 
 
 def row_schema(dim: int) -> pa.Schema:
@@ -228,7 +285,8 @@ class LanceStore:
 
     @classmethod
     def exists(cls, path: str | os.PathLike) -> bool:
-        return (Path(path) / cls.META).is_file()
+        # Whatever is there (a FIFO, a folder) is the metadata: read_meta then says what is wrong with it.
+        return os.path.lexists(Path(path) / cls.META)
 
     # What a first run leaves before its metadata is written: the lock file (a killed writer's: the lock
     # goes with its process, the file stays), a temporary file of the metadata, table folders of an
@@ -306,12 +364,16 @@ class LanceStore:
     # -- metadata ------------------------------------------------------------------
 
     def read_meta(self) -> dict | None:
+        path = self.path / self.META
         try:
-            meta = json.loads((self.path / self.META).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise IndexStoreError(f"{self.path / self.META}: unreadable index metadata ({err})") from None
+            meta = json.loads(read_text_bounded(path, MAX_META_BYTES, what="index metadata"))
+        except FileReadError as err:
+            if not os.path.lexists(path):
+                return None
+            raise IndexStoreError(f"{path}: unreadable index metadata ({str(err).removeprefix(f'{path}: ')})") \
+                from None
+        except ValueError as err:
+            raise IndexStoreError(f"{path}: unreadable index metadata ({err})") from None
         return checked_meta(meta, self.path / self.META)
 
     def write_meta(self, meta: dict) -> None:
@@ -376,10 +438,12 @@ class LanceStore:
 
     # -- files ---------------------------------------------------------------------------
 
+    @_lance_errors
     def files(self) -> dict[str, FileRecord]:
         data = self._scan(self.TABLE, FILE_FIELDS)
         return {} if data is None else _records(data)
 
+    @_lance_errors
     def get_file(self, file_id: int) -> FileRecord | None:
         file_id = int(file_id)
         if not -2**63 <= file_id < 2**63:
@@ -390,12 +454,14 @@ class LanceStore:
         records = {} if data is None else _records(data)
         return next(iter(records.values()), None)
 
+    @_lance_errors
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
             self._upgrade()
             self.ann.mark(set(rows["file_id"].to_pylist()))  # before the commit: see ann.py
             self._create_or_add(self.TABLE, _with_later_fields(rows))
 
+    @_lance_errors
     def delete_files(self, file_ids: Sequence[int]) -> None:
         table = self._table(self.TABLE)
         ids = [int(i) for i in file_ids]
@@ -403,6 +469,7 @@ class LanceStore:
             self.ann.mark(ids)
             table.delete(_in("file_id", ids))  # one commit, however many files
 
+    @_lance_errors
     def update_files(self, records: Sequence[FileRecord]) -> None:
         """Set the identity (size, mtime, hash, dev, inode) of indexed files, all in one commit.
 
@@ -428,6 +495,7 @@ class LanceStore:
         source = pa.Table.from_pylist([{n: getattr(r, n) for n in schema.names} for r in latest], schema=schema)
         table.merge_insert("file_id").when_matched_update_all().execute(source)
 
+    @_lance_errors
     def rows(self, file_ids: Sequence[int]) -> pa.Table:
         """Every row of these files, in ``row_schema``'s columns (an older table's missing ones null)."""
         table = self._table(self.TABLE)
@@ -440,6 +508,7 @@ class LanceStore:
             parts.append(table.search().where(where).limit(None).to_arrow())
         return _with_later_fields(pa.concat_tables(parts))
 
+    @_lance_errors
     def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
                exact: bool = False) -> pa.Table:
         """The ``limit`` best rows: ``file_id``, ``kind``, ``start``, ``score`` (cosine), best first."""
@@ -465,18 +534,21 @@ class LanceStore:
         score = pc.subtract(pa.scalar(1.0, pa.float32()), found["_distance"])
         return found.drop_columns(["_distance"]).append_column("score", score)
 
+    @_lance_errors
     def count_rows(self) -> int:
         table = self._table(self.TABLE)
         return 0 if table is None else table.count_rows()
 
     # -- failures --------------------------------------------------------------------------
 
+    @_lance_errors
     def failures(self) -> dict[str, FailureRecord]:
         data = self._scan(self.FAILURES, [f for f in FailureRecord.__dataclass_fields__])
         if data is None:
             return {}
         return {row["path"]: FailureRecord(**row) for row in data.to_pylist()}
 
+    @_lance_errors
     def set_failures(self, add: Sequence[FailureRecord], remove: Sequence[int]) -> None:
         drop = {int(i) for i in remove} | {f.file_id for f in add}
         table = self._table(self.FAILURES)
@@ -489,6 +561,7 @@ class LanceStore:
 
     # -- maintenance -----------------------------------------------------------------------
 
+    @_lance_errors
     def optimize(self, ann: str = "auto", keep_versions: datetime.timedelta = datetime.timedelta(minutes=5),
                  log=None) -> None:
         """Compact small commits, drop old versions, keep the ANN index fresh.
@@ -532,6 +605,7 @@ class LanceStore:
         if ("vector",) in indexed:  # an older version's LanceDB index: the FAISS one replaces it
             table.drop_index(indexed[("vector",)].name)
 
+    @_lance_errors
     def build_ann(self, log=None) -> dict:
         """(Re)build the FAISS index beside the table from its current rows (the writer lock held)."""
         table = self._table(self.TABLE)
