@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -64,9 +66,30 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _check_model_options(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         check_checkpoint(args.checkpoint)
+        _check_tri_modal(args.checkpoint)
     check_device(args.device)
     if args.checkpoint is not None:
         check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+
+
+def _check_tri_modal(name: str) -> None:
+    """An index needs text, picture and sound: a standalone audio classifier (named, or an architecture) cannot."""
+    import json
+    from importlib import resources
+
+    from audioclip.factory import describe_source
+
+    source = describe_source(name)
+    if source.kind == "registry":
+        classifier = source.weights.kind == "esresnext"
+    elif source.kind == "architecture":
+        config = resources.files("audioclip.model_configs").joinpath(f"{source.architecture}.json").read_text()
+        classifier = json.loads(config).get("kind", "audioclip") == "esresnext"
+    else:
+        return  # a file or a Hub model: known once loaded
+    if classifier:
+        raise UsageError(f"--checkpoint {name}: is a standalone audio classifier (no text or picture head); "
+                         "an index needs an AudioCLIP model (e.g. full, or AudioCLIP-tiny to try it out)")
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
@@ -87,11 +110,15 @@ def _open(args: argparse.Namespace, create: bool = False):
 
     options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline,
                    before_model_load=light_open_clip)
-    index = Index.open(args.db, checkpoint=args.checkpoint, create=create, **options)
+    from audioclip import factory
+
+    kind = factory.describe_source(args.checkpoint).kind if args.checkpoint else None
+    # An architecture's (or Hub model's) id needs the model built: in another audio mode, build only the one below
+    first = None if kind in ("architecture", "hub", "folder") and args.audio_mode != "default" else args.checkpoint
+    index = Index.open(args.db, checkpoint=first, create=create, **options)
     if args.audio_mode == "default":
         return index
     light_open_clip()
-    from audioclip import factory
 
     spec = args.checkpoint or (index.meta or {}).get("checkpoint_source") or "full"
     model = factory.create_model(spec, device=args.device, audio_mode=args.audio_mode, cache_dir=args.cache_dir,
@@ -125,6 +152,18 @@ def _run_index(args: argparse.Namespace) -> int:
     _check_db_spec(args)
     _check_model_options(args)
 
+    from audioclip.index.milvus import is_milvus
+
+    new_folder = None if is_milvus(args.db) or os.path.exists(args.db) else args.db
+    try:
+        return _index(args)
+    finally:
+        if new_folder is not None:  # a first run that stopped before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                os.rmdir(new_folder)
+
+
+def _index(args: argparse.Namespace) -> int:
     from audioclip.index import IndexStoreError
 
     try:
@@ -205,8 +244,9 @@ def _print_stats(args: argparse.Namespace) -> int:
     sources = ", ".join(f"{n} {s}" for s, n in sorted(stats["by_source"].items())) or "empty"
     print(f"{args.db}: {stats['files']} file(s) ({sources}), {stats['vectors']} vector(s), "
           f"{stats['failed']} failed file(s) remembered")
+    architecture = meta.get("architecture") or meta.get("config") or "recognised from the file"
     print(f"checkpoint {meta.get('checkpoint')} from {meta.get('checkpoint_source')} "
-          f"(config {meta.get('config')}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
+          f"(architecture {architecture}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
     ann = getattr(getattr(index.store, "ann", None), "describe", lambda: None)()
     if ann:
         print(f"ANN index: FAISS IVF, {ann['lists']} list(s) over {ann['vectors']} vector(s), built {ann['built']} "

@@ -115,7 +115,7 @@ class Index:
     @property
     def model_id(self) -> str:
         if self._model_id is None:
-            from .. import checkpoints
+            from .. import checkpoints, factory
 
             checkpoint, _ = self._model_spec()
             meta = self.meta
@@ -123,25 +123,47 @@ class Index:
             if named is not None and meta and checkpoints.checkpoint_id("", named) != meta["checkpoint"]:
                 raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
             try:
-                path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir, offline=self._offline)
+                built = None
+                if _built_to_identify(checkpoint):
+                    built, path = self._model or self._build(checkpoint), None
+                    model_id = factory.checkpoint_id(built)
+                else:
+                    path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir,
+                                                        offline=self._offline)
+                    model_id = checkpoints.checkpoint_id(path, weights)
+                    self._source = weights.name if weights is not None else str(Path(path).resolve())
             except checkpoints.CheckpointError as err:
                 if self._checkpoint is None and self.meta:
                     raise IndexStoreError(f"{self.db}: the index was built with checkpoint {checkpoint!r}, "
                                           f"which cannot be loaded ({err}); pass --checkpoint") from None
                 raise
-            model_id = checkpoints.checkpoint_id(path, weights)
-            self._source = weights.name if weights is not None else str(Path(path).resolve())
             if meta and model_id != meta["checkpoint"]:
                 raise self._other_checkpoint(model_id)
             self._model_id, self._model_path = model_id, path
+            if built is not None:
+                kind = factory.describe_source(checkpoint).kind
+                self._source = str(Path(checkpoint).resolve()) if kind == "folder" else str(checkpoint)
+                self._model = built  # the model the index then uses
         return self._model_id
+
+    def _build(self, checkpoint: str):
+        """The model of weights whose id is known only once built: an architecture's (seeded) random weights,
+        a Hub model."""
+        from ..factory import create_model
+
+        if self._before_model_load is not None:
+            self._before_model_load()
+        _, config = self._model_spec()
+        return create_model(checkpoint, config=config, device=self._device or "auto", audio_mode="default",
+                            cache_dir=self._cache_dir, offline=self._offline)
 
     @property
     def model(self):
         """The AudioCLIP model, loaded on first use."""
         with self._model_lock:
             if self._model is None:
-                self.model_id  # checks the checkpoint before the (slow) load
+                self.model_id  # checks the checkpoint before the (slow) load (an architecture's: builds it)
+            if self._model is None:
                 if self._before_model_load is not None:
                     self._before_model_load()
                 from ..factory import create_model
@@ -200,7 +222,8 @@ class Index:
             from .. import checkpoints
 
             weights = checkpoints.lookup(str(checkpoint))
-            size = _architecture_image_size(weights.architecture) if weights is not None else None
+            architecture = weights.architecture if weights is not None else str(checkpoint)
+            size = _architecture_image_size(architecture) if architecture in _bundled() else None
         return size if size is not None else int(self.model.visual.image_size)
 
     # -- writing -----------------------------------------------------------------------
@@ -287,6 +310,7 @@ class Index:
         meta = {
             "format": FORMAT, "checkpoint": model_id, "checkpoint_source": self._source,
             "config": config if isinstance(config, str) else None, "dim": model.embed_dim,
+            "architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
             "image_size": defaults.image_size, "window": defaults.window, "hop": defaults.hop,
             "mono": defaults.mono, "video_frames": defaults.video_frames, "paths": "resolved",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -388,6 +412,19 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.db!r})"
+
+
+def _bundled() -> list[str]:
+    from ..factory import list_models
+
+    return list_models()
+
+
+def _built_to_identify(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` names weights whose id needs the model built (an architecture, a Hub model)."""
+    from ..factory import describe_source
+
+    return describe_source(checkpoint).kind in ("architecture", "hub", "folder")
 
 
 def _architecture_image_size(name: str) -> int | None:
