@@ -35,13 +35,19 @@ TINY = ["--checkpoint", "AudioCLIP-tiny", "--device", "cpu"]
 ENV = {**os.environ, "AUDIOCLIP_OFFLINE": "1"}
 
 
-def cli(*args, check: int | None = None) -> subprocess.CompletedProcess:
-    """The command line in this process (as the other tests run it), offline; stdout and stderr captured."""
+def cli(*args, check: int | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command line in this process (as the other tests run it), offline unless ``env`` says otherwise
+    (``{"AUDIOCLIP_OFFLINE": None}`` unsets it); stdout and stderr captured."""
     from audioclip import cli as command_line
 
     out, err = io.StringIO(), io.StringIO()
-    saved = os.environ.get("AUDIOCLIP_OFFLINE")
-    os.environ["AUDIOCLIP_OFFLINE"] = "1"
+    env = {"AUDIOCLIP_OFFLINE": "1", **(env or {})}
+    saved = {name: os.environ.get(name) for name in env}
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
             warnings.simplefilter("always")  # each run says its weights are random, as a process would
@@ -50,10 +56,11 @@ def cli(*args, check: int | None = None) -> subprocess.CompletedProcess:
             except SystemExit as exit_:
                 code = exit_.code
     finally:
-        if saved is None:
-            del os.environ["AUDIOCLIP_OFFLINE"]
-        else:
-            os.environ["AUDIOCLIP_OFFLINE"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     proc = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     if check is not None:
         assert proc.returncode == check, proc.stderr
@@ -260,3 +267,47 @@ def test_searching_an_embed_output_points_to_index_from_embeddings(library, tmp_
     cli("embed", library / "pictures", "-o", out, *TINY, check=0)
     proc = cli("search", "rain", "--db", out, check=2)
     assert f"audioclip index --from-embeddings {out} --db INDEX" in proc.stderr
+
+
+# -- messages ---------------------------------------------------------------------------------------------
+
+
+def test_verbose_runs_name_the_files_they_ignore(library, tmp_path):
+    notes = str(library / "notes.txt")
+    embedded = cli("embed", library, "-o", tmp_path / "e.parquet", "-v", *TINY, check=0)
+    assert f"ignored (not a media file): {notes}" in embedded.stderr
+    indexed = cli("index", library, "--db", tmp_path / "db", "-v", *TINY, check=0)
+    assert f"ignored (not a media file): {notes}" in indexed.stderr
+    quiet = cli("embed", library, "-o", tmp_path / "e2.parquet", *TINY, check=0)
+    assert "1 non-media file(s) ignored" in quiet.stderr and notes not in quiet.stderr
+
+
+def test_similarity_shows_whole_names_and_says_why_a_logit_is_missing(library, tmp_path):
+    long_name = tmp_path / ("a-recording-with-a-name-longer-than-forty-characters-" + "x" * 20 + ".wav")
+    long_name.write_bytes((library / "sounds" / "short.wav").read_bytes())
+    proc = cli("similarity", "--audio", long_name, "--audio", library / "sounds" / "short.wav", "--text", "rain",
+               *TINY, check=0)
+    assert str(long_name) in proc.stdout
+    [same] = [line for line in proc.stdout.splitlines() if "rain" not in line and "short.wav" in line]
+    assert same.split()[-1] == "-"
+    assert "'-' for two items of one modality" in proc.stderr
+
+
+def test_a_failed_download_names_the_offline_try_out(library, tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on: the download is refused at once
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proc = cli("download", "full", "--cache-dir", tmp_path, env={"AUDIOCLIP_OFFLINE": None,
+                                                                 "AUDIOCLIP_BASE_URL": dead}, check=1)
+    [line] = proc.stderr.splitlines()
+    assert "cannot download" in line and "--checkpoint AudioCLIP-tiny" in line
+
+
+def test_the_offline_message_names_what_made_it_offline(library, tmp_path):
+    wav = library / "sounds" / "short.wav"
+    by_flag = cli("classify", wav, "--labels", "dog", "--cache-dir", tmp_path, "--offline",
+                  env={"AUDIOCLIP_OFFLINE": None}, check=1)
+    assert "no --offline" in by_flag.stderr and "AUDIOCLIP_OFFLINE" not in by_flag.stderr
+    assert "--checkpoint AudioCLIP-tiny" in by_flag.stderr
+    by_env = cli("classify", wav, "--labels", "dog", "--cache-dir", tmp_path, check=1)
+    assert "unset AUDIOCLIP_OFFLINE" in by_env.stderr

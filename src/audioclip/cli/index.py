@@ -274,6 +274,8 @@ def _index(args: argparse.Namespace, embeddings=None) -> int:
         parts.append(f"{len(report.changed_during)} changed while indexing (run again)")
     if report.ignored:
         parts.append(f"{len(report.ignored)} non-media file(s) ignored")
+        for path in report.ignored:
+            verbose(args, f"ignored (not a media file): {path}")
     note(args, f"{args.db}: {', '.join(parts)}; the index has {report.files} file(s), {report.rows} vector(s)")
     for path, reason in report.failed:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
