@@ -311,3 +311,29 @@ def test_the_offline_message_names_what_made_it_offline(library, tmp_path):
     assert "--checkpoint AudioCLIP-tiny" in by_flag.stderr
     by_env = cli("classify", wav, "--labels", "dog", "--cache-dir", tmp_path, check=1)
     assert "unset AUDIOCLIP_OFFLINE" in by_env.stderr
+
+
+# -- input sizes -------------------------------------------------------------------------------------------
+
+
+def test_models_expose_their_input_sizes_and_load_image_follows_the_model(library):
+    tiny = audioclip.create_model("AudioCLIP-tiny")
+    assert (tiny.image_size, tiny.embed_dim, tiny.sample_rate) == (64, 64, 44100)
+    full = audioclip.AudioCLIP()
+    assert (full.image_size, full.embed_dim, full.sample_rate) == (224, 1024, 44100)
+    picture = library / "pictures" / "a.png"
+    assert audioclip.load_image(picture).shape == (3, 224, 224)  # no model: the paper's size
+    image = audioclip.load_image(picture, model=tiny)
+    assert image.shape == (3, tiny.image_size, tiny.image_size)
+    wave = audioclip.load_audio(library / "sounds" / "short.wav")
+    with torch.no_grad():  # the README's example, on the tiny model
+        assert tiny.encode_image(image[None]).shape == (1, 64)
+        assert tiny.encode_audio(wave[None]).shape == (1, 64)
+    with pytest.raises(ValueError, match=r"load_image\(path, model=model\)"):
+        tiny.encode_image(audioclip.load_image(picture)[None])  # a 224 px picture for a 64 px model
+    with pytest.raises(ValueError, match="takes 64-pixel pictures"):
+        audioclip.load_image(picture, image_size=224, model=tiny)
+    from audioclip.media import load_video_frames
+
+    if (library / "clip.mp4").exists():
+        assert load_video_frames(library / "clip.mp4", model=tiny).shape == (1, 3, 64, 64)
