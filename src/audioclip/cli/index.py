@@ -57,10 +57,11 @@ def _check_db_spec(args: argparse.Namespace) -> None:
         require_extra("milvus", ("pymilvus",))
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, new: str = "") -> None:
     add_model_options(parser, checkpoint_default=None, title="model (default: the one the index was built with)",
-                      checkpoint_help="registered weights (see 'audioclip checkpoints') or a checkpoint file "
-                      "(default: the index's own; a new index: full)")
+                      checkpoint_help="registered weights (see 'audioclip checkpoints'), an architecture (random "
+                      "weights, the same in every run: AudioCLIP-tiny to try it out) or a checkpoint file (default: "
+                      f"the index's own{new})")
 
 
 def _check_model_options(args: argparse.Namespace) -> None:
@@ -323,7 +324,8 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
         "index", help="index folders of sounds, pictures and videos for search (incremental)",
         description="Embed every audio, image and video file under the given folders into a search index. "
         "Run it again to bring the index up to date: only new or changed files are embedded and files that "
-        "are gone are dropped. A killed run keeps the files it finished. Without PATHs, describe the index.",
+        "are gone are dropped. A killed run keeps the files it finished. --from-embeddings OUT indexes the files of "
+        "an 'audioclip embed' output with its vectors instead. Without PATHs, describe the index.",
         epilog=_INDEX_EPILOG)
     parser.add_argument("inputs", nargs="*", metavar="PATH", help="files or folders")
     _add_db(parser)
@@ -339,7 +341,7 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
                         help="try again files that failed before even if they have not changed")
     parser.add_argument("--flush-every", type=positive_int, default=32, metavar="FILES",
                         help="commit finished files every this many (default: 32; also every 10 s)")
-    _add_model_options(parser)
+    _add_model_options(parser, "; a new index: full, or with --from-embeddings the output's")
     group = parser.add_argument_group("input (fixed when the index is created)")
     group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
     group.add_argument("--workers", type=non_negative_int, default=0,
