@@ -475,6 +475,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         from audioclip.media.files import resolve_paths
 
         paths = resolve_paths(paths)
+    for path in ignored:
+        verbose(args, f"ignored (not a media file): {path}")
     # Ray's actors take the model to their own devices: the driver's copy stays on the CPU
     model = load_model(args if args.engine == "plain" else argparse.Namespace(**{**vars(args), "device": "cpu"}))
 
@@ -591,28 +593,33 @@ def _run_similarity(args: argparse.Namespace) -> int:
     scales = {k: v.item() for k, v in model.logit_scales().items()}
     pair_scale = {("audio", "image"): scales["audio_image"], ("audio", "text"): scales["audio_text"],
                   ("image", "text"): scales["image_text"]}
+    labels = [_label(name, modality) for name, modality, _ in items]  # whole names: the columns fit the longest
+    width_a = max(len("A"), *(len(label) for label in labels[:-1]))
+    width_b = max(len("B"), *(len(label) for label in labels[1:]))
     if not args.json:
-        print(f"{'A':<40} {'B':<40} {'cosine':>8} {'logit':>8}")
+        print(f"{'A':<{width_a}}  {'B':<{width_b}}  {'cosine':>8}  {'logit':>8}")
+    same_modality = False
     for i, (name_a, mod_a, a) in enumerate(items):
-        for name_b, mod_b, b in items[i + 1:]:
+        for j in range(i + 1, len(items)):
+            name_b, mod_b, b = items[j]
             cosine = float(a @ b)
             scale = pair_scale.get((mod_a, mod_b)) or pair_scale.get((mod_b, mod_a))
             logit = scale * cosine if scale else None
+            same_modality = same_modality or logit is None
             if args.json:
                 print(json.dumps({"a": name_a, "b": name_b, "modality_a": mod_a, "modality_b": mod_b,
                                   "cosine": cosine, "logit": logit}))
             else:
                 shown = f"{logit:8.3f}" if logit is not None else f"{'-':>8}"
-                print(f"{_short(_label(name_a, mod_a)):<40} {_short(_label(name_b, mod_b)):<40} {cosine:8.4f} {shown}")
+                print(f"{labels[i]:<{width_a}}  {labels[j]:<{width_b}}  {cosine:8.4f}  {shown}")
+    if same_modality and not args.json:
+        note(args, "logit: the cosine times the temperature the model learned for a pair of modalities "
+             "(audio-text, audio-image, image-text); '-' for two items of one modality, which have none")
     return exit_status(len(items), failed)
 
 
 def _label(name: str, modality: str) -> str:
     return f'"{name}"' if modality == "text" else name
-
-
-def _short(text: str, width: int = 40) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
 
 
 def register_similarity(subparsers: argparse._SubParsersAction) -> None:
