@@ -82,3 +82,11 @@ def test_docs_build_strictly(tmp_path):
     documented = set(re.findall(r'id="audioclip\.(?:[\w.]+\.)?(\w+)"', api))
     missing = sorted(set(audioclip.__all__) - documented)
     assert not missing, f"docs/api.md does not document {missing} (in audioclip.__all__)"
+
+
+def test_readme_and_guides_link_to_files_that_exist():
+    """Relative links of the files outside the site (README, CONTRIBUTING, CHANGELOG)."""
+    for name in ("README.md", "CONTRIBUTING.md", "CHANGELOG.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / name).read_text()):
+            if "://" not in target:
+                assert (ROOT / target).exists(), f"{name} links to {target}, which does not exist"
