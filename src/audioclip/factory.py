@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModelSource",
+    "RandomWeightsWarning",
+    "architecture_seed",
     "checkpoint_id",
     "create_model",
     "describe_source",
@@ -44,6 +47,10 @@ __all__ = [
     "list_pretrained",
     "resolve_device",
 ]
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built with random weights (an architecture name without ``pretrained=``)."""
 
 
 def list_models() -> list[str]:
@@ -177,6 +184,28 @@ def _no_weight_init() -> Iterator[None]:
     finally:
         for n, fn in saved.items():
             setattr(init, n, fn)
+
+
+def architecture_seed(name: str) -> int:
+    """The seed of an architecture's random weights: from the sha256 of its name, the same in every process.
+
+    (Python's ``hash()`` of a string changes from process to process.)
+    """
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's CPU generator seeded with ``seed``, leaving the caller's generator state as it was.
+
+    Modules are built on the CPU, so their initialisation draws from that
+    generator only; CUDA generators are neither used nor touched.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def _build(cfg: Mapping[str, Any], num_classes: int | None = None, *, init: bool = True) -> nn.Module:
@@ -339,6 +368,7 @@ def create_model(
     cache_dir: str | os.PathLike | None = None,
     offline: bool | None = None,
     progress: bool = True,
+    deterministic: bool = True,
 ) -> nn.Module:
     """Build an ``AudioCLIP`` (or a standalone ``ESResNeXtFbsp``) from an architecture, weights name or file.
 
@@ -354,6 +384,13 @@ def create_model(
     - ``audio_mode``: ``None`` returns the trainable module; ``"default"``,
       ``"fused"``, ``"bf16"`` or ``"plain"`` an inference model made by
       :func:`audioclip.model.apply_audio_mode` (``"default"`` is exact).
+    - ``deterministic``: an architecture's random weights are drawn from a
+      generator seeded with its name (:func:`architecture_seed`), so they are
+      the same in every process (and so their :func:`checkpoint_id`: outputs
+      made with them can be resumed and searched); a ``UserWarning`` says they
+      are random. The caller's random state is left as it was. ``False``
+      draws them from torch's global generator, with no warning (training
+      from scratch under the caller's seed).
 
     Returns the model in eval mode, with ``model.pretrained_cfg`` saying what
     was loaded (architecture, weights name, file); :func:`checkpoint_id` gives
@@ -375,7 +412,15 @@ def create_model(
     options = dict(cache_dir=cache_dir, offline=offline, progress=progress)
     if source.kind == "architecture":
         cfg = _model_config(config if config is not None else source.architecture)
-        model = _build(cfg, num_classes)
+        if deterministic:
+            with _seeded(architecture_seed(source.architecture)):
+                model = _build(cfg, num_classes)
+            trained = "esrnxfbsp" if _kind(cfg) == "esresnext" else "full"
+            warnings.warn(f"{source.architecture} has random weights (the same in every run): for trying the "
+                          f"package out, its results mean nothing; trained weights: '{trained}'", RandomWeightsWarning,
+                          stacklevel=1)  # here: shown once per process (a command may build it twice)
+        else:
+            model = _build(cfg, num_classes)
         architecture, path, weights = source.architecture, None, None
     else:
         hub_cfg = None

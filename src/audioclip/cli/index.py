@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -64,9 +66,30 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _check_model_options(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         check_checkpoint(args.checkpoint)
+        _check_tri_modal(args.checkpoint)
     check_device(args.device)
     if args.checkpoint is not None:
         check_cached(args.checkpoint, cache_dir=args.cache_dir, offline=args.offline)
+
+
+def _check_tri_modal(name: str) -> None:
+    """An index needs text, picture and sound: a standalone audio classifier (named, or an architecture) cannot."""
+    import json
+    from importlib import resources
+
+    from audioclip.factory import describe_source
+
+    source = describe_source(name)
+    if source.kind == "registry":
+        classifier = source.weights.kind == "esresnext"
+    elif source.kind == "architecture":
+        config = resources.files("audioclip.model_configs").joinpath(f"{source.architecture}.json").read_text()
+        classifier = json.loads(config).get("kind", "audioclip") == "esresnext"
+    else:
+        return  # a file or a Hub model: known once loaded
+    if classifier:
+        raise UsageError(f"--checkpoint {name}: is a standalone audio classifier (no text or picture head); "
+                         "an index needs an AudioCLIP model (e.g. full, or AudioCLIP-tiny to try it out)")
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
@@ -75,6 +98,22 @@ def _check_db_exists(args: argparse.Namespace) -> None:
     _check_db_spec(args)
     if not store_exists(args.db):
         raise UsageError(f"--db {args.db}: no index here; build one with 'audioclip index FOLDER --db {args.db}'")
+    if _is_embed_output(args.db):
+        raise UsageError(f"--db {args.db}: is an output of 'audioclip embed', not an index; index its vectors with "
+                         f"'audioclip index --from-embeddings {args.db} --db INDEX' (no embedding again), then "
+                         "search INDEX")
+
+
+def _is_embed_output(db: str) -> bool:
+    """An embed output (a file of its formats, or a folder of Parquet parts) rather than an index."""
+    from pathlib import Path
+
+    from audioclip.index import LanceStore
+
+    path = Path(db)
+    if path.is_file():
+        return path.suffix.lower() in (".parquet", ".npy", ".jsonl")
+    return path.is_dir() and not LanceStore.exists(path) and any(path.glob("*.parquet"))
 
 
 def _open(args: argparse.Namespace, create: bool = False):
@@ -87,11 +126,15 @@ def _open(args: argparse.Namespace, create: bool = False):
 
     options = dict(device=args.device, precision=args.precision, cache_dir=args.cache_dir, offline=args.offline,
                    before_model_load=light_open_clip)
-    index = Index.open(args.db, checkpoint=args.checkpoint, create=create, **options)
+    from audioclip import factory
+
+    kind = factory.describe_source(args.checkpoint).kind if args.checkpoint else None
+    # An architecture's (or Hub model's) id needs the model built: in another audio mode, build only the one below
+    first = None if kind in ("architecture", "hub", "folder") and args.audio_mode != "default" else args.checkpoint
+    index = Index.open(args.db, checkpoint=first, create=create, **options)
     if args.audio_mode == "default":
         return index
     light_open_clip()
-    from audioclip import factory
 
     spec = args.checkpoint or (index.meta or {}).get("checkpoint_source") or "full"
     model = factory.create_model(spec, device=args.device, audio_mode=args.audio_mode, cache_dir=args.cache_dir,
@@ -114,21 +157,75 @@ def _clock(seconds: float | None) -> str:
 
 def _run_index(args: argparse.Namespace) -> int:
     if args.remove:
-        if args.inputs:
-            raise UsageError("--remove goes without PATHs: remove first, then index (two runs)")
+        if args.inputs or args.from_embeddings:
+            raise UsageError("--remove goes without PATHs or --from-embeddings: remove first, then index (two runs)")
         _check_db_exists(args)
         return _remove(args)
-    if not args.inputs:
+    embeddings = None
+    if args.from_embeddings is not None:
+        embeddings = _check_from_embeddings(args)
+    elif not args.inputs:
         _check_db_exists(args)
         return _print_stats(args)
-    check_inputs(args.inputs)
+    else:
+        check_inputs(args.inputs)
     _check_db_spec(args)
     _check_model_options(args)
+    if embeddings is not None:
+        embeddings = _read_embeddings(args)
+        if embeddings is None:
+            return EXIT_NOTHING_DONE
 
-    from audioclip.index import IndexStoreError
+    from audioclip.index.milvus import is_milvus
+
+    new_folder = None if is_milvus(args.db) or os.path.exists(args.db) else args.db
+    try:
+        return _index(args, embeddings)
+    finally:
+        if new_folder is not None:  # a first run that stopped before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                os.rmdir(new_folder)
+
+
+def _check_from_embeddings(args: argparse.Namespace) -> bool:
+    """``--from-embeddings OUT``: no PATHs, none of the decoding options (the output's are used), OUT exists."""
+    if args.inputs:
+        raise UsageError("give PATHs or --from-embeddings OUT, not both")
+    given = [flag for flag, value in (("--window", args.window), ("--hop", args.hop), ("--mono", args.mono),
+                                      ("--video-frames", args.video_frames)) if value]
+    if given:
+        raise UsageError(f"{given[0]} does not go with --from-embeddings: the embeddings were made with their own")
+    out = args.from_embeddings
+    if not out.strip():
+        raise UsageError("--from-embeddings: an empty path was given")
+    if "://" not in out and not os.path.exists(out):
+        raise UsageError(f"--from-embeddings {out}: not found (an output of 'audioclip embed')")
+    return True
+
+
+def _read_embeddings(args: argparse.Namespace):
+    """The output named by ``--from-embeddings`` (any format, parts folders included), or None after an error."""
+    from audioclip.embeddings_io import read_embeddings
 
     try:
-        index = _open(args, create=True)
+        embeddings = read_embeddings(args.from_embeddings)
+    except (OSError, ValueError) as err:  # OutputError, a malformed file
+        error(args, f"{args.from_embeddings}: cannot be read as embeddings ({err})")
+        return None
+    verbose(args, f"{args.from_embeddings}: {embeddings.num_rows} vector(s) of checkpoint "
+            f"{embeddings.settings.get('checkpoint')}")
+    return embeddings
+
+
+def _index(args: argparse.Namespace, embeddings=None) -> int:
+    from audioclip.index import Index, IndexStoreError
+
+    try:
+        if embeddings is not None:  # no model to run: the audio mode does not matter
+            index = Index.open(args.db, checkpoint=args.checkpoint, create=True, device=args.device,
+                               cache_dir=args.cache_dir, offline=args.offline, before_model_load=light_open_clip)
+        else:
+            index = _open(args, create=True)
     except IndexStoreError as err:
         error(args, err)
         return EXIT_NOTHING_DONE
@@ -153,11 +250,15 @@ def _run_index(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        report = index.add(args.inputs, batch_size=args.batch_size, workers=args.workers,
-                           flush_every=args.flush_every, retry_failed=args.retry_failed, prune=args.prune,
-                           window=args.window, hop=args.hop, mono=True if args.mono else None,
-                           video_frames=args.video_frames, progress=progress, on_plan=planned,
-                           log=lambda message: note(args, f"{args.db}: {message}"))
+        if embeddings is not None:
+            report = index.add_embedded(embeddings, flush_every=args.flush_every, progress=progress, on_plan=planned,
+                                        log=lambda message: note(args, f"{args.db}: {message}"))
+        else:
+            report = index.add(args.inputs, batch_size=args.batch_size, workers=args.workers,
+                               flush_every=args.flush_every, retry_failed=args.retry_failed, prune=args.prune,
+                               window=args.window, hop=args.hop, mono=True if args.mono else None,
+                               video_frames=args.video_frames, progress=progress, on_plan=planned,
+                               log=lambda message: note(args, f"{args.db}: {message}"))
     finally:  # an IndexStoreError goes on to options.run: one line, 1 (2 when another job holds the lock)
         bar.close()
         signal.signal(signal.SIGTERM, previous)
@@ -205,8 +306,9 @@ def _print_stats(args: argparse.Namespace) -> int:
     sources = ", ".join(f"{n} {s}" for s, n in sorted(stats["by_source"].items())) or "empty"
     print(f"{args.db}: {stats['files']} file(s) ({sources}), {stats['vectors']} vector(s), "
           f"{stats['failed']} failed file(s) remembered")
+    architecture = meta.get("architecture") or meta.get("config") or "recognised from the file"
     print(f"checkpoint {meta.get('checkpoint')} from {meta.get('checkpoint_source')} "
-          f"(config {meta.get('config')}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
+          f"(architecture {architecture}); window {meta.get('window')} s, hop {meta.get('hop') or meta.get('window')} s")
     ann = getattr(getattr(index.store, "ann", None), "describe", lambda: None)()
     if ann:
         print(f"ANN index: FAISS IVF, {ann['lists']} list(s) over {ann['vectors']} vector(s), built {ann['built']} "
@@ -223,6 +325,10 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
         epilog=_INDEX_EPILOG)
     parser.add_argument("inputs", nargs="*", metavar="PATH", help="files or folders")
     _add_db(parser)
+    parser.add_argument("--from-embeddings", metavar="OUT",
+                        help="index the files of an 'audioclip embed' output (Parquet, .npy, .jsonl, a parts "
+                        "folder, a Ray job's) with its vectors, embedding nothing again; it must hold the "
+                        "index's checkpoint (a new index takes the output's), and the files must be where it says")
     parser.add_argument("--prune", action="store_true", help="also drop indexed files that are gone from anywhere")
     parser.add_argument("--remove", action="append", metavar="PATH",
                         help="drop this file, or every file under this folder, from the index (whether or not it "

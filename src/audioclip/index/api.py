@@ -115,7 +115,7 @@ class Index:
     @property
     def model_id(self) -> str:
         if self._model_id is None:
-            from .. import checkpoints
+            from .. import checkpoints, factory
 
             checkpoint, _ = self._model_spec()
             meta = self.meta
@@ -123,25 +123,47 @@ class Index:
             if named is not None and meta and checkpoints.checkpoint_id("", named) != meta["checkpoint"]:
                 raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
             try:
-                path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir, offline=self._offline)
+                built = None
+                if _built_to_identify(checkpoint):
+                    built, path = self._model or self._build(checkpoint), None
+                    model_id = factory.checkpoint_id(built)
+                else:
+                    path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir,
+                                                        offline=self._offline)
+                    model_id = checkpoints.checkpoint_id(path, weights)
+                    self._source = weights.name if weights is not None else str(Path(path).resolve())
             except checkpoints.CheckpointError as err:
                 if self._checkpoint is None and self.meta:
                     raise IndexStoreError(f"{self.db}: the index was built with checkpoint {checkpoint!r}, "
                                           f"which cannot be loaded ({err}); pass --checkpoint") from None
                 raise
-            model_id = checkpoints.checkpoint_id(path, weights)
-            self._source = weights.name if weights is not None else str(Path(path).resolve())
             if meta and model_id != meta["checkpoint"]:
                 raise self._other_checkpoint(model_id)
             self._model_id, self._model_path = model_id, path
+            if built is not None:
+                kind = factory.describe_source(checkpoint).kind
+                self._source = str(Path(checkpoint).resolve()) if kind == "folder" else str(checkpoint)
+                self._model = built  # the model the index then uses
         return self._model_id
+
+    def _build(self, checkpoint: str):
+        """The model of weights whose id is known only once built: an architecture's (seeded) random weights,
+        a Hub model."""
+        from ..factory import create_model
+
+        if self._before_model_load is not None:
+            self._before_model_load()
+        _, config = self._model_spec()
+        return create_model(checkpoint, config=config, device=self._device or "auto", audio_mode="default",
+                            cache_dir=self._cache_dir, offline=self._offline)
 
     @property
     def model(self):
         """The AudioCLIP model, loaded on first use."""
         with self._model_lock:
             if self._model is None:
-                self.model_id  # checks the checkpoint before the (slow) load
+                self.model_id  # checks the checkpoint before the (slow) load (an architecture's: builds it)
+            if self._model is None:
                 if self._before_model_load is not None:
                     self._before_model_load()
                 from ..factory import create_model
@@ -200,7 +222,8 @@ class Index:
             from .. import checkpoints
 
             weights = checkpoints.lookup(str(checkpoint))
-            size = _architecture_image_size(weights.architecture) if weights is not None else None
+            architecture = weights.architecture if weights is not None else str(checkpoint)
+            size = _architecture_image_size(architecture) if architecture in _bundled() else None
         return size if size is not None else int(self.model.visual.image_size)
 
     # -- writing -----------------------------------------------------------------------
@@ -257,36 +280,118 @@ class Index:
                                   workers=workers, precision=self._precision, flush_every=flush_every,
                                   retry_failed=retry_failed, prune=prune, progress=progress, on_plan=on_plan,
                                   load_model=lambda: self.model, paths_resolved=meta.get("paths") == "resolved")
-            # Record what later runs can then skip: the picture size (older indexes lack it; finding it
-            # may have needed the model), and that every stored path is resolved.
-            later = {}
-            if not meta.get("image_size"):
-                later["image_size"] = options.image_size
-            if meta.get("paths") != "resolved" and report.unresolved == 0:
-                later["paths"] = "resolved"
-            if later:
-                self.store.write_meta({**meta, **later})
-            if not (report.indexed_now or report.removed or report.failed):
-                # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
-                # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
-                return report
-            if log is not None and isinstance(self.store, LanceStore):
-                self.store.optimize(log=log)
-            else:
-                self.store.optimize()
-            return report
+            return self._finish(meta, options, report, log)
 
-    def _create_meta(self, given: dict) -> dict:
-        """The metadata of a new index: checkpoint, architecture sizes, decoding options. Loads the model."""
+    def _finish(self, meta: dict, options: DecodeOptions, report: IndexReport, log) -> IndexReport:
+        # Record what later runs can then skip: the picture size (older indexes lack it; finding it
+        # may have needed the model), and that every stored path is resolved.
+        later = {}
+        if not meta.get("image_size"):
+            later["image_size"] = options.image_size
+        if meta.get("paths") != "resolved" and report.unresolved == 0:
+            later["paths"] = "resolved"
+        if later:
+            self.store.write_meta({**meta, **later})
+        if not (report.indexed_now or report.removed or report.failed):
+            # Nothing written: nothing to compact, the ANN index as fresh as the last run left it. (A
+            # killed run's leftovers wait for the next run that writes; searches stay exact meanwhile.)
+            return report
+        if log is not None and isinstance(self.store, LanceStore):
+            self.store.optimize(log=log)
+        else:
+            self.store.optimize()
+        return report
+
+    def add_embedded(self, embeddings, *, flush_every: int = 32, progress: Progress | None = None,
+                     on_plan=None, log=None) -> IndexReport:
+        """Index the files of an embed output without embedding them again: its vectors are stored as they are.
+
+        ``embeddings``: what :func:`audioclip.read_embeddings` returns for any
+        output of ``audioclip embed`` or :func:`audioclip.embed_to` (Parquet,
+        ``.npy``, ``.jsonl``, a folder of parts, a Ray job's). The result is
+        the index that :meth:`add` of the same files gives: the same rows and
+        vectors. The output must hold the index's checkpoint (a new index:
+        ``checkpoint=`` if given, else the one the output names, when it is
+        registered weights or an architecture) and its decoding options (a
+        new index takes the output's); otherwise :class:`IndexStoreError`.
+        Files are checked as :meth:`add` checks them: unchanged ones are
+        skipped; a file modified after the output was made, or gone, is
+        reported as failed (index it from disk with :meth:`add`).
+        """
+        from .indexing import embedded_files
+
+        table, settings = embeddings
+        settings = dict(settings)
+        made_with = settings.get("checkpoint") or (table["checkpoint"][0].as_py() if table.num_rows else None)
+        if not made_with:
+            raise IndexStoreError("the embeddings name no checkpoint: they cannot be indexed")
+        given = {"window": settings.get("window_s"), "mono": settings.get("mono"),
+                 "video_frames": settings.get("video_frames"),
+                 "hop": None if settings.get("hop_s") in (None, settings.get("window_s")) else settings["hop_s"]}
+        with self._writer():
+            meta = self.meta
+            if meta and meta["checkpoint"] != made_with:
+                raise self._other_output(made_with)
+            if meta is None and self._checkpoint is None:
+                self._checkpoint = _source_of(settings)
+            if self.model_id != made_with:
+                raise self._other_output(made_with)
+            if meta is None:
+                meta = self._create_meta(given, dim=settings.get("embedding_dim"),
+                                         image_size=settings.get("image_size"),
+                                         architecture=settings.get("architecture"))
+            options = self._options(given)
+            if settings.get("image_size") and int(settings["image_size"]) != options.image_size:
+                raise IndexStoreError(f"{self.db}: the index was built with pictures of {options.image_size} px; "
+                                      f"the embeddings with {settings['image_size']} px")
+            files = embedded_files(table, embeddings.matrix() if hasattr(embeddings, "matrix")
+                                   else _column_matrix(table))
+            created = _timestamp_ns(settings.get("created"))
+            paths, late = [], []
+            for path in files:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    paths.append(path)  # gone: reported (and dropped from the index) as add does
+                    continue
+                (late if created is not None and st.st_mtime_ns > created else paths).append(path)
+            report = update_index(self.store, None, paths, options=options, flush_every=flush_every,
+                                  progress=progress, on_plan=on_plan, embedded=files,
+                                  paths_resolved=meta.get("paths") == "resolved")
+            for path in late:
+                reason = "modified after the embeddings were made; index it from the file"
+                report.failed.append((path, reason))
+                if progress is not None:
+                    progress("failed", path, reason)
+            return self._finish(meta, options, report, log)
+
+    def _other_output(self, made_with: str) -> IndexStoreError:
+        meta = self.meta or {}
+        ours = f"the index's is {meta['checkpoint']}" if meta else f"the checkpoint given is {self.model_id}"
+        return IndexStoreError(
+            f"{self.db}: the embeddings hold vectors of checkpoint {made_with}; {ours}. Vectors "
+            "of different checkpoints cannot be compared: index them into another index (--db NEW), or "
+            "embed the files again with the index's checkpoint.")
+
+    def _create_meta(self, given: dict, dim: int | None = None, image_size: int | None = None,
+                     architecture: str | None = None) -> dict:
+        """The metadata of a new index: checkpoint, architecture sizes, decoding options.
+
+        Loads the model, unless ``dim`` and ``image_size`` are known (an embed output's).
+        """
         from ..media.files import DecodeOptions
 
-        model, model_id = self.model, self.model_id
-        defaults = DecodeOptions(image_size=int(model.visual.image_size),
-                                 **{k: v for k, v in given.items() if v is not None})
+        model = self._model if dim and image_size else self.model
+        model_id = self.model_id
+        if model is not None:
+            dim, image_size = model.embed_dim, int(model.visual.image_size)
+            architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        defaults = DecodeOptions(image_size=int(image_size), **{k: v for k, v in given.items() if v is not None})
         _, config = self._model_spec()
         meta = {
             "format": FORMAT, "checkpoint": model_id, "checkpoint_source": self._source,
-            "config": config if isinstance(config, str) else None, "dim": model.embed_dim,
+            "config": config if isinstance(config, str) else None, "dim": int(dim),
+            "architecture": architecture,
             "image_size": defaults.image_size, "window": defaults.window, "hop": defaults.hop,
             "mono": defaults.mono, "video_frames": defaults.video_frames, "paths": "resolved",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -388,6 +493,47 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.db!r})"
+
+
+def _source_of(settings: dict) -> str:
+    """The checkpoint to load for queries of an index built from embeddings: the weights they name (registered
+    weights or an architecture); a file's is not known from its name alone."""
+    from .. import checkpoints
+
+    name, checkpoint = settings.get("checkpoint_name"), settings.get("checkpoint", "")
+    if name and (checkpoints.lookup(name) is not None or (name in _bundled() and checkpoint.startswith(f"{name}@"))):
+        return name
+    raise IndexStoreError(f"the embeddings were made with the checkpoint file {name or checkpoint!r}: give that "
+                          "file as the index's checkpoint (--checkpoint PATH), which it loads for queries")
+
+
+def _timestamp_ns(text: str | None) -> int | None:
+    """An ISO-8601 time (an output's ``created``, to the second) as nanoseconds, rounded up to the next second."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (int(when.timestamp()) + 1) * 1_000_000_000
+
+
+def _column_matrix(table) -> np.ndarray:
+    rows = table["embedding"].to_pylist()
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+
+def _bundled() -> list[str]:
+    from ..factory import list_models
+
+    return list_models()
+
+
+def _built_to_identify(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` names weights whose id needs the model built (an architecture, a Hub model)."""
+    from ..factory import describe_source
+
+    return describe_source(checkpoint).kind in ("architecture", "hub", "folder")
 
 
 def _architecture_image_size(name: str) -> int | None:

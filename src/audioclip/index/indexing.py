@@ -47,9 +47,9 @@ import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from ..inference import FileResult
     from ..media.files import DecodeOptions
 
-__all__ = ["IndexReport", "content_hash", "update_index"]
+__all__ = ["EmbeddedFile", "EmbeddedVector", "IndexReport", "content_hash", "embedded_files", "update_index"]
 
 REUSE_BATCH = 256  # files whose vectors are copied per pair of commits (bounds the rows held in memory)
 
@@ -103,6 +103,47 @@ class _Todo:
     old: FileRecord | None  # the stored version of a changed file (or of this file under another name)
     hash: str | None = None
     also_replaces: list[FileRecord] = field(default_factory=list)  # more records of this file, other names
+
+
+class EmbeddedVector(NamedTuple):
+    """One vector of a file, computed before: as an :class:`audioclip.inference.Embedding`, ``vector`` an array."""
+
+    modality: str
+    kind: str
+    start: float | None
+    end: float | None
+    vector: np.ndarray
+
+
+class EmbeddedFile(NamedTuple):
+    """A file's vectors computed before (read from an embed output), as :class:`audioclip.inference.FileResult`
+    gives them: every window (a single-window clip's too), pictures and frames; ``pooled`` vectors are not
+    stored."""
+
+    path: str
+    source: str
+    embeddings: list[EmbeddedVector]
+
+
+def embedded_files(table: pa.Table, matrix: np.ndarray) -> dict[str, EmbeddedFile]:
+    """The files of an embed output's rows (its schema: docs/output-format.md), by resolved path.
+
+    ``matrix`` holds row ``i``'s vector in row ``i``. The output keeps one
+    ``pooled`` row for a clip of one window (its window and its clip are the
+    same vector): it becomes that window again, as the index stores windows.
+    """
+    columns = {name: table[name].to_pylist() for name in ("path", "source", "modality", "kind", "start_s", "end_s",
+                                                          "windows")}
+    files: dict[str, EmbeddedFile] = {}
+    for i, path in enumerate(columns["path"]):
+        key = os.path.realpath(path) if "://" not in path else path
+        entry = files.setdefault(key, EmbeddedFile(key, columns["source"][i], []))
+        kind = columns["kind"][i]
+        if kind == "pooled" and columns["windows"][i] != 1:
+            continue  # the mean of the windows, which are there
+        entry.embeddings.append(EmbeddedVector(columns["modality"][i], "window" if kind == "pooled" else kind,
+                                               columns["start_s"][i], columns["end_s"][i], matrix[i]))
+    return files
 
 
 # A progress callback gets (event, path, detail): event is "embedded", "failed",
@@ -154,13 +195,16 @@ def update_index(
     on_plan: Callable[[int], None] | None = None,
     load_model: Callable[[], object] | None = None,
     paths_resolved: bool = False,
+    embedded: Mapping[str, EmbeddedFile] | None = None,
 ) -> IndexReport:
     """Embed what is new or changed under ``paths``, drop what is gone. The caller holds the lock.
 
     ``model`` may be None with ``load_model`` given: it is called once, only if
     a file must be embedded. ``paths_resolved``: the index is known to store
     resolved paths only (its metadata says so), so records under other names
-    are not looked for.
+    are not looked for. ``embedded``: the vectors of the files, already
+    computed (resolved path -> :class:`EmbeddedFile`, from an embed output):
+    no model is used, and a file that is not there is reported as failed.
     """
     report = IndexReport()
     note = progress or (lambda event, path, detail=None: None)
@@ -285,7 +329,9 @@ def update_index(
         on_plan(len(todo))
 
     # -- embedding, committed in batches ----------------------------------------------
-    if todo:
+    if todo and embedded is not None:
+        _commit_embedded(store, todo, embedded, report, note, flush_every=flush_every)
+    elif todo:
         if model is None:
             model = load_model()
         _embed_and_commit(store, model, todo, report, note, options=options, batch_size=batch_size,
@@ -373,6 +419,41 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
         flush()
 
 
+def _commit_embedded(store, todo: list[_Todo], embedded: Mapping[str, EmbeddedFile], report: IndexReport,
+                     note: Progress, *, flush_every: int) -> None:
+    """Commit files whose vectors were computed before (an embed output), ``flush_every`` files a batch.
+
+    As :func:`_embed_and_commit`, without the model: each batch deletes the old
+    rows of changed files, then adds the new ones. A file that is not in
+    ``embedded``, or that changed since it was planned, is reported and not
+    remembered as failed (it is not a bad file: indexing it from disk works).
+    """
+    dim = None
+    for chunk in range(0, len(todo), flush_every):
+        done = []
+        for item in todo[chunk : chunk + flush_every]:
+            result = embedded.get(item.path)
+            if result is None:
+                report.failed.append((item.path, "not in the embeddings"))
+                note("failed", item.path, "not in the embeddings")
+            elif _changed_since(item):
+                report.changed_during.append(item.path)
+                note("changed", item.path, "modified while being indexed; run again to index it")
+            else:
+                done.append((item, result))
+                note("embedded", item.path, None)
+        if not done:
+            continue
+        dim = dim or len(done[0][1].embeddings[0].vector)
+        stale = [r.file_id for i, _ in done for r in ([i.old] if i.old else []) + i.also_replaces]
+        if stale:
+            store.delete_files(stale)
+        store.add(_rows(done, dim))
+        store.set_failures([], [file_id_of(i.path) for i, _ in done])
+        for item, _ in done:
+            (report.updated if item.old else report.added).append(item.path)
+
+
 def _worker_start_method(workers: int):
     """Decoding workers start by "forkserver" while indexing, and the previous method is restored after.
 
@@ -421,7 +502,7 @@ def _rows(done: list[tuple[_Todo, FileResult]], dim: int) -> pa.Table:
                           size=item.size, mtime_ns=item.mtime_ns, hash=item.hash, dev=item.dev, inode=item.inode)
             for name, value in values.items():
                 columns[name].append(value)
-            vectors.append(e.vector.numpy().astype(np.float32, copy=False))
+            vectors.append(np.asarray(e.vector, dtype=np.float32))  # a CPU tensor or an array
     flat = np.stack(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
     columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
     schema = row_schema(dim)

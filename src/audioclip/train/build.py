@@ -50,13 +50,15 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
         if m["weights"]:
             model = create_model(m["weights"], config=m["config"], audio_weights=m["audio_weights"])
         else:
-            model = create_model(_architecture(m["config"]), config=m["config"], audio_weights=m["audio_weights"])
+            model = create_model(_architecture(m["config"]), config=m["config"], audio_weights=m["audio_weights"],
+                                 deterministic=False)  # from scratch: under the run's own seed
         return model
 
     if m["weights"] and not m["new_classifier"]:
         head = create_model(m["weights"], config=_as_classifier(m["config"]))
     else:
-        head = create_model(_architecture(m["config"]), config=_as_classifier(m["config"]), num_classes=num_classes)
+        head = create_model(_architecture(m["config"]), config=_as_classifier(m["config"]), num_classes=num_classes,
+                            deterministic=False)
     if m["imagenet_init"]:
         load_imagenet_trunk(head, m["imagenet_init"])
     if m["weights"] and m["new_classifier"]:
