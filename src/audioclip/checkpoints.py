@@ -335,14 +335,24 @@ def resolve(
     url = _weights_url(weights)
     if offline_mode(offline):
         problem = "is not in" if not target.exists() else "is incomplete or corrupt in"
+        allow = f"unset {OFFLINE_ENV}" if offline is None else "allow downloads (no --offline)"
         raise CheckpointError(
             f"checkpoint {weights.name!r} ({weights.filename}) {problem} the cache folder {folder} "
             f"and offline mode is on. Download it from {url} into that folder, set {CACHE_ENV} "
-            f"to a folder that has it, or unset {OFFLINE_ENV}."
+            f"to a folder that has it, or {allow}. {TRY_OFFLINE}"
         )
     # A wrong cached file is only replaced once the new download is verified
-    download(url, target, sha256=weights.sha256, size=weights.size or None, progress=progress)
+    try:
+        download(url, target, sha256=weights.sha256, size=weights.size or None, progress=progress)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. {TRY_OFFLINE}") from err
     return target, weights
+
+
+#: how to try the package where weights cannot be downloaded (said by the errors of a failed download)
+TRY_OFFLINE = ("To try audioclip without downloading, name an architecture instead of weights "
+               "(--checkpoint AudioCLIP-tiny, create_model(\"AudioCLIP-tiny\")): random weights, the same in every "
+               "run, whose results mean nothing.")
 
 
 # --------------------------------------------------------------------------

@@ -354,7 +354,7 @@ def check_cached(name: str | os.PathLike, *, cache_dir=None, offline=None) -> No
         return
     weights = checkpoints.lookup(text) or checkpoints.lookup_filename(text)
     if weights is not None and checkpoints.cached_path(weights, cache_dir) is None:
-        checkpoints.resolve(text, cache_dir=cache_dir, offline=True)  # raises CheckpointError
+        checkpoints.resolve(text, cache_dir=cache_dir, offline=offline)  # offline: raises CheckpointError
 
 
 def prefetch_checkpoint(name: str | os.PathLike, cache_dir=None) -> None:

@@ -249,6 +249,8 @@ class OnnxAudioCLIP:
         self.embed_dim = int(self.meta["embed_dim"])
         self.context_length = int(self.meta["context_length"])
         self.visual = _Visual(int(self.meta["image_size"]))
+        self.image_size = self.visual.image_size  # as AudioCLIP's: load_image(path, model=...) follows it
+        self.sample_rate = int(self.meta.get("sample_rate", 44100))
         self.pretrained_cfg = {"architecture": self.meta.get("architecture"), "backend": "onnxruntime",
                                "checkpoint_id": self.meta.get("checkpoint") or self._content_id()}
         self.training = False

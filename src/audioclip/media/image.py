@@ -24,8 +24,13 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def load_image(path: str | os.PathLike, image_size: int = IMAGE_SIZE, limits: MediaLimits | None = None) -> torch.Tensor:
+def load_image(path: str | os.PathLike, image_size: int | None = None, limits: MediaLimits | None = None, *,
+               model=None) -> torch.Tensor:
     """Read a picture as float32 ``(3, image_size, image_size)``, CLIP-normalised.
+
+    ``image_size``: the side in pixels; by default the ``image_size`` of
+    ``model`` (the model the picture is for: ``AudioCLIP-tiny`` takes 64),
+    else 224 (the paper's model).
 
     Any file Pillow reads (the first frame of an animation), in any mode, turned
     upright by its EXIF orientation and made RGB by :func:`to_rgb`, then
@@ -34,6 +39,7 @@ def load_image(path: str | os.PathLike, image_size: int = IMAGE_SIZE, limits: Me
     header claims more pixels than ``limits.max_pixels`` (checked before its
     pixels are decoded).
     """
+    image_size = input_size(image_size, model)
     path = check_file(path)
     limits = limits or MediaLimits()
     try:
@@ -56,6 +62,17 @@ def load_image(path: str | os.PathLike, image_size: int = IMAGE_SIZE, limits: Me
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # what Pillow raises for broken data
         raise MediaError(path, f"truncated or corrupt image ({one_line(e)})") from e
     return clip_preprocess(rgb, image_size)
+
+
+def input_size(image_size: int | None, model=None) -> int:
+    """The picture size asked for: ``image_size`` if given (it must agree with ``model``'s), else the model's
+    ``image_size`` (an AudioCLIP, or anything with that attribute), else :data:`IMAGE_SIZE`."""
+    own = getattr(model, "image_size", None) if model is not None else None
+    if model is not None and own is None:
+        raise TypeError(f"model= has no image_size: expected an AudioCLIP, got {type(model).__name__}")
+    if image_size is not None and own is not None and int(image_size) != int(own):
+        raise ValueError(f"image_size={image_size} but the model takes {own}-pixel pictures")
+    return int(image_size if image_size is not None else own if own is not None else IMAGE_SIZE)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

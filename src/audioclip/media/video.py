@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import MediaError, check_file
-from .image import IMAGE_SIZE, clip_preprocess
+from .image import clip_preprocess, input_size
 from .limits import MediaLimits
 
 __all__ = ["load_video_frames", "frame_times"]
@@ -29,12 +29,15 @@ def load_video_frames(
     path: str | os.PathLike,
     num_frames: int = 10,
     which: str = "central",
-    image_size: int = IMAGE_SIZE,
+    image_size: int | None = None,
     *,
     generator: torch.Generator | int | None = None,
     limits: MediaLimits | None = None,
+    model=None,
 ) -> torch.Tensor:
     """Frames of a video as float32 ``(k, 3, image_size, image_size)``, CLIP-normalised.
+
+    ``image_size`` defaults to ``model``'s (as in :func:`load_image`), else 224.
 
     ``which="central"`` gives the central one of the ``num_frames`` equally spaced
     frames (k = 1), ``"all"`` all of them in time order (k = num_frames), and
@@ -45,6 +48,7 @@ def load_video_frames(
     so does a video over ``limits`` (duration, frame count, pixels per frame:
     from the header before decoding, and while decoding).
     """
+    image_size = input_size(image_size, model)
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     if int(num_frames) != num_frames or num_frames < 1:

@@ -54,7 +54,10 @@ class AudioCLIP(CLIP):
     """The tri-modal model.
 
     ``AudioCLIP()`` builds the paper's architecture with random weights; load
-    published or saved weights with :func:`audioclip.create_model`.
+    published or saved weights with :func:`audioclip.create_model`. Its input
+    and output sizes: :attr:`image_size` (pixels), :attr:`sample_rate` (Hz)
+    and ``embed_dim`` (the length of every vector: 1024; 64 for
+    ``AudioCLIP-tiny``).
     """
 
     def __init__(self, config: str | Path | dict[str, Any] = "AudioCLIP-RN50"):
@@ -81,6 +84,21 @@ class AudioCLIP(CLIP):
     def device(self) -> torch.device:
         return self.logit_scale.device
 
+    # -- input and output sizes (``embed_dim``, the vectors' length, is set in __init__) --
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square pictures :meth:`encode_image` takes, in pixels (224; 64 for ``AudioCLIP-tiny``).
+
+        ``audioclip.load_image(path, model=model)`` prepares pictures of this size.
+        """
+        return int(self.visual.image_size)
+
+    @property
+    def sample_rate(self) -> int:
+        """Samples per second of the waveforms :meth:`encode_audio` takes (44100)."""
+        return int(self.audio.config.sample_rate)
+
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Waveforms ``(batch, channels, samples)`` or ``(batch, samples)``, in [-1, 1] at 44.1 kHz -> ``(batch, embed_dim)``.
 
@@ -99,7 +117,7 @@ class AudioCLIP(CLIP):
         if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (size, size):
             raise ValueError(
                 f"encode_image: expected shape (batch, 3, {size}, {size}), got {tuple(image.shape)}; "
-                "use audioclip's image preprocessing to resize and normalise"
+                f"this model takes {size}-pixel pictures: audioclip.load_image(path, model=model) prepares them"
             )
         _check_batch_finite(image, "encode_image")
         visual_dtype = self.visual.conv1.weight.dtype
