@@ -341,3 +341,30 @@ def test_search_page_in_a_real_browser(site, tmp_path):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_page_fits_a_narrow_screen(site, tmp_path):
+    """At 400 px wide (a phone): no sideways scrolling, the search button on screen, results within the width."""
+    sync_playwright = _browser_or_skip()
+    url = f"http://127.0.0.1:{site['port']}/?q={QUERY.replace(' ', '+')}&k=4"
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       headless=True, args=["--no-sandbox", "--disable-gpu"],
+                                                       viewport={"width": 400, "height": 760})
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function("() => document.querySelectorAll('li.hit').length === 4", timeout=30_000)
+            page.wait_for_function("() => [...document.querySelectorAll('img.thumb')].every(i => i.complete)")
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 400
+            button = page.locator("#go").bounding_box()
+            assert button is not None and button["x"] >= 0 and button["x"] + button["width"] <= 400
+            for box in (page.locator(sel).bounding_box() for sel in ("#q", "#modality", "#k", "li.hit >> nth=0")):
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 400
+            for hit in page.locator("li.hit").all():  # a thumbnail or icon stays in its column, left of the name
+                visual, name = hit.locator(".visual > *").bounding_box(), hit.locator(".name").bounding_box()
+                assert visual["x"] + visual["width"] <= name["x"]
+            if os.environ.get("AUDIOCLIP_SCREENSHOT_NARROW"):
+                page.screenshot(path=os.environ["AUDIOCLIP_SCREENSHOT_NARROW"], full_page=True)
+        finally:
+            browser.close()
