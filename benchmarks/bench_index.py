@@ -53,7 +53,7 @@ import warnings
 import numpy as np
 import pyarrow as pa
 
-from audioclip.index.store import ANN_KINDS, ROW_FIELDS, LanceStore, ann_partitions, create_ann_index, row_schema
+from audioclip.index.store import ANN_KINDS, LanceStore, ann_partitions, create_ann_index, row_schema
 
 DIM = 1024
 CHUNK = 50_000
@@ -83,21 +83,26 @@ class Data:
 
 
 def chunk_table(start: int, vectors: np.ndarray) -> pa.Table:
+    """Rows ``start ...`` of the table, built field by field from the store's own row schema
+    (``row_schema``): a column the schema gains later is null here, one it drops is left out,
+    so the benchmark keeps writing what the store accepts."""
     n = len(vectors)
     ids = np.arange(start, start + n, dtype=np.int64)
-    columns = {
+    values = {
         "file_id": ids,
-        "path": pa.array([f"/library/sounds/{i // 1000:04d}/clip-{i:07d}.flac" for i in ids]),
-        "source": pa.array(["audio"] * n),
-        "modality": pa.array(["audio"] * n),
-        "kind": pa.array(["window"] * n),
-        "start": np.zeros(n), "end": np.full(n, 5.0), "duration": np.full(n, 5.0),
+        "path": [f"/library/sounds/{i // 1000:04d}/clip-{i:07d}.flac" for i in ids],
+        "source": ["audio"] * n, "modality": ["audio"] * n, "kind": ["window"] * n,
+        "start": np.zeros(n), "start_s": np.zeros(n), "end": np.full(n, 5.0), "end_s": np.full(n, 5.0),
+        "duration": np.full(n, 5.0),
         "size": np.full(n, 441_000, np.int64), "mtime_ns": np.full(n, 1_700_000_000_000_000_000, np.int64),
-        "hash": pa.array([f"{i:032x}" for i in ids]),
+        "hash": [f"{i:032x}" for i in ids],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
     }
-    assert list(columns) == [name for name, _ in ROW_FIELDS] + ["vector"]
-    return pa.table(columns, schema=row_schema(DIM))
+    schema = row_schema(DIM)
+    columns = [values[f.name] if isinstance(values.get(f.name), pa.Array)
+               else pa.array(values[f.name], f.type) if f.name in values else pa.nulls(n, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def disk_bytes(path: str) -> int:
