@@ -29,6 +29,7 @@ to stdout, with ratios against the FAISS flat scan of the same run;
 
     python benchmarks/bench_index.py --sizes 1e6 --data clustered --json out.json   # ~6 min here
     python benchmarks/bench_index.py --sizes 1e4 1e5 --data random clustered         # ~2 min
+    python benchmarks/bench_index.py --smoke   # every step at 3,000 vectors, a few seconds: checks the script runs
 
 ``--data random``: uniformly random unit vectors, the worst case for an ANN
 index: no clusters to find, and the true top 10 barely closer than the rest.
@@ -227,8 +228,8 @@ def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
     store.write_meta({"bench": True})
     data = Data(kind, n)
     t0 = time.perf_counter()
-    for start in range(0, n, CHUNK):
-        store.add(chunk_table(start, data.sample(min(CHUNK, n - start))))
+    for start in range(0, n, args.chunk):
+        store.add(chunk_table(start, data.sample(min(args.chunk, n - start))))
     store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
     table_s = time.perf_counter() - t0
     table = store._table(LanceStore.TABLE)
@@ -327,7 +328,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a list of objects)")
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the built tables")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: 3,000 clustered vectors in chunks of 1,000, few queries, "
+                        "LanceDB's ivf_sq too; --json defaults to a file in a temporary folder")
     args = parser.parse_args(argv)
+    args.chunk = CHUNK
+    if args.smoke:
+        args.sizes, args.data, args.chunk, args.nprobe = [3000], ["clustered"], 1000, [2, 8]
+        args.queries, args.exact_queries, args.lance_queries = 8, 3, 1
+        args.lance_ann, args.lance_nprobes = ["ivf_sq"], [4]
+        args.json = args.json or os.path.join(tempfile.mkdtemp(prefix="audioclip-bench-index-smoke-"), "out.json")
 
     import faiss
     import lancedb
@@ -355,6 +365,8 @@ def main(argv=None) -> int:
         if not args.dir and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print_table(rows)
+    if args.json:
+        log(f"wrote {args.json}")
     log(f"total {time.perf_counter() - started:.0f} s, load {os.getloadavg()[0]:.1f}")
     return 0
 
