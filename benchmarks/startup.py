@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         base_min, base_cpu = min(times[base_name]), statistics.median(cpu[base_name])
         import torch
 
-        print(f"Start-up, {args.runs} runs each{"" if args.smoke else " after a warm-up"}, interleaved; Python {platform.python_version()}, "
+        print(f"Start-up, {args.runs} runs each{'' if args.smoke else ' after a warm-up'}, interleaved; Python {platform.python_version()}, "
               f"torch {torch.__version__}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads); "
               f"checkpoint {size_mb:.0f} MB ({config}), clip 5 s stereo WAV; CPU pressure (avg10 / avg60) "
               f"before {pressure_before}, after {pressure_after}\n")
