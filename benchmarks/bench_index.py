@@ -221,19 +221,33 @@ def measure_lance(path: str, queries: np.ndarray) -> tuple:
     return times, ids, peak_rss_mb()
 
 
+def kept_store(path: str, n: int) -> LanceStore | None:
+    """The store a ``--keep`` run left at ``path``, if it holds ``n`` rows and its ANN index."""
+    try:
+        store = LanceStore(path)
+        ok = store.count_rows() == n and store.ann.describe() is not None
+    except Exception:  # absent or unreadable: built anew
+        return None
+    return store if ok else None
+
+
 def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
     path = os.path.join(root, f"{kind}-n{n}")
-    shutil.rmtree(path, ignore_errors=True)
-    store = LanceStore(path, create=True)
-    store.write_meta({"bench": True})
     data = Data(kind, n)
-    t0 = time.perf_counter()
-    for start in range(0, n, args.chunk):
-        store.add(chunk_table(start, data.sample(min(args.chunk, n - start))))
-    store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
-    table_s = time.perf_counter() - t0
+    store = kept_store(path, n) if args.reuse else None
+    if store is None:
+        shutil.rmtree(path, ignore_errors=True)
+        store = LanceStore(path, create=True)
+        store.write_meta({"bench": True})
+        t0 = time.perf_counter()
+        for start in range(0, n, args.chunk):
+            store.add(chunk_table(start, data.sample(min(args.chunk, n - start))))
+        store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
+        table_s = time.perf_counter() - t0
+        log(f"{kind} n={n:,}: table built in {table_s:.1f} s, {disk_bytes(path) / 1e9:.2f} GB on disk")
+    else:
+        log(f"{kind} n={n:,}: reusing the table and ANN index in {path}")
     table = store._table(LanceStore.TABLE)
-    log(f"{kind} n={n:,}: table built in {table_s:.1f} s, {disk_bytes(path) / 1e9:.2f} GB on disk")
 
     queries = data.sample(args.queries, np.random.default_rng(12345))
     exact_count = min(len(queries), args.exact_queries)
@@ -249,9 +263,13 @@ def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
         return entry
 
     # the store's own search: the FAISS index beside the table, exact (every list) and ANN
-    ann_s, state, ann_rss = in_child(build_ann, path)
-    lists = state["lists"]
-    log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
+    if args.reuse and store.ann.describe() is not None:  # kept: its build time as recorded then
+        state = store.ann.describe()
+        ann_s, lists = state["build_seconds"], state["lists"]
+    else:
+        ann_s, state, ann_rss = in_child(build_ann, path)
+        lists = state["lists"]
+        log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
 
     # Each setting is measured in a fresh process, so that its peak RSS is its own (not this one's build).
     nprobes = sorted({p for p in args.nprobe if p <= lists} or {lists})
@@ -328,11 +346,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a list of objects)")
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the built tables")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --dir: measure the tables and ANN indexes a --keep run left there instead of "
+                        "building them again (build s: as recorded by that run); implies --keep")
     parser.add_argument("--smoke", action="store_true",
                         help="check the script in seconds: 3,000 clustered vectors in chunks of 1,000, few queries, "
                         "LanceDB's ivf_sq too; --json defaults to a file in a temporary folder")
     args = parser.parse_args(argv)
     args.chunk = CHUNK
+    if args.reuse and not args.dir:
+        parser.error("--reuse needs --dir (where a --keep run left its tables)")
+    args.keep = args.keep or args.reuse
     if args.smoke:
         args.sizes, args.data, args.chunk, args.nprobe = [3000], ["clustered"], 1000, [2, 8]
         args.queries, args.exact_queries, args.lance_queries = 8, 3, 1
