@@ -55,7 +55,7 @@ def settings_spread(fn, wave: torch.Tensor) -> float:
 
 
 def test_the_spectrum_of_a_silent_clip_is_the_same_at_any_thread_count_and_batch_size():
-    """The default path's quiet bins follow float32 rounding (on a 2-core EPYC they moved by 3.3 dB
+    """The default path's quiet bins follow float32 rounding (on a 2-core Xeon they moved by 3.3 dB
     between 1 and 2 threads); in float64 they do not move (measured: 0 dB)."""
     head = full_front_end_head()
     wave = clips(silent=True)
