@@ -233,8 +233,8 @@ def add_model_options(
             help="how the audio head computes (docs/performance.md): default (exact to float32 rounding), "
             "fused (BatchNorm folded, float32, within the equivalence tolerances), bf16 (bfloat16 trunk: fast "
             "on GPUs and CPUs with AMX/AVX512-BF16, less exact), plain (the original's computation, slow), "
-            "spectrum64 (the front end's spectrum in float64: the same vector for a clip at any thread count, "
-            "batch size or machine; close to default, not equal); int8 is in the Python API (it needs "
+            "spectrum64 (the front end's spectrum in float64: a clip's vector varies far less between CPUs; "
+            "close to default, not equal); int8 is in the Python API (it needs "
             "calibration clips)")
     if precision:
         group.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -21,9 +21,9 @@ switched on the module or in the process.
 ``"int8"``              :func:`quantize_int8`: the four ResNeXt stages in int8 (CPU), calibrated
                         on waveforms you give; not exact
 ``"spectrum64"``        :func:`float64_spectrum`: ``"default"`` with the front end's spectrum
-                        (filterbank projection, power, decibels) in float64: the same vector for
-                        the same clip at any thread count, batch size or input layout; close to
-                        ``"default"``, not equal (docs/performance.md, "Same file, same vector")
+                        (filterbank projection, power, decibels) in float64: a clip's vector
+                        varies far less between CPUs; close to ``"default"``, not equal
+                        (docs/performance.md, "Same file, same vector")
 ======================  ==========================================================================
 
 Each function accepts an ``AudioCLIP`` (its audio head is transformed; text and
@@ -172,11 +172,12 @@ def float64_spectrum(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     As :func:`freeze_fbsp_kernel` (the same float32 kernels, materialised
     once), but the filterbank projection, the power and the decibels run in
     float64 and are rounded to float32 once, before the trunk. The default
-    path's quiet bins carry float32 rounding that changes with the thread
-    count, the batch size and the machine; here they do not, so a clip gets the
-    same vector in any of these settings. Not equal to the default path: the
-    quiet bins move (docs/performance.md, "Same file, same vector"). Costs a
-    float64 matrix product per clip.
+    path's quiet bins carry float32 rounding that follows the order of
+    summation (the CPU's instruction set, threads, batch size); here that
+    rounding is far below float32's resolution, so a clip's vector varies far
+    less between machines (about eightfold, measured). Not equal to the default
+    path: the quiet bins move (docs/performance.md, "Same file, same vector").
+    Costs a float64 matrix product per clip in the front end.
     """
     model = _copy(model, inplace)
     head = _audio_head(model)
