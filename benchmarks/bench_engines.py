@@ -79,7 +79,7 @@ def _pressure_s() -> float:
 def run_child(args: argparse.Namespace, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, "--files", str(args.files), "--checkpoint", args.checkpoint,
            "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--audio-dir", str(args.audio_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, stop = [0.0], threading.Event()
 
     def sample():
@@ -89,11 +89,11 @@ def run_child(args: argparse.Namespace, engine: str) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, _ = proc.communicate()
+    out, err = proc.communicate()
     stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{engine} run failed (exit {proc.returncode})")
+        raise SystemExit(f"{engine} run failed (exit {proc.returncode}):\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_mib"] = peak[0]
     return result

@@ -67,9 +67,10 @@ def smoke_runs(request):
                 if getattr(item, "originalname", None) == "test_smoke" and hasattr(item, "callspec")}
     runnable = sorted((s for s in selected if not _missing(s)),
                       key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
-    root = Path(tempfile.mkdtemp(prefix="audioclip-bench-smoke-"))
+    # short paths: Ray puts Unix sockets under TMPDIR, and a socket's path has at most 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="acb-"))
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = {name: pool.submit(_run, name, root / name.removesuffix(".py")) for name in runnable}
+    futures = {name: pool.submit(_run, name, root / str(i)) for i, name in enumerate(runnable)}
     yield futures
     pool.shutdown(wait=True)
     shutil.rmtree(root, ignore_errors=True)
