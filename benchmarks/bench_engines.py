@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bench_engines.py                 # ESC-10 (83 clips), full-size model, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_engines.py --files 20 --checkpoint AudioCLIP-tiny   # quick
+    .venv/bin/python benchmarks/bench_engines.py --smoke   # 3 generated clips, AudioCLIP-tiny: checks the script runs
 
 Each engine runs in a fresh child process on the same files into a new
 Parquet output (the model is built first and not timed). The parent samples
@@ -77,8 +78,8 @@ def _pressure_s() -> float:
 
 def run_child(args: argparse.Namespace, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, "--files", str(args.files), "--checkpoint", args.checkpoint,
-           "--workers", str(args.workers), "--batch-size", str(args.batch_size)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--audio-dir", str(args.audio_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, stop = [0.0], threading.Event()
 
     def sample():
@@ -88,11 +89,11 @@ def run_child(args: argparse.Namespace, engine: str) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, _ = proc.communicate()
+    out, err = proc.communicate()
     stop.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{engine} run failed (exit {proc.returncode})")
+        raise SystemExit(f"{engine} run failed (exit {proc.returncode}):\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_mib"] = peak[0]
     return result
@@ -103,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
 
     import audioclip
 
-    files = sorted(str(p) for p in ESC.glob("*.flac"))[: args.files]
+    files = sorted(str(p) for p in Path(args.audio_dir).iterdir() if p.suffix in (".flac", ".wav"))[: args.files]
     torch.manual_seed(0)
     model = audioclip.create_model(args.checkpoint, audio_mode="default")
     ray_start = 0.0
@@ -128,6 +129,17 @@ def child(args: argparse.Namespace) -> None:
                       "threads": torch.get_num_threads()}))
 
 
+def write_clips(folder: Path, count: int, seconds: float = 1.0, rate: int = 44100) -> Path:
+    """``count`` WAVs of noise in ``folder``: inputs for ``--smoke``."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sf.write(folder / f"clip{i}.wav", (0.05 * rng.standard_normal(int(seconds * rate))).astype(np.float32), rate)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=83, help="ESC-10 clips to embed (default: all 83)")
@@ -136,13 +148,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="plain engine: DataLoader decode workers (default 1)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; each engine keeps its best")
+    parser.add_argument("--audio-dir", type=Path, default=ESC, help="the clips to embed (default: the ESC-10 clips "
+                        "in ../shared/data/esc50/audio)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: 3 generated 1 s clips, AudioCLIP-tiny, one round")
     parser.add_argument("--child", choices=("plain", "ray"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    if not ESC.is_dir():
-        raise SystemExit(f"the ESC-10 clips are not at {ESC}")
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="audioclip-bench-engines-") as folder:
+            args.audio_dir = write_clips(Path(folder), 3)
+            args.files, args.checkpoint, args.batch_size, args.rounds = 3, "AudioCLIP-tiny", 2, 1
+            measure(args)
+        return
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    if not args.audio_dir.is_dir():
+        raise SystemExit(f"no clips at {args.audio_dir} (the ESC-10 clips are expected there; see --audio-dir)")
     load_before = os.getloadavg()
     pressure_before = _pressure_s()
     best: dict[str, dict] = {}
@@ -153,7 +179,7 @@ def main() -> None:
                 best[engine] = result
     load_after = os.getloadavg()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; model {args.checkpoint}; "
-          f"{best['plain']['files']} ESC-10 clips (5 s, 44.1 kHz FLAC); batch {args.batch_size}; "
+          f"{best['plain']['files']} clips from {args.audio_dir}; batch {args.batch_size}; "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; CPU pressure (PSI some, "
           f"total over the run) {_pressure_s() - pressure_before:.0f} s\n")
     print("| engine | files/s | seconds | Ray start (s) | peak memory, all processes (MiB PSS) |")

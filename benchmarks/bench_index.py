@@ -29,6 +29,7 @@ to stdout, with ratios against the FAISS flat scan of the same run;
 
     python benchmarks/bench_index.py --sizes 1e6 --data clustered --json out.json   # ~6 min here
     python benchmarks/bench_index.py --sizes 1e4 1e5 --data random clustered         # ~2 min
+    python benchmarks/bench_index.py --smoke   # every step at 3,000 vectors, a few seconds: checks the script runs
 
 ``--data random``: uniformly random unit vectors, the worst case for an ANN
 index: no clusters to find, and the true top 10 barely closer than the rest.
@@ -53,7 +54,7 @@ import warnings
 import numpy as np
 import pyarrow as pa
 
-from audioclip.index.store import ANN_KINDS, ROW_FIELDS, LanceStore, ann_partitions, create_ann_index, row_schema
+from audioclip.index.store import ANN_KINDS, LanceStore, ann_partitions, create_ann_index, row_schema
 
 DIM = 1024
 CHUNK = 50_000
@@ -83,21 +84,26 @@ class Data:
 
 
 def chunk_table(start: int, vectors: np.ndarray) -> pa.Table:
+    """Rows ``start ...`` of the table, built field by field from the store's own row schema
+    (``row_schema``): a column the schema gains later is null here, one it drops is left out,
+    so the benchmark keeps writing what the store accepts."""
     n = len(vectors)
     ids = np.arange(start, start + n, dtype=np.int64)
-    columns = {
+    values = {
         "file_id": ids,
-        "path": pa.array([f"/library/sounds/{i // 1000:04d}/clip-{i:07d}.flac" for i in ids]),
-        "source": pa.array(["audio"] * n),
-        "modality": pa.array(["audio"] * n),
-        "kind": pa.array(["window"] * n),
-        "start": np.zeros(n), "end": np.full(n, 5.0), "duration": np.full(n, 5.0),
+        "path": [f"/library/sounds/{i // 1000:04d}/clip-{i:07d}.flac" for i in ids],
+        "source": ["audio"] * n, "modality": ["audio"] * n, "kind": ["window"] * n,
+        "start": np.zeros(n), "start_s": np.zeros(n), "end": np.full(n, 5.0), "end_s": np.full(n, 5.0),
+        "duration": np.full(n, 5.0),
         "size": np.full(n, 441_000, np.int64), "mtime_ns": np.full(n, 1_700_000_000_000_000_000, np.int64),
-        "hash": pa.array([f"{i:032x}" for i in ids]),
+        "hash": [f"{i:032x}" for i in ids],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
     }
-    assert list(columns) == [name for name, _ in ROW_FIELDS] + ["vector"]
-    return pa.table(columns, schema=row_schema(DIM))
+    schema = row_schema(DIM)
+    columns = [values[f.name] if isinstance(values.get(f.name), pa.Array)
+               else pa.array(values[f.name], f.type) if f.name in values else pa.nulls(n, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def disk_bytes(path: str) -> int:
@@ -215,19 +221,33 @@ def measure_lance(path: str, queries: np.ndarray) -> tuple:
     return times, ids, peak_rss_mb()
 
 
+def kept_store(path: str, n: int) -> LanceStore | None:
+    """The store a ``--keep`` run left at ``path``, if it holds ``n`` rows and its ANN index."""
+    try:
+        store = LanceStore(path)
+        ok = store.count_rows() == n and store.ann.describe() is not None
+    except Exception:  # absent or unreadable: built anew
+        return None
+    return store if ok else None
+
+
 def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
     path = os.path.join(root, f"{kind}-n{n}")
-    shutil.rmtree(path, ignore_errors=True)
-    store = LanceStore(path, create=True)
-    store.write_meta({"bench": True})
     data = Data(kind, n)
-    t0 = time.perf_counter()
-    for start in range(0, n, CHUNK):
-        store.add(chunk_table(start, data.sample(min(CHUNK, n - start))))
-    store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
-    table_s = time.perf_counter() - t0
+    store = kept_store(path, n) if args.reuse else None
+    if store is None:
+        shutil.rmtree(path, ignore_errors=True)
+        store = LanceStore(path, create=True)
+        store.write_meta({"bench": True})
+        t0 = time.perf_counter()
+        for start in range(0, n, args.chunk):
+            store.add(chunk_table(start, data.sample(min(args.chunk, n - start))))
+        store.optimize(ann="off", keep_versions=datetime.timedelta(0))  # compaction and scalar indexes
+        table_s = time.perf_counter() - t0
+        log(f"{kind} n={n:,}: table built in {table_s:.1f} s, {disk_bytes(path) / 1e9:.2f} GB on disk")
+    else:
+        log(f"{kind} n={n:,}: reusing the table and ANN index in {path}")
     table = store._table(LanceStore.TABLE)
-    log(f"{kind} n={n:,}: table built in {table_s:.1f} s, {disk_bytes(path) / 1e9:.2f} GB on disk")
 
     queries = data.sample(args.queries, np.random.default_rng(12345))
     exact_count = min(len(queries), args.exact_queries)
@@ -243,9 +263,13 @@ def bench_size(n: int, kind: str, args, root: str) -> list[dict]:
         return entry
 
     # the store's own search: the FAISS index beside the table, exact (every list) and ANN
-    ann_s, state, ann_rss = in_child(build_ann, path)
-    lists = state["lists"]
-    log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
+    if args.reuse and store.ann.describe() is not None:  # kept: its build time as recorded then
+        state = store.ann.describe()
+        ann_s, lists = state["build_seconds"], state["lists"]
+    else:
+        ann_s, state, ann_rss = in_child(build_ann, path)
+        lists = state["lists"]
+        log(f"{kind} n={n:,}: ANN index ({lists} lists) built in {ann_s:.1f} s, peak RSS {ann_rss:.0f} MB")
 
     # Each setting is measured in a fresh process, so that its peak RSS is its own (not this one's build).
     nprobes = sorted({p for p in args.nprobe if p <= lists} or {lists})
@@ -322,7 +346,22 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a list of objects)")
     parser.add_argument("--dir", default=None, help="where to build (default: a temporary folder in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the built tables")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --dir: measure the tables and ANN indexes a --keep run left there instead of "
+                        "building them again (build s: as recorded by that run); implies --keep")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: 3,000 clustered vectors in chunks of 1,000, few queries, "
+                        "LanceDB's ivf_sq too; --json defaults to a file in a temporary folder")
     args = parser.parse_args(argv)
+    args.chunk = CHUNK
+    if args.reuse and not args.dir:
+        parser.error("--reuse needs --dir (where a --keep run left its tables)")
+    args.keep = args.keep or args.reuse
+    if args.smoke:
+        args.sizes, args.data, args.chunk, args.nprobe = [3000], ["clustered"], 1000, [2, 8]
+        args.queries, args.exact_queries, args.lance_queries = 8, 3, 1
+        args.lance_ann, args.lance_nprobes = ["ivf_sq"], [4]
+        args.json = args.json or os.path.join(tempfile.mkdtemp(prefix="audioclip-bench-index-smoke-"), "out.json")
 
     import faiss
     import lancedb
@@ -350,6 +389,8 @@ def main(argv=None) -> int:
         if not args.dir and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print_table(rows)
+    if args.json:
+        log(f"wrote {args.json}")
     log(f"total {time.perf_counter() - started:.0f} s, load {os.getloadavg()[0]:.1f}")
     return 0
 

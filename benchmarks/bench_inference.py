@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_inference.py           # 5-10 min on a 2-core CPU
     .venv/bin/python benchmarks/bench_inference.py --quick   # ~2 min: fewer batches and rounds
     .venv/bin/python benchmarks/bench_inference.py --checkpoint full   # the published weights
+    .venv/bin/python benchmarks/bench_inference.py --smoke   # seconds: checks the script runs (numbers meaningless)
 
 Prints markdown tables (paste them into docs/performance.md):
 
@@ -25,6 +26,11 @@ Prints markdown tables (paste them into docs/performance.md):
 When CUDA is available the audio rows are repeated on the GPU, with the GPU modes
 (bf16, bf16 + compile) added. Timings are the best of a few interleaved rounds: the
 modes alternate, so slow phases of a shared machine hit all of them alike.
+
+``--smoke`` runs every section in seconds: the tiny architecture with random
+weights, 0.5 s clips (the reference clips cut to it too), generated clips in a
+temporary folder in place of ESC-10, batch sizes 1 and 2, one round, one memory
+probe, ``--json`` into that folder.
 """
 
 from __future__ import annotations
@@ -202,7 +208,7 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
-def memory_probe(mode: str, batch: int, channels: int, threads: int) -> None:
+def memory_probe(mode: str, batch: int, channels: int, threads: int, smoke: bool = False) -> None:
     """Child process: print the peak extra memory (MB) of one forward pass in ``mode``.
 
     Runs with glibc's mmap threshold pinned low (set by the parent), so freed
@@ -213,7 +219,12 @@ def memory_probe(mode: str, batch: int, channels: int, threads: int) -> None:
     from audioclip.model import apply_audio_mode
 
     torch.manual_seed(0)
-    head = ESResNeXtFbsp(num_classes=1024).eval()  # weights do not matter for memory
+    if smoke:
+        from audioclip import create_model
+
+        head = create_model("ESResNeXt-fbsp-tiny").eval()
+    else:
+        head = ESResNeXtFbsp(num_classes=1024).eval()  # weights do not matter for memory
     wave = torch.rand(batch, channels, CLIP_SAMPLES) * 0.2 - 0.1
     options = {"calibration": wave[:2]} if mode == "int8" else {}
     fn = apply_audio_mode(head, mode, inplace=True, **options)
@@ -222,9 +233,10 @@ def memory_probe(mode: str, batch: int, channels: int, threads: int) -> None:
     print(json.dumps({"peak_mb": (sampler.peak - sampler.base) / 2**20}))
 
 
-def probe_memory(mode: str, batch: int, channels: int, threads: int) -> float | None:
+def probe_memory(mode: str, batch: int, channels: int, threads: int, smoke: bool = False) -> float | None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--memory-probe", f"{mode}:{batch}:{channels}", "--threads", str(threads)]
+    cmd = [sys.executable, __file__, "--memory-probe", f"{mode}:{batch}:{channels}", "--threads", str(threads),
+           *(["--smoke"] if smoke else [])]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -314,7 +326,8 @@ def decode(path: Path) -> torch.Tensor:
     return load_audio(path)
 
 
-def fit(wave: torch.Tensor, samples: int = CLIP_SAMPLES) -> torch.Tensor:
+def fit(wave: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+    samples = samples or CLIP_SAMPLES
     if wave.shape[-1] >= samples:
         return wave[..., :samples]
     return F.pad(wave, (0, samples - wave.shape[-1]))
@@ -347,7 +360,9 @@ def audio_section(head, device, args, cpu, peak_gflops, flops_clip, calibration,
     batches = [1, 8] if args.quick else [1, 8, 32]
     if device.type == "cuda":
         batches = [1, 8, 32, 128]
-    rounds = {1: 2 if args.quick else 3, 8: 1 if args.quick else 2, 32: 1, 128: 3}
+    if args.smoke:
+        batches = [1, 2]
+    rounds = {1: 2 if args.quick else 3, 2: 1, 8: 1 if args.quick else 2, 32: 1, 128: 3}
     if args.rounds:
         rounds = {b: args.rounds for b in rounds}
     rows = []
@@ -363,7 +378,7 @@ def audio_section(head, device, args, cpu, peak_gflops, flops_clip, calibration,
                 continue
             fns[name] = lambda f=fn: f(wave)
         log(f"[{device}] mono batch {batch}: {', '.join([*fns, *slow])}")
-        warmup = batch == batches[0] or batch == 8 or device.type == "cuda"
+        warmup = batch == batches[0] or batch == 8 or device.type == "cuda" or args.smoke
         outputs = {}
         times = interleaved(fns, rounds[batch], device, warmup=warmup, outputs=outputs)
         if slow:
@@ -375,7 +390,7 @@ def audio_section(head, device, args, cpu, peak_gflops, flops_clip, calibration,
                              median=statistics.median(t), error=error))
 
     # stereo: plain runs a trunk pass per channel, the others batch the channels
-    stereo_batch = 4 if args.quick else 8
+    stereo_batch = 2 if args.smoke else 4 if args.quick else 8
     wave = (torch.rand(stereo_batch, 2, CLIP_SAMPLES, generator=generator) * 0.2 - 0.1).to(device)
     # (on a CPU the trunk runs clip by clip, so compiled modes see no new shape; on a GPU they would recompile)
     stereo_modes = ["plain", "default", "fused", "int8"] + (["fused+compile"] if device.type == "cpu" else [])
@@ -391,12 +406,12 @@ def audio_section(head, device, args, cpu, peak_gflops, flops_clip, calibration,
 
     # peak memory at batch 8, mono
     memory = {}
-    mem_batch = 8
+    mem_batch = 2 if args.smoke else 8
     if device.type == "cpu":
         for name in ("plain", "default", "fused", "int8", "bf16"):
-            if name in modes and (name != "bf16" or native_bf16) and not args.quick:
+            if name in modes and (name != "bf16" or native_bf16) and (not args.quick or args.smoke and name == "default"):
                 log(f"[cpu] memory probe {name}")
-                memory[name] = probe_memory(name, mem_batch, 1, args.threads)
+                memory[name] = probe_memory(name, mem_batch, 1, args.threads, args.smoke)
     else:
         wave = (torch.rand(mem_batch, 1, CLIP_SAMPLES, generator=generator)).to(device) * 0.2 - 0.1
         for name, fn in modes.items():
@@ -425,7 +440,7 @@ def audio_section(head, device, args, cpu, peak_gflops, flops_clip, calibration,
 
 
 def print_audio_table(rows, device, threads):
-    print(f"\n### Audio embedding, 5 s clips ({device}{', %d threads' % threads if device == 'cpu' else ''}; best of the rounds)\n")
+    print(f"\n### Audio embedding, {CLIP_SAMPLES / 44100:g} s clips ({device}{', %d threads' % threads if device == 'cpu' else ''}; best of the rounds)\n")
     print("| input | batch | mode | clips/s | latency (ms) | vs plain | GFLOP/s | of GEMM peak | peak memory (MB) | max err vs plain |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -440,8 +455,9 @@ def print_audio_table(rows, device, threads):
 
 def encoder_section(model, device, args, results):
     generator = torch.Generator().manual_seed(0)
-    n_img, n_txt = (8, 32) if args.quick else (16, 64)
-    images = torch.randn(n_img, 3, 224, 224, generator=generator).to(device)
+    n_img, n_txt = (2, 4) if args.smoke else (8, 32) if args.quick else (16, 64)
+    size = model.visual.image_size
+    images = torch.randn(n_img, 3, size, size, generator=generator).to(device)
     from audioclip import tokenize
 
     tokens = tokenize([f"a sound of thing number {i}" for i in range(n_txt)]).to(device)
@@ -514,6 +530,8 @@ def _files_fallback(model, paths, batch, workers):
 def accuracy_section(model, modes, args, results):
     """Error of every mode against the exact path; zero-shot agreement with float32 on ESC-10."""
     reference = dict(np.load(FIXTURES))
+    if args.smoke:
+        reference.update({f"audio_{c}_wave": reference[f"audio_{c}_wave"][..., :CLIP_SAMPLES] for c in "abc"})
     exact = modes["plain"]
     log("[accuracy] reference clips")
     with torch.inference_mode():
@@ -663,13 +681,61 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="published weights to measure (registry name or path; default: the "
                         "deterministic reference weights, since the published ones may not be downloadable)")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every section in seconds on generated clips and the tiny architecture (checks the script)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.threads = args.threads or os.cpu_count() or 1
+    if args.smoke:
+        global CLIP_SAMPLES
+        CLIP_SAMPLES = 22050
     if args.memory_probe:
         mode, batch, channels = args.memory_probe.split(":")
-        memory_probe(mode, int(batch), int(channels), args.threads)
+        memory_probe(mode, int(batch), int(channels), args.threads, args.smoke)
         return
+    if args.smoke:
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="audioclip-bench-inference-"))
+        try:
+            smoke_setup(args, folder)
+            run(args)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    run(args)
+
+
+def smoke_setup(args, folder: Path) -> None:
+    """``--smoke``: generated clips laid out as ESC-10's (files.csv, audio/, audio_16k/), AudioCLIP-tiny."""
+    global ESC50
+    import soundfile
+
+    ESC50 = folder / "esc"
+    rng = np.random.default_rng(0)
+    with open(_mkdir(ESC50) / "files.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["path", "category"])
+        for sub, rate in (("audio", 44100), ("audio_16k", 16000)):
+            _mkdir(ESC50 / sub)
+            for i in range(4):
+                category = ("rain", "dog")[i % 2]
+                path = f"{sub}/1-{i}-A-{i % 2}.wav"
+                soundfile.write(ESC50 / path, (0.05 * rng.standard_normal(rate // 2)).astype(np.float32), rate)
+                out.writerow([path, category])
+    args.quick, args.checkpoint, args.rounds, args.no_compile = True, "AudioCLIP-tiny", 1, True
+    args.e2e_clips = args.agreement_clips = 4
+    args.bf16_clips = 2
+    args.json = args.json or folder / "bench_inference.json"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(args) -> None:
     args.e2e_clips = args.e2e_clips or (16 if args.quick else 48)
     args.agreement_clips = args.agreement_clips or (24 if args.quick else 83)
     args.bf16_clips = args.bf16_clips or (8 if args.quick else 16)
@@ -685,7 +751,7 @@ def main() -> None:
     head = model.audio
     front, trunk = flops_per_clip(head)
     log("measuring GEMM throughput")
-    peak = {"cpu": gemm_throughput(torch.device("cpu"), torch.float32, 2048 if args.quick else 4096)}
+    peak = {"cpu": gemm_throughput(torch.device("cpu"), torch.float32, 256 if args.smoke else 2048 if args.quick else 4096)}
 
     calib_rows = [r for r in esc10_rows("audio_16k") if r["path"].split("/")[1].startswith("1-")]
     calibration = torch.stack([fit(decode(ESC50 / r["path"])) for r in spread(calib_rows, 4 if args.quick else 8)])

@@ -6,6 +6,7 @@ full-size checkpoint.
     .venv/bin/python benchmarks/bench_reindex.py                    # 2,000 clips, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_reindex.py --files 200        # a quick look
     .venv/bin/python benchmarks/bench_reindex.py --skip-full-size   # without the 0.5 GB checkpoint
+    .venv/bin/python benchmarks/bench_reindex.py --smoke            # 4 clips, the tiny checkpoint in both parts
 
 Every figure is one ``audioclip index`` process, start-up included (Python,
 torch and LanceDB imports), timed from outside. The clips are generated
@@ -48,9 +49,9 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 44100) -> 
                  rate, subtype="PCM_16")
 
 
-def run_index(exe: str, folder: Path, db: Path, checkpoint: str, env: dict) -> tuple[float, str]:
+def run_index(exe: list[str], folder: Path, db: Path, checkpoint: str, env: dict) -> tuple[float, str]:
     """Wall seconds of one ``audioclip index`` process, and its summary line."""
-    cmd = [exe, "index", str(folder), "--db", str(db), "--checkpoint", checkpoint, "--device", "cpu"]
+    cmd = [*exe, "index", str(folder), "--db", str(db), "--checkpoint", checkpoint, "--device", "cpu"]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -68,8 +69,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each clip (default 1 s)")
     parser.add_argument("--skip-full-size", action="store_true", help="leave out the full-size checkpoint row")
     parser.add_argument("--full-size-checkpoint", help="a full-size checkpoint to use instead of writing one")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: 4 clips of 0.5 s, and the tiny checkpoint standing in "
+                        "for the full-size one")
     args = parser.parse_args()
-    exe = str(Path(sys.executable).with_name("audioclip"))
+    if args.smoke:
+        args.files, args.seconds = 4, 0.5
+    script = Path(sys.executable).with_name("audioclip")  # the console script, else python -m audioclip
+    exe = [str(script)] if script.is_file() else [sys.executable, "-m", "audioclip"]
 
     from audioclip import create_model, save_model
 
@@ -99,24 +106,27 @@ def main() -> int:
 
         full_rows = []
         if not args.skip_full_size:
-            checkpoint = args.full_size_checkpoint
+            checkpoint = tiny if args.smoke else args.full_size_checkpoint
             if checkpoint is None:
                 print("writing a full-size random-weight checkpoint", file=sys.stderr)
                 checkpoint = str(save_model(create_model("AudioCLIP-RN50"), tmp / "AudioCLIP-RN50-random.pt"))
                 time.sleep(2.1)
             size_mb = os.path.getsize(checkpoint) / 1e6
-            few = tmp / "few"
-            few.mkdir()
-            for name in sorted(os.listdir(tmp / "clips"))[:8]:
-                shutil.copy(tmp / "clips" / name, few / name)
-            print("full-size: first index (8 clips)", file=sys.stderr)
-            run_index(exe, few, tmp / "db-full", checkpoint, env)
+            few, db_full = tmp / "few", tmp / "db-full"
+            if args.smoke:  # the same (tiny) checkpoint: the index built above stands in for the first run
+                few, db_full = tmp / "clips", db
+            else:
+                few.mkdir()
+                for name in sorted(os.listdir(tmp / "clips"))[:8]:
+                    shutil.copy(tmp / "clips" / name, few / name)
+                print("full-size: first index (8 clips)", file=sys.stderr)
+                run_index(exe, few, db_full, checkpoint, env)
             print("full-size: nothing changed", file=sys.stderr)
-            cached = run_index(exe, few, tmp / "db-full", checkpoint, env)[0]
+            cached = run_index(exe, few, db_full, checkpoint, env)[0]
             print("full-size: nothing changed, empty checkpoint hash cache", file=sys.stderr)
             shutil.rmtree(tmp / "cache", ignore_errors=True)
-            uncached = run_index(exe, few, tmp / "db-full", checkpoint, env)[0]
-            full_rows = [(f"no-op, AudioCLIP-RN50 checkpoint ({size_mb:.0f} MB), hash cached", cached),
+            uncached = run_index(exe, few, db_full, checkpoint, env)[0]
+            full_rows = [(f"no-op, {Path(checkpoint).name} ({size_mb:.0f} MB), hash cached", cached),
                          ("no-op, same, hash cache empty (sha256 of the file read)", uncached)]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_serve.py                      # full-size model, ~1 min on 2 cores
     .venv/bin/python benchmarks/bench_serve.py --tiny               # AudioCLIP-tiny: a quick check
     .venv/bin/python benchmarks/bench_serve.py --upload-minutes 5 --searches 50
+    .venv/bin/python benchmarks/bench_serve.py --smoke              # AudioCLIP-tiny, a 6 s upload: checks the script
 
 A small index (a few generated 3 s WAVs) is built with the model and served by
 ``make_server`` in this process (port 0, a background thread). Then, over HTTP
@@ -101,7 +102,11 @@ def main() -> int:
     parser.add_argument("--upload-minutes", type=float, default=10.0, help="length of the upload (default 10)")
     parser.add_argument("--searches", type=int, default=30, help="idle text searches (default 30)")
     parser.add_argument("--upload-batch", type=int, help="windows per hold of the model lock (default: the server's)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: --tiny, a 6 s upload, 3 searches, 1 window per batch")
     args = parser.parse_args()
+    if args.smoke:
+        args.tiny, args.upload_minutes, args.searches, args.upload_batch = True, 0.1, 3, 1
 
     import torch
 

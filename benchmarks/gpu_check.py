@@ -2,6 +2,7 @@
 """One script for the checks that need a GPU; prints a Markdown table (under 5 minutes on one GPU).
 
     .venv/bin/python benchmarks/gpu_check.py            # --json FILE keeps the numbers
+    .venv/bin/python benchmarks/gpu_check.py --smoke    # every step on the CPU, AudioCLIP-tiny: checks the script
 
 Rows:
 
@@ -19,7 +20,11 @@ Rows:
 Weights are the deterministic reference weights (the published ones cannot be
 downloaded where this was written); with them the trunk amplifies rounding, so
 the bf16 figures are a lower bound for trained weights. Without CUDA it says so
-in one line and exits 0.
+in one line and exits 0. ``--cpu-dry-run`` runs every step on the CPU;
+``--smoke`` does so in seconds with the tiny architecture (its "reference"
+vectors: its own float32 outputs on the CPU; ``torch.compile`` with the
+``eager`` backend, so no compiler runs), writing ``--json`` into a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 DRY = [False]
+SECONDS = [5.0]  # clip length: 0.5 s with --smoke
+COUNT = [40]  # clips for the bf16 rows: 8 in a dry run, 4 with --smoke
 SYNC = [lambda: None]  # torch.cuda.synchronize on a GPU
 
 
@@ -65,12 +72,21 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=64, help="clips for the throughput rows (default 64)")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="run every step on the CPU (gloo instead of NCCL), to check the script itself")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--cpu-dry-run in seconds: AudioCLIP-tiny, 4 clips, torch.compile's eager backend")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        args.cpu_dry_run, args.clips, SECONDS[0], COUNT[0] = True, 4, 0.5, 4
+        args.json = args.json or str(Path(tempfile.mkdtemp(prefix="audioclip-gpu-check-")) / "gpu_check.json")
     if not torch.cuda.is_available() and not args.cpu_dry_run:
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check")
         return 0
     dry = args.cpu_dry_run
     DRY[0] = dry
+    if dry and not args.smoke:
+        COUNT[0] = 8
 
     import numpy as np
     import torch.nn.functional as F
@@ -97,8 +113,10 @@ def main() -> int:
     with np.load(ROOT / "tests" / "fixtures" / "public-v1.npz") as npz:
         ref = {k: npz[k] for k in npz.files}
     meta = json.loads((ROOT / "tests" / "fixtures" / "public-v1.json").read_text())
-    cpu_model = AudioCLIP().eval()
+    cpu_model = AudioCLIP("AudioCLIP-tiny" if args.smoke else "AudioCLIP-RN50").eval()
     cpu_model.load_state_dict(reference_state_dict(cpu_model, "public-v1"))
+    if args.smoke:  # the reference vectors belong to the full-size model: here, the CPU's own float32 outputs
+        ref = smoke_reference(cpu_model, ref, meta["text_embed_texts"])
     model = freeze_fbsp_kernel(cpu_model).to(device)
 
     # 1. reference vectors on CUDA, float32
@@ -130,7 +148,7 @@ def main() -> int:
     # 3. torch.compile of the audio head
     batch = waves[: min(8, len(waves))]
     head = model.audio
-    compiled = torch.compile(head)
+    compiled = torch.compile(head, backend="eager" if args.smoke else "inductor")
     with torch.inference_mode():
         start = time.perf_counter()
         out_compiled = compiled(batch)
@@ -143,9 +161,10 @@ def main() -> int:
     row("torch.compile audio head vs eager", f"{err:.2e}", f"first call {first:.1f} s; "
         f"{eager_s / compiled_s:.2f}x eager at batch {len(batch)}", err <= 1e-3)
 
-    # 4. throughput, 5 s clips
-    n = args.clips
-    five = torch.rand(n, 1, 5 * 44100, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+    # 4. throughput, 5 s clips (0.5 s with --smoke)
+    n, seconds = args.clips, SECONDS[0]
+    five = torch.rand(n, 1, int(seconds * 44100), generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+    batch_size = min(32, n)
 
     def run(m, x, bs, autocast=False):
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -154,19 +173,19 @@ def main() -> int:
 
     gpu_x = five.to(device)
     run(model, gpu_x[:8], 8)  # warm-up (cuDNN autotuning)
-    gpu_fp32 = n / timed(lambda: run(model, gpu_x, 32), repeat=2)
-    gpu_bf16 = n / timed(lambda: run(model, gpu_x, 32, autocast=True), repeat=2)
+    gpu_fp32 = n / timed(lambda: run(model, gpu_x, batch_size), repeat=2)
+    gpu_bf16 = n / timed(lambda: run(model, gpu_x, batch_size, autocast=True), repeat=2)
     cpu_fast = freeze_fbsp_kernel(cpu_model)
-    cpu_n = 8
+    cpu_n = min(8, n)
     start = time.perf_counter()
-    run(cpu_fast, five[:cpu_n], 8)
+    run(cpu_fast, five[:cpu_n], cpu_n)
     cpu_rate = cpu_n / (time.perf_counter() - start)
-    row("embed 5 s clips, CPU (default mode)", f"{cpu_rate:.1f} clips/s", f"{torch.get_num_threads()} threads, batch 8")
-    row(f"embed 5 s clips, {kind.upper()} fp32", f"{gpu_fp32:.1f} clips/s", f"{gpu_fp32 / cpu_rate:.1f}x CPU, batch 32")
-    row(f"embed 5 s clips, {kind.upper()} bf16 autocast", f"{gpu_bf16:.1f} clips/s", f"{gpu_bf16 / cpu_rate:.1f}x CPU, batch 32")
+    row(f"embed {seconds:g} s clips, CPU (default mode)", f"{cpu_rate:.1f} clips/s", f"{torch.get_num_threads()} threads, batch {cpu_n}")
+    row(f"embed {seconds:g} s clips, {kind.upper()} fp32", f"{gpu_fp32:.1f} clips/s", f"{gpu_fp32 / cpu_rate:.1f}x CPU, batch {batch_size}")
+    row(f"embed {seconds:g} s clips, {kind.upper()} bf16 autocast", f"{gpu_bf16:.1f} clips/s", f"{gpu_bf16 / cpu_rate:.1f}x CPU, batch {batch_size}")
 
     # 5. two AMP training steps
-    train_model = AudioCLIP().to(device)
+    train_model = AudioCLIP("AudioCLIP-tiny" if args.smoke else "AudioCLIP-RN50").to(device)
     train_model.load_state_dict(reference_state_dict(train_model, "public-v1"))
     train_model.train()
     optimizer = torch.optim.SGD(train_model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
@@ -180,7 +199,8 @@ def main() -> int:
         optimizer.step()
         losses.append(float(out.loss))
     finite = all(np.isfinite(losses))
-    row("AMP (bf16) training: two steps", " -> ".join(f"{x:.4f}" for x in losses), "full model, batch 4", finite)
+    row("AMP (bf16) training: two steps", " -> ".join(f"{x:.4f}" for x in losses),
+        f"{'tiny' if args.smoke else 'full'} model, batch 4", finite)
 
     # 6. one-process NCCL DDP step
     import torch.distributed as dist
@@ -208,8 +228,9 @@ def main() -> int:
             dist.destroy_process_group()
 
     name = "CPU (dry run)" if dry else torch.cuda.get_device_name(device)
+    weights = "AudioCLIP-tiny, reference rule weights (smoke)" if args.smoke else "reference weights"
     print(f"\nGPU check: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{time.time() - started:.0f} s (reference weights)\n")
+          f"{time.time() - started:.0f} s ({weights})\n")
     print("| check | result | detail |")
     print("| --- | --- | --- |")
     for r in rows:
@@ -218,6 +239,25 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
     return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+def smoke_reference(model, ref: dict, texts: list[str]) -> dict:
+    """``ref`` with its vectors replaced by ``model``'s own float32 CPU outputs (clips cut to 0.5 s, images resized
+    to the model's input)."""
+    import torch.nn.functional as F
+
+    from audioclip.model import freeze_fbsp_kernel
+
+    fast = freeze_fbsp_kernel(model)
+    size = model.visual.image_size
+    ref = dict(ref, images=F.interpolate(torch.from_numpy(ref["images"]), size=(size, size)).numpy())
+    with torch.inference_mode():
+        for case in "abc":
+            ref[f"audio_{case}_wave"] = ref[f"audio_{case}_wave"][..., :22050]
+            ref[f"audio_{case}_embed"] = fast.encode_audio(torch.from_numpy(ref[f"audio_{case}_wave"])).numpy()
+        ref["image_embed"] = model.encode_image(torch.from_numpy(ref["images"])).numpy()
+        ref["text_embed"] = torch.cat([model.encode_text([t]) for t in texts]).numpy()
+    return ref
 
 
 def _clips(ref) -> tuple[list[torch.Tensor], list[str], str]:
@@ -233,9 +273,9 @@ def _clips(ref) -> tuple[list[torch.Tensor], list[str], str]:
             rows = list(csv.DictReader(f))
         labels = sorted({r["category"] for r in rows})
         clips = []
-        for r in rows[: 8 if DRY[0] else 40]:
+        for r in rows[: COUNT[0]]:
             wave = load_audio(SHARED / "esc50" / r["path"], mono=True)
-            clips.append(split_windows(wave, window=5.0)[0].wave)  # centre-padded, or the first 5 s
+            clips.append(split_windows(wave, window=SECONDS[0])[0].wave)  # centre-padded, or the first 5 s
         return clips, labels, "ESC-10 from ../shared/data"
     labels = ["dog", "rain", "sea waves", "crying baby", "clock tick", "sneezing", "helicopter", "chainsaw",
               "rooster", "crackling fire"]
@@ -244,7 +284,8 @@ def _clips(ref) -> tuple[list[torch.Tensor], list[str], str]:
         wave = torch.from_numpy(ref[f"audio_{case}_wave"])
         for item in wave:
             mono = item.mean(0, keepdim=True)
-            clips.append(torch.nn.functional.pad(mono, (0, max(0, 5 * 44100 - mono.shape[-1])))[:, : 5 * 44100])
+            samples = int(SECONDS[0] * 44100)
+            clips.append(torch.nn.functional.pad(mono, (0, max(0, samples - mono.shape[-1])))[:, :samples])
     return clips, labels, "reference clips"
 
 

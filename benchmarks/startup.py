@@ -10,6 +10,7 @@ figure issue 11 asks to keep at or under 1.5.
     python benchmarks/startup.py                 # 5 runs of each after a warm-up: ~1-2 min on 2 cores
     python benchmarks/startup.py --runs 9 --json /tmp/startup.json
     python benchmarks/startup.py --profile       # also: where a classify run spends its time
+    python benchmarks/startup.py --smoke         # AudioCLIP-tiny, one run, --profile: checks the script runs
 
 Every command runs in a fresh subprocess (wall clock, median of ``--runs``, the
 rounds interleaved so that a burst of load hits both rows alike). The fastest
@@ -38,9 +39,10 @@ from pathlib import Path
 SR = 44100
 
 
-def make_inputs(folder: Path) -> tuple[Path, Path]:
-    """A full-size AudioCLIP-RN50 checkpoint (random weights) and a 5 s stereo WAV in ``folder`` (kept if there)."""
-    checkpoint, clip = folder / "AudioCLIP-RN50-random.pt", folder / "clip.wav"
+def make_inputs(folder: Path, config: str = "AudioCLIP-RN50") -> tuple[Path, Path]:
+    """A ``config`` checkpoint (random weights; default: the full size) and a 5 s stereo WAV in ``folder`` (kept if
+    there)."""
+    checkpoint, clip = folder / f"{config}-random.pt", folder / "clip.wav"
     if checkpoint.is_file() and clip.is_file():
         return checkpoint, clip
     import numpy as np
@@ -50,7 +52,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path]:
     from audioclip import create_model, save_model
 
     torch.manual_seed(0)
-    save_model(create_model("AudioCLIP-RN50"), checkpoint)
+    save_model(create_model(config), checkpoint)
     rng = np.random.default_rng(0)
     t = np.arange(5 * SR) / SR
     wave = 0.3 * np.sin(2 * np.pi * 440 * t)[:, None] + 0.05 * rng.standard_normal((5 * SR, 2))
@@ -94,13 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="after the table: cProfile of one classify run, top 25 by cumulative time")
     parser.add_argument("--dir", help="keep the checkpoint and clip here (default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script in seconds: AudioCLIP-tiny, no warm-up, one run, --profile; --json "
+                        "defaults to a file in the temporary folder")
     args = parser.parse_args(argv)
+    config = "AudioCLIP-RN50"
+    if args.smoke:
+        config, args.runs, args.profile = "AudioCLIP-tiny", 1, True
 
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="audioclip-startup-"))
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AUDIOCLIP_OFFLINE": "1"}
     try:
-        checkpoint, clip = make_inputs(folder)
+        checkpoint, clip = make_inputs(folder, config)
+        if args.smoke and not args.json:
+            args.json = str(folder / "startup.json")
         size_mb = checkpoint.stat().st_size / 1e6
         classify = ["classify", str(clip), "--labels", "dog,rain", "--checkpoint", str(checkpoint), "--device", "cpu"]
         commands = {
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "audioclip classify clip.wav --labels dog,rain --checkpoint FILE --device cpu":
                 [*audioclip_command(), *classify],
         }
-        for cmd in commands.values():  # warm-up: page cache, .pyc files
+        for cmd in commands.values() if not args.smoke else ():  # warm-up: page cache, .pyc files
             time_command(cmd, env)
         pressure_before = cpu_pressure()
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -125,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         base_min, base_cpu = min(times[base_name]), statistics.median(cpu[base_name])
         import torch
 
-        print(f"Start-up, {args.runs} runs each after a warm-up, interleaved; Python {platform.python_version()}, "
+        print(f"Start-up, {args.runs} runs each{'' if args.smoke else ' after a warm-up'}, interleaved; Python {platform.python_version()}, "
               f"torch {torch.__version__}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads); "
-              f"checkpoint {size_mb:.0f} MB (AudioCLIP-RN50), clip 5 s stereo WAV; CPU pressure (avg10 / avg60) "
+              f"checkpoint {size_mb:.0f} MB ({config}), clip 5 s stereo WAV; CPU pressure (avg10 / avg60) "
               f"before {pressure_before}, after {pressure_after}\n")
         print("| command | median (s) | min-max (s) | ratio | ratio of the fastest runs | CPU time (s) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -189,7 +189,7 @@ def test_unknown_mode_and_bad_options_are_refused():
         apply_audio_mode(head, "fused", calibration=tiny_wave())
     with pytest.raises(TypeError, match="untransformed"):
         fuse(fuse(head))
-    assert set(AUDIO_MODES) == {"default", "plain", "fused", "bf16", "int8"}
+    assert set(AUDIO_MODES) == {"default", "plain", "fused", "bf16", "int8", "spectrum64"}
 
 
 def test_no_state_on_modules_or_the_process():

@@ -117,7 +117,7 @@ class ArgumentParser(argparse.ArgumentParser):
 #: ``--audio-mode`` choices: :data:`audioclip.model.transforms.AUDIO_MODES` without ``int8``,
 #: which needs calibration waveforms (Python API only). Spelled out so that building the
 #: parser imports no torch; a test checks they agree.
-AUDIO_MODES = ("default", "fused", "bf16", "plain")
+AUDIO_MODES = ("default", "fused", "bf16", "plain", "spectrum64")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 #: extra -> the modules it provides that its commands cannot run without
@@ -266,8 +266,10 @@ def add_model_options(
             "--audio-mode", default="default", choices=AUDIO_MODES,
             help="how the audio head computes (docs/performance.md): default (exact to float32 rounding), "
             "fused (BatchNorm folded, float32, within the equivalence tolerances), bf16 (bfloat16 trunk: fast "
-            "on GPUs and CPUs with AMX/AVX512-BF16, less exact), plain (the original's computation, slow); "
-            "int8 is in the Python API (it needs calibration clips)")
+            "on GPUs and CPUs with AMX/AVX512-BF16, less exact), plain (the original's computation, slow), "
+            "spectrum64 (the front end's spectrum in float64: a clip's vector varies far less between CPUs; "
+            "close to default, not equal); int8 is in the Python API (it needs "
+            "calibration clips)")
     if precision:
         group.add_argument("--precision", default="fp32", choices=PRECISIONS,
                            help="fp32 (default) is exact; bf16/fp16 are faster on a GPU")

@@ -10,7 +10,15 @@ from .config import list_model_configs, load_model_config
 from .esresnext import AudioHeadConfig, ESResNeXtFbsp
 from .fbsp import FbspFilterbank
 from .tokenizer import TextTooLongWarning, tokenize
-from .transforms import AUDIO_MODES, apply_audio_mode, freeze_fbsp_kernel, fuse, original_order, quantize_int8
+from .transforms import (
+    AUDIO_MODES,
+    apply_audio_mode,
+    float64_spectrum,
+    freeze_fbsp_kernel,
+    fuse,
+    original_order,
+    quantize_int8,
+)
 
 __all__ = [
     "AUDIO_MODES",
@@ -22,6 +30,7 @@ __all__ = [
     "TextTooLongWarning",
     "apply_audio_mode",
     "contrastive_loss",
+    "float64_spectrum",
     "freeze_fbsp_kernel",
     "fuse",
     "list_model_configs",

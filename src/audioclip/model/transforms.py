@@ -20,11 +20,15 @@ switched on the module or in the process.
                         autocast; not exact (docs/performance.md)
 ``"int8"``              :func:`quantize_int8`: the four ResNeXt stages in int8 (CPU), calibrated
                         on waveforms you give; not exact
+``"spectrum64"``        :func:`float64_spectrum`: ``"default"`` with the front end's spectrum
+                        (filterbank projection, power, decibels) in float64: a clip's vector
+                        varies far less between CPUs; close to ``"default"``, not equal
+                        (docs/performance.md, "Same file, same vector")
 ======================  ==========================================================================
 
 Each function accepts an ``AudioCLIP`` (its audio head is transformed; text and
 image heads are kept) or a standalone ``ESResNeXtFbsp``. ``"default"`` and
-``"plain"`` keep every state-dict key; the fast heads have their own layout and
+``"plain"`` (and ``"spectrum64"``) keep every state-dict key; the fast heads have their own layout and
 are not meant to be saved (save the model you transformed).
 """
 
@@ -34,6 +38,7 @@ import copy
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .esresnext import ESResNeXtFbsp, set_conv_memory_format
@@ -43,9 +48,12 @@ from .fbsp import FbspFilterbank
 __all__ = [
     "AUDIO_MODES",
     "FastAudioHead",
+    "Float64SpectrumESResNeXtFbsp",
+    "Float64SpectrumFilterbank",
     "FrozenFbspFilterbank",
     "OriginalOrderESResNeXtFbsp",
     "apply_audio_mode",
+    "float64_spectrum",
     "freeze_fbsp_kernel",
     "fuse",
     "original_order",
@@ -53,7 +61,7 @@ __all__ = [
 ]
 
 #: The values of ``audio_mode`` (the command line's ``--audio-mode``), fastest exact one first.
-AUDIO_MODES = ("default", "fused", "bf16", "plain", "int8")
+AUDIO_MODES = ("default", "fused", "bf16", "plain", "int8", "spectrum64")
 
 
 class FrozenFbspFilterbank(FbspFilterbank):
@@ -83,6 +91,34 @@ class FrozenFbspFilterbank(FbspFilterbank):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, frozen at in_features={self.in_features}"
+
+
+class Float64SpectrumFilterbank(FrozenFbspFilterbank):
+    """A :class:`FrozenFbspFilterbank` projecting in float64: frames ``(..., in_features)`` -> float64 ``(real, imag)``.
+
+    The kernels are the float32 ones the weights were trained with (computed
+    once, as in ``"default"``), and so are the frames; only the projection's
+    sums run in float64. In float32 a quiet bin's value is a sum of terms
+    thousands of times larger than itself, so its rounding, which follows the
+    order of summation (threads, batch size, the matrix library's blocking),
+    decides its decibels; in float64 that rounding is far below float32's
+    resolution of the result.
+    """
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        real, imag = self.kernel(frames.shape[-1])
+        # cast per call, not stored: a model.float() or .to(dtype) cannot undo it
+        frames = frames.to(torch.float64)
+        return F.linear(frames, real.to(torch.float64)), F.linear(frames, imag.to(torch.float64))
+
+
+class Float64SpectrumESResNeXtFbsp(ESResNeXtFbsp):
+    """:class:`ESResNeXtFbsp` whose power spectrum and decibels are computed in float64 (made by
+    :func:`float64_spectrum`); the dB tensor is rounded once to float32 for the trunk."""
+
+    def log_power(self, wave: torch.Tensor) -> torch.Tensor:
+        # the filterbank returns float64, so power, floor and log10 run in float64 too
+        return super().log_power(wave).to(self.window.dtype)
 
 
 class OriginalOrderESResNeXtFbsp(ESResNeXtFbsp):
@@ -127,6 +163,29 @@ def freeze_fbsp_kernel(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     model = _copy(model, inplace)
     head = _audio_head(model)
     head.fbsp = FrozenFbspFilterbank(head.fbsp, head.config.n_fft)
+    return model.eval()
+
+
+def float64_spectrum(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The model with its audio front end's spectrum computed in float64 (``"spectrum64"``); eval mode.
+
+    As :func:`freeze_fbsp_kernel` (the same float32 kernels, materialised
+    once), but the filterbank projection, the power and the decibels run in
+    float64 and are rounded to float32 once, before the trunk. The default
+    path's quiet bins carry float32 rounding that follows the order of
+    summation (the CPU's instruction set, threads, batch size); here that
+    rounding is far below float32's resolution, so a clip's vector varies far
+    less between machines (about eightfold, measured). Not equal to the default
+    path: the quiet bins move (docs/performance.md, "Same file, same vector").
+    Costs a float64 matrix product per clip in the front end.
+    """
+    model = _copy(model, inplace)
+    head = _audio_head(model)
+    if isinstance(head.fbsp, FrozenFbspFilterbank):
+        raise TypeError("float64_spectrum: the filterbank is frozen; transform the untransformed model")
+    bank = Float64SpectrumFilterbank(head.fbsp, head.config.n_fft)
+    head.__class__ = Float64SpectrumESResNeXtFbsp  # same submodules and tensors; only log_power differs
+    head.fbsp = bank
     return model.eval()
 
 
@@ -217,12 +276,14 @@ def apply_audio_mode(model: nn.Module, mode: str = "default", *, inplace: bool =
     """
     if mode not in AUDIO_MODES:
         raise ValueError(f"unknown audio mode {mode!r}; choose one of {', '.join(AUDIO_MODES)}")
-    if mode in ("default", "plain") and options:
+    if mode in ("default", "plain", "spectrum64") and options:
         raise TypeError(f"audio mode {mode!r} takes no options, got {sorted(options)}")
     if mode == "default":
         return freeze_fbsp_kernel(model, inplace=inplace)
     if mode == "plain":
         return original_order(model, inplace=inplace)
+    if mode == "spectrum64":
+        return float64_spectrum(model, inplace=inplace)
     if mode == "int8":
         if options.get("calibration") is None:
             raise ValueError("audio mode 'int8' needs calibration= waveforms (batch, channels, samples)")
