@@ -71,7 +71,9 @@ def load_audio(
     ``limits`` (default :class:`MediaLimits`) bounds the work: a header over a
     limit (channels, sample rate, duration) is refused before anything is
     decoded, and decoding stops with a refusal where a lying header would run
-    past the duration limit.
+    past the duration limit (a file that states no length is decoded, and
+    refused where it crosses the limit). Memory is the result, twice over
+    while its pieces are joined, and one block, whatever the file's rate.
     """
     if sample_rate <= 0 or int(sample_rate) != sample_rate:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
@@ -101,11 +103,11 @@ def stream_audio(
 ):
     """:func:`load_audio` block by block: float32 ``(channels, n)`` tensors, in order, at ``sample_rate``.
 
-    The concatenated blocks equal :func:`load_audio`'s result bit for bit (soxr's
-    streaming resampler gives the one-shot result; a file that libsndfile fails
-    on part-way is refused here, where ``load_audio`` retries it with FFmpeg),
-    while memory holds one block
-    (about 6 s) at a time, so an hour of audio costs what a minute does. Checks
+    The concatenated blocks equal :func:`load_audio`'s result bit for bit (both
+    decode and resample alike; a file that libsndfile fails on part-way is
+    refused here, where ``load_audio`` retries it with FFmpeg), while memory
+    holds one block (about 4 MiB of samples at most, whatever the file's rate
+    and channels) at a time, so an hour of audio costs what a minute does. Checks
     are made as blocks arrive: a NaN or an overshoot found late raises
     ``MediaError`` after earlier blocks were yielded, and the caller discards
     what it made of them.
