@@ -15,10 +15,12 @@ the model, the decoded audio), on files this script generates:
 - two 8-channel 16-bit WAVs at very low sample rates, small files that grow
   441-fold or 4410-fold on their way to 44.1 kHz: 100 Hz for 590 s (944 KB)
   and 10 Hz for 3 h (1.7 MB, ``--low-rate-hours``). Decoding is bounded in
-  output samples, so their peak should stay near that of a 5 s 8-channel clip
-  at 44.1 kHz (their baseline: the model runs every channel through the audio
-  trunk, so 8 channels take more memory than one whatever the file's length).
-  Their wall time is the model's too: 590 s x 8 channels is 944 trunk passes;
+  output samples, so their peak should stay near that of a 40 s 8-channel
+  clip at 44.1 kHz, their baseline: the model runs every channel of every
+  window through the audio trunk, so a full batch of eight 5 s windows of 8
+  channels (64 trunk inputs) takes more memory than one mono clip, whatever
+  the file's length. Their wall time is the model's too: 590 s x 8 channels
+  is 944 trunk passes;
 - a 441 KB WAV whose header claims 1000 channels: refused from its header.
 
 The model is a full-size AudioCLIP with random weights saved to a temporary
@@ -102,7 +104,8 @@ def main() -> int:
 
             checkpoint = str(save_model(create_model(architecture), tmp / f"{architecture}-random.pt"))
         mono = ("5 s clip", write_noise(tmp / "clip.flac", 5.0))
-        octo = ("5 s clip, 8 channels", write_noise(tmp / "clip8.wav", 5.0, channels=8))
+        # eight 5 s windows: one full batch (--batch-size 8), as every batch of a long file
+        octo = ("40 s clip, 8 channels", write_noise(tmp / "clip8.wav", 40.0, channels=8))
         cases = [(*mono, mono[0]), (*octo, octo[0])]  # (name, file, the name of its baseline)
         if args.hours > 0:
             seconds = args.hours * 3600 * scale
