@@ -48,7 +48,10 @@ class MediaLimits:
             return self.too_long(frames / sample_rate)
         return None
 
-    def too_long(self, seconds: float) -> str:
+    def too_long(self, seconds: float, known: bool = True) -> str:
+        """Why audio lasting ``seconds`` is refused; ``known=False``: decoding reached that far and went on."""
+        if not known:  # the header stated no length, or a wrong one
+            return f"lasts longer than the limit of {_duration(self.max_duration)} (--max-duration)"
         return f"lasts {_duration(seconds)}, over the limit of {_duration(self.max_duration)} (--max-duration)"
 
     def check_pixels(self, width: int, height: int, what: str = "image") -> str | None:
