@@ -780,3 +780,17 @@ def test_shared_photos_load():
         assert sniff_modality(path) == "image"
         image = load_image(path)
         assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(image).all()
+
+
+def test_a_sound_whose_name_is_not_utf8_decodes(tmp_path):
+    """libsndfile is handed the name's bytes: b'caf\\xe9.wav' opens like any other file."""
+    import os
+
+    import soundfile as sf
+
+    from audioclip.media import load_audio
+
+    name = tmp_path / os.fsdecode(b"caf\xe9.wav")  # the odd byte is a surrogate in Python
+    sf.write(os.fsencode(name), np.full(4410, 0.25, np.float32), 44100)
+    wave = load_audio(name)
+    assert wave.shape == (1, 4410) and abs(float(wave.mean()) - 0.25) < 1e-3

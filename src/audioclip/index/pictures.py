@@ -121,7 +121,7 @@ def _peaks(path: str, duration: float | None, width: int) -> np.ndarray:
     import soundfile
 
     try:
-        info = soundfile.info(path)
+        info = soundfile.info(os.fsencode(path))
     except (soundfile.SoundFileError, RuntimeError):
         info = None
     if info is not None and info.frames > 0 and info.samplerate > 0:

@@ -248,7 +248,7 @@ def _frame_limit(max_duration: float | None, rate: int) -> int | None:
 
 def _soundfile_blocks(path: Path, sample_rate: int, max_duration: float | None, limits: MediaLimits):
     """``(rate, float32 (frames, channels))`` blocks by libsndfile, the header checked first."""
-    with soundfile.SoundFile(path) as f:
+    with soundfile.SoundFile(os.fsencode(path)) as f:  # bytes: a name that is not UTF-8 opens too
         rate, channels = f.samplerate, f.channels
         # A FLAC or a stream written before its length was known states no length.
         frames = f.frames if f.seekable() and f.frames != _UNKNOWN_FRAMES else None
