@@ -38,12 +38,6 @@ ORDER = ["bench_inference.py", "gpu_check.py", "bench_engines.py", "bench_onnx.p
 TIMEOUT_S = 900
 
 
-def _case(name: str):
-    if name == "bench_hostile.py" and "--smoke" not in (BENCHMARKS / name).read_text():
-        return pytest.param(name, marks=pytest.mark.xfail(reason="added on branch i19-media", strict=True))
-    return name
-
-
 def _missing(name: str) -> str | None:
     extra, modules = EXTRAS.get(name, (None, []))
     absent = [m for m in modules if importlib.util.find_spec(m) is None]
@@ -80,7 +74,7 @@ def test_every_script_is_listed():
     assert "bench_index.py" in SCRIPTS and "gpu_check.py" in SCRIPTS  # the glob found the folder
 
 
-@pytest.mark.parametrize("script", [_case(s) for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_smoke(script, smoke_runs):
     reason = _missing(script)
     if reason:

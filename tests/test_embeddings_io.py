@@ -394,3 +394,13 @@ def test_outputs_named_like_side_files_are_refused(tmp_path, name):
     with pytest.raises(OutputError, match="kept for the side files of outputs"):
         EmbeddingWriter(tmp_path / name, checkpoint="c@1", fmt="jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_output_says_when_its_oldest_vector_was_made(tmp_path):
+    """'created' of a resumed output is the first run's: a file changed between runs is seen as changed."""
+    for out in (str(tmp_path / "lib.parquet"), str(tmp_path / "parts") + "/"):
+        for i, created in enumerate(("2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z")):
+            writer = EmbeddingWriter(out, checkpoint="c@1", settings={"checkpoint": "c@1", "created": created})
+            writer.add(_result(str(tmp_path / f"{i}.wav"), seed=i))
+            assert writer.finalize() == i + 1  # one vector per single-window clip
+        assert read_embeddings(out).settings["created"] == "2026-01-01T00:00:00Z"

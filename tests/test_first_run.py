@@ -337,3 +337,40 @@ def test_models_expose_their_input_sizes_and_load_image_follows_the_model(librar
 
     if (library / "clip.mp4").exists():
         assert load_video_frames(library / "clip.mp4", model=tiny).shape == (1, 3, 64, 64)
+
+
+# -- after review ----------------------------------------------------------------------------------------
+
+
+def test_a_rerun_with_nothing_new_does_not_build_the_architecture(library, tmp_path, monkeypatch):
+    """An architecture's id is the one its index recorded: nothing to embed, nothing built; a query builds it."""
+    db = tmp_path / "lib.lance"
+    cli("index", library / "pictures", "--db", db, *TINY, check=0)
+    import audioclip.factory as factory
+
+    built = []
+    real = factory.create_model
+    monkeypatch.setattr(factory, "create_model", lambda *a, **k: built.append(a) or real(*a, **k))
+    for named in ([], TINY):
+        proc = cli("index", library / "pictures", "--db", db, *named, check=0)
+        assert "0 added, 0 updated, 2 unchanged" in proc.stderr, proc.stderr
+    assert built == []
+    assert len(cli("search", "rain", "--db", db, "-k", "2", check=0).stdout.splitlines()) == 2
+    assert built  # the query needed the model: built then, and its id checked against the index's
+
+
+def test_index_from_embeddings_refuses_options_it_would_ignore_and_outputs_that_are_not_files(library, tmp_path):
+    out = tmp_path / "emb.parquet"
+    cli("embed", library / "pictures", "-o", out, *TINY, check=0)
+    db = tmp_path / "lib.lance"
+    for option in (["--prune"], ["--retry-failed"], ["--workers", "2"], ["--audio-mode", "fused"]):
+        proc = cli("index", "--from-embeddings", out, "--db", db, *option, check=2)
+        assert f"{option[0]} does not go with --from-embeddings" in proc.stderr
+    fifo = tmp_path / "fifo.parquet"
+    os.mkfifo(fifo)
+    proc = cli("index", "--from-embeddings", fifo, "--db", db, check=1)  # refused at once, never blocks
+    assert "not a regular file (a FIFO)" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"path": "a.wav"}\n')
+    proc = cli("index", "--from-embeddings", rows, "--db", db, check=1)
+    assert "a row without an embedding" in proc.stderr and "KeyError" not in proc.stderr, proc.stderr

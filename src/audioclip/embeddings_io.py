@@ -64,7 +64,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .media.files import DecodeOptions
-from .io import LockedError, atomic_path, atomic_write, exclusive_lock, held_by, write_text_atomic
+from .io import (FileReadError, LockedError, atomic_path, atomic_write, check_regular_file, exclusive_lock, held_by,
+                 read_bytes_bounded, write_text_atomic)
 
 if TYPE_CHECKING:  # the model's results; imported only for the annotations (reading an output needs no torch)
     from .inference import FileResult
@@ -229,6 +230,11 @@ def run_settings(
         "created": _now(),
     }
     return {k: v for k, v in settings.items() if v is not None}
+
+
+def _earliest(a: str | None, b: str | None) -> str | None:
+    """The earlier of two ``created`` times (ISO 8601 in UTC, to the second, so their text orders them)."""
+    return min((t for t in (a, b) if t), default=None)
 
 
 def _now() -> str:
@@ -451,15 +457,30 @@ def _read_folder(files: _Files, folder: str) -> Embeddings:
     for part in parts:
         table, part_settings = _read_file(files, part, "parquet")
         tables.append(table)
-        settings = settings or part_settings
+        settings = settings or dict(part_settings)
+        if _earliest(settings.get("created"), part_settings.get("created")):
+            settings["created"] = _earliest(settings.get("created"), part_settings.get("created"))
     if not tables:
         raise OutputError(f"{folder}: no Parquet files in this folder")
     table = _sorted(_concat_unique(tables))
     return Embeddings(table.replace_schema_metadata(tables[0].schema.metadata), settings)
 
 
+def _jsonl_rows(data: bytes, path: str) -> list[dict]:
+    """The objects of a JSON-lines file, or :class:`OutputError` naming it."""
+    try:
+        rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    except ValueError as err:  # not UTF-8, not JSON
+        raise OutputError(f"{path}: not JSON lines ({str(err).splitlines()[0]})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise OutputError(f"{path}: a line that is not a JSON object")
+    return rows
+
+
 def _read_file(files: _Files, path: str, fmt: str, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
     if fmt == "parquet" and columns is not None:  # a quick look: these columns as stored, and the settings
+        if files.local:
+            _regular(path)
         raw = pq.read_table(path, filesystem=files.fs, columns=columns)
         return raw, settings_from_metadata(pq.read_schema(path, filesystem=files.fs).metadata)
     if fmt == "parquet":
@@ -474,7 +495,9 @@ def _read_file(files: _Files, path: str, fmt: str, columns: list[str] | None = N
     settings = {k: _typed(k, v) for k, v in json.loads(files.read_bytes(sidecar)).items() if k != "columns"} \
         if files.exists(sidecar) else {"schema_version": 1}
     if fmt == "jsonl":
-        rows = [json.loads(line) for line in files.read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+        rows = _jsonl_rows(files.read_bytes(path), path)
+        if any(not isinstance(row.get("embedding"), list) for row in rows):
+            raise OutputError(f"{path}: a row without an embedding: not an embeddings output")
         vectors = np.asarray([row.pop("embedding") for row in rows], dtype=np.float32) if rows else None
     else:
         import io as _io
@@ -485,7 +508,7 @@ def _read_file(files: _Files, path: str, fmt: str, columns: list[str] | None = N
             index = _earlier_rows_path(files, path)  # written by an earlier release: OUT with .jsonl
             if index is None:
                 raise OutputError(f"{path}: its rows ({rows_path(path)}) are missing")
-        rows = [json.loads(line) for line in files.read_bytes(index).decode("utf-8").splitlines() if line.strip()]
+        rows = _jsonl_rows(files.read_bytes(index), index)
         if len(rows) != len(vectors):
             raise OutputError(f"{path}: {len(vectors)} vectors but {len(rows)} rows in {index}")
     if rows and not settings.get("checkpoint"):
@@ -568,6 +591,17 @@ def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+# Local outputs are read only if they are regular files (never a FIFO or a device) of at most this size.
+MAX_OUTPUT_BYTES = 1 << 40
+
+
+def _regular(path: str) -> None:
+    try:
+        check_regular_file(path, MAX_OUTPUT_BYTES, what="embeddings file")
+    except FileReadError as err:
+        raise OutputError(str(err)) from None
+
+
 class _Files:
     """Where an output lives: a local folder (atomic writes) or a pyarrow file system (an object store)."""
 
@@ -615,17 +649,23 @@ class _Files:
                       and os.path.basename(p).startswith(prefix) and p.endswith(suffix))
 
     def read_table(self, path: str) -> pa.Table:
+        if self.local:
+            _regular(path)  # a FIFO named like an output never blocks the read
         return pq.read_table(path, filesystem=self.fs)
 
     def read_bytes(self, path: str) -> bytes:
         if self.local:
-            return Path(path).read_bytes()
+            try:
+                return read_bytes_bounded(path, MAX_OUTPUT_BYTES, what="embeddings file")
+            except FileReadError as err:
+                raise OutputError(str(err)) from None
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
     def read_head(self, path: str, size: int) -> bytes:
         """At most the first ``size`` bytes of ``path``."""
         if self.local:
+            _regular(path)
             with open(path, "rb") as f:
                 return f.read(size)
         with self.fs.open_input_stream(path) as f:
@@ -877,6 +917,10 @@ class EmbeddingWriter:
                 return 0
             table = _sorted(_concat_unique(tables))
             self.settings.setdefault("embedding_dim", table["embedding"].type.list_size)
+            # "created" says when the oldest vector was made: a resumed run's files were embedded before it began
+            for _, _, settings in existing:
+                if settings.get("created"):
+                    self.settings["created"] = _earliest(self.settings.get("created"), settings["created"])
             self._write_output(table)
             for where, _, _ in existing:
                 if where != self.out:

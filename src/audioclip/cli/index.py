@@ -196,9 +196,16 @@ def _check_from_embeddings(args: argparse.Namespace) -> bool:
     if args.inputs:
         raise UsageError("give PATHs or --from-embeddings OUT, not both")
     given = [flag for flag, value in (("--window", args.window), ("--hop", args.hop), ("--mono", args.mono),
-                                      ("--video-frames", args.video_frames)) if value]
+                                      ("--video-frames", args.video_frames),
+                                      ("--audio-mode", getattr(args, "audio_mode", "default") != "default"))
+             if value]
     if given:
         raise UsageError(f"{given[0]} does not go with --from-embeddings: the embeddings were made with their own")
+    # Options of embedding files that would do nothing here: refused rather than ignored.
+    unused = [flag for flag, value in (("--prune", args.prune), ("--retry-failed", args.retry_failed),
+                                       ("--workers", args.workers)) if value]
+    if unused:
+        raise UsageError(f"{unused[0]} does not go with --from-embeddings: no file is embedded or walked")
     out = args.from_embeddings
     if not out.strip():
         raise UsageError("--from-embeddings: an empty path was given")
@@ -456,6 +463,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         sock.close()
         error(args, err)
         return EXIT_NOTHING_DONE
+    except BaseException:
+        sock.close()  # any other failure (a checkpoint that cannot load): the port is free again
+        raise
     limits = ConnectionLimits(max_connections=args.max_connections,
                               max_connections_per_client=args.max_connections_per_client,
                               client_rate=args.max_requests_per_client,

@@ -65,6 +65,7 @@ class Index:
         self._cache_dir, self._offline = cache_dir, offline
         self._model_lock = threading.Lock()
         self._model_path = None
+        self._unverified = None  # an architecture whose id was taken from the index: checked once it is built
         self._source = None  # how to load the model again: a registry name or an absolute path
         if model is not None and model_id is None and checkpoint is None:
             raise ValueError("with model=, give checkpoint= (the file or name it was loaded from) or model_id= "
@@ -125,6 +126,13 @@ class Index:
                 raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
             try:
                 built = None
+                if (meta and self._model is None and str(checkpoint) == meta.get("checkpoint_source")
+                        and factory.describe_source(checkpoint).kind == "architecture"
+                        and str(meta["checkpoint"]).startswith(f"{checkpoint}@random-")):
+                    # The index's own architecture: its seeded weights give the id the index recorded, so a run
+                    # with nothing to embed need not build the model; the id is checked when it is built.
+                    self._model_id, self._model_path, self._unverified = meta["checkpoint"], None, str(checkpoint)
+                    return self._model_id
                 if _built_to_identify(checkpoint):
                     built, path = self._model or self._build(checkpoint), None
                     model_id = factory.checkpoint_id(built)
@@ -164,6 +172,13 @@ class Index:
         with self._model_lock:
             if self._model is None:
                 self.model_id  # checks the checkpoint before the (slow) load (an architecture's: builds it)
+            if self._model is None and self._unverified is not None:
+                from ..factory import checkpoint_id
+
+                built = self._build(self._unverified)
+                if checkpoint_id(built) != self._model_id:  # another PyTorch may draw other random weights
+                    raise self._other_checkpoint(checkpoint_id(built))
+                self._model, self._unverified = built, None
             if self._model is None:
                 if self._before_model_load is not None:
                     self._before_model_load()

@@ -781,15 +781,15 @@ def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: i
     The socket is bound (unless ``options`` gives one as ``sock``) before the model loads, so that a busy port or
     an address of another machine fails at once (status 1).
     """
-    stats = index.stats()
     if options.get("sock") is None:
         try:
             options["sock"] = listen(host, port)
         except OSError as err:  # socket.gaierror included
             print(f"audioclip: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
             return 1
-    print(f"loading the model ({(index.meta or {}).get('checkpoint')}) ...", file=sys.stderr)
     try:
+        stats = index.stats()
+        print(f"loading the model ({(index.meta or {}).get('checkpoint')}) ...", file=sys.stderr)
         index.model  # noqa: B018 (load now: the first query is then fast, and a bad checkpoint fails here)
         server = make_server(index, host, port, max_upload, quiet, **options)
     except BaseException:
