@@ -94,5 +94,7 @@ def test_export_onnx_quiet_prints_nothing_of_the_exporters(tmp_path, monkeypatch
 
     monkeypatch.setattr(onnx_export, "export_onnx", chatty_export)
     assert cli_main(["export", "onnx", "--checkpoint", "AudioCLIP-tiny", "-o", str(tmp_path / "onnx"), "-q"]) == 0
-    assert capsys.readouterr() == ("", "")
+    out, err = capsys.readouterr()
+    # only the command's own warning that an architecture's weights are random; nothing of the exporters
+    assert out == "" and all("has random weights" in line for line in err.splitlines()), err
     assert logging.getLogger("onnxscript").level == logging.NOTSET  # left as it was

@@ -231,8 +231,13 @@ def test_index_from_embeddings_gives_the_index_of_the_files(library, indexed, tm
         taken = _rows(db)
         assert sorted(taken) == sorted(direct), out
         for key, row in direct.items():
-            assert taken[key] == row, (out, key)  # every column: identity, times, and the vector itself
-        assert [(h.path, h.start, h.score) for h in Index.open(db).search("a dog barking", k=10)] == expected
+            # every column equal: identity, times; the vector to float32 rounding (a window batched beside
+            # other files' windows by `index` and by `embed` may differ in the last bit of a sum)
+            assert {**taken[key], "vector": None} == {**row, "vector": None}, (out, key)
+            np.testing.assert_allclose(taken[key]["vector"], row["vector"], rtol=0, atol=1e-6, err_msg=str(key))
+        found = [(h.path, h.start, h.score) for h in Index.open(db).search("a dog barking", k=10)]
+        assert [f[:2] for f in found] == [e[:2] for e in expected], out
+        np.testing.assert_allclose([f[2] for f in found], [e[2] for e in expected], rtol=0, atol=1e-6)
     again = cli("index", "--from-embeddings", outputs[0], "--db", tmp_path / "from-emb.parquet.lance", check=0)
     assert "0 added" in again.stderr and f"{files} unchanged" in again.stderr
 
