@@ -97,9 +97,11 @@ def all_rows(db) -> pa.Table:
     return store.rows([r.file_id for r in store.files().values()])
 
 
-def rows_per_file(db) -> Counter:
+def rows_per_file(db, pending: int = 0) -> Counter:
+    """Rows per indexed file; the store holds no other rows but at most ``pending`` of a commit cut short."""
     counts = Counter(all_rows(db)["path"].to_pylist())
-    assert sum(counts.values()) == open_store(db).count_rows()  # nothing uncommitted left behind
+    stored = open_store(db).count_rows()
+    assert sum(counts.values()) <= stored <= sum(counts.values()) + pending  # nothing uncommitted left behind
     return counts
 
 
@@ -460,7 +462,9 @@ def test_search_while_indexing_then_sigkill_and_resume(checkpoint, db, tmp_path,
     assert not errors, errors
     if lance:
         assert searches and seen == sorted(seen), seen  # files only ever appear
-    saved = rows_per_file(db)
+    # Milvus writes a file's rows, then its marker (the commit): a kill between the two leaves that file's one
+    # row unmarked, never searched, and removed when the file is added again (checked below, after the resume).
+    saved = rows_per_file(db, pending=0 if lance else 1)
     assert 5 <= len(saved) < count, log_path.read_text()
     assert set(saved.values()) == {1}  # no half-written or doubled file
     assert_no_duplicates(db)
