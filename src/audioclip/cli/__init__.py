@@ -66,8 +66,8 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="audioclip", description="AudioCLIP: text, image and audio in one embedding space.",
-        epilog="exit status of every command: 0 done; 1 nothing could be processed, or an error; 2 usage error; "
-        "3 some inputs failed. 'audioclip COMMAND --help' documents each.")
+        epilog="exit status of every command: 0 done; 1 nothing could be processed, or an error; 2 usage error, or "
+        "an output or index that another job is writing; 3 some inputs failed. 'audioclip COMMAND --help' documents each.")
     parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in COMMANDS:
