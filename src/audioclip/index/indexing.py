@@ -407,12 +407,8 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
             if not result.ok:
                 failed.append((item, result.error))
                 note("failed", item.path, result.error)
-            elif _changed_since(item):
-                report.changed_during.append(item.path)
-                note("changed", item.path, "modified while being indexed; run again to index it")
             else:
-                done.append((item, result))
-                note("embedded", item.path, None)
+                _take(item, result, done, report, note)
             if len(done) + len(failed) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
                 flush()
     finally:
@@ -420,6 +416,16 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
         results.close()
         start_method.close()
         flush()
+
+
+def _take(item: _Todo, result, done: list, report: IndexReport, note: Progress) -> None:
+    """A file's vectors are ready: to be committed, unless the file changed since it was planned (then reported)."""
+    if _changed_since(item):
+        report.changed_during.append(item.path)
+        note("changed", item.path, "modified while being indexed; run again to index it")
+    else:
+        done.append((item, result))
+        note("embedded", item.path, None)
 
 
 def _commit_embedded(store, todo: list[_Todo], embedded: Mapping[str, EmbeddedFile], report: IndexReport,
@@ -439,12 +445,8 @@ def _commit_embedded(store, todo: list[_Todo], embedded: Mapping[str, EmbeddedFi
             if result is None:
                 report.failed.append((item.path, "not in the embeddings"))
                 note("failed", item.path, "not in the embeddings")
-            elif _changed_since(item):
-                report.changed_during.append(item.path)
-                note("changed", item.path, "modified while being indexed; run again to index it")
             else:
-                done.append((item, result))
-                note("embedded", item.path, None)
+                _take(item, result, done, report, note)
         if not done:
             continue
         dim = dim or len(done[0][1].embeddings[0].vector)
