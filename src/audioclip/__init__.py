@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from audioclip.util import lazy_exports
 
 # Public name -> defining module. Imported on first use, so that `audioclip --help`
 # and other light entry points don't pay for importing torch and open_clip.
@@ -17,6 +18,7 @@ _EXPORTS = {
     "ESResNeXtFbsp": "audioclip.model",
     "tokenize": "audioclip.model",
     "TextTooLongWarning": "audioclip.model",
+    "AudioclipError": "audioclip.errors",
     "CheckpointError": "audioclip.checkpoints",
     "save_model": "audioclip.checkpoints",
     "MediaError": "audioclip.media",
@@ -35,6 +37,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError, save_model
+    from .errors import AudioclipError
     from .factory import checkpoint_id, create_model, list_models, list_pretrained
     from .embeddings_io import read_embeddings
     from .engines import embed_to
@@ -45,13 +48,4 @@ if TYPE_CHECKING:
     from .model import AudioCLIP, AudioCLIPOutput, ESResNeXtFbsp, TextTooLongWarning, tokenize
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'audioclip' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,6 @@ names the file or URL involved, so callers (and the CLI) can show it as is.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import http.client
 import json
 import os
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import platformdirs
+
+from .util import sha256_file
+from .errors import AudioclipError
 
 if TYPE_CHECKING:  # torch is imported lazily so that the CLI starts fast
     import torch
@@ -55,7 +57,7 @@ _CHUNK = 1 << 20
 _LIST_LIMIT = 10
 
 
-class CheckpointError(Exception):
+class CheckpointError(AudioclipError):
     """A checkpoint could not be found, downloaded, verified, read or matched."""
 
 
@@ -184,11 +186,7 @@ def _sha256(path: Path) -> str:
         check_regular_file(path, 1 << 44, what="checkpoint")
     except FileReadError as err:
         raise CheckpointError(str(err)) from None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _kept(part: Path) -> str:

@@ -48,7 +48,6 @@ same output.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -64,8 +63,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .media.files import DecodeOptions
+from .util import package_version, sha256_file
 from .io import (FileReadError, LockedError, atomic_path, atomic_write, check_regular_file, exclusive_lock, held_by,
                  read_bytes_bounded, write_text_atomic)
+from .errors import AudioclipError
 
 if TYPE_CHECKING:  # the model's results; imported only for the annotations (reading an output needs no torch)
     from .inference import FileResult
@@ -140,7 +141,7 @@ SETTINGS: dict[str, type] = {
 _ROW_SETTINGS = ("checkpoint", "window_s", "hop_s", "sample_rate", "mono", "video_frames", "image_size")
 
 
-class OutputError(ValueError):
+class OutputError(AudioclipError, ValueError):
     """The output cannot be written or resumed (e.g. it holds another checkpoint's vectors)."""
 
 
@@ -161,15 +162,6 @@ def format_for(path: str | os.PathLike, requested: str | None = None) -> str:
 # -- the settings of a run ----------------------------------------------------------------------
 
 
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("audioclip")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
-
-
 _FILE_SHA256: dict[tuple[str, int, int], str] = {}
 
 
@@ -180,11 +172,7 @@ def _file_sha256(path: str) -> str | None:
         return None
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _FILE_SHA256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        _FILE_SHA256[key] = digest.hexdigest()
+        _FILE_SHA256[key] = sha256_file(path)
     return _FILE_SHA256[key]
 
 

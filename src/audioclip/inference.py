@@ -36,6 +36,7 @@ from .media import (
 from . import prompts
 from .media.files import MEDIA_EXTENSIONS, DecodeOptions, expand_paths  # noqa: F401 (re-exported)
 from .model import AudioCLIP
+from .util import is_uri
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -107,7 +108,7 @@ def shard_files(paths: Sequence[str], index: int, count: int) -> list[str]:
     """
     first: dict[str, str] = {}
     for name in sorted(paths):
-        first.setdefault(name if "://" in name else os.path.realpath(name), name)
+        first.setdefault(name if is_uri(name) else os.path.realpath(name), name)
     keep = set(shard(list(first.values()), index, count))
     return [resolved for resolved, name in first.items() if name in keep]
 

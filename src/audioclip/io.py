@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+from .errors import AudioclipError
 
 __all__ = ["FileReadError", "LockFileError", "LockedError", "atomic_path", "atomic_write", "check_regular_file",
            "commit_file", "current_umask", "exclusive_lock", "held_by", "lock_holder", "read_bytes_bounded",
@@ -144,7 +145,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str | Non
     return Path(path)
 
 
-class FileReadError(ValueError):
+class FileReadError(AudioclipError, ValueError):
     """A file the package was asked to read is not a regular file, is too large, or cannot be read.
 
     The message is one line that names the file and the problem
@@ -243,7 +244,7 @@ def read_text_bounded(path: str | os.PathLike, max_bytes: int, *, what: str = "f
     return text[1:] if text.startswith("\ufeff") else text
 
 
-class LockedError(RuntimeError):
+class LockedError(AudioclipError, RuntimeError):
     """Another job holds the lock: it is writing the same output now.
 
     ``holder`` describes that job as its lock file names it (``process 1234
@@ -265,7 +266,7 @@ def _holder_line() -> str:
     return f"process {os.getpid()} ({command or 'python'}), since {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
-class LockFileError(OSError):
+class LockFileError(AudioclipError, OSError):
     """What sits at a lock file's name is not a lock file: a symbolic link, a folder, a FIFO, a device.
 
     Nothing is followed, opened for writing or created through it; the message

@@ -43,14 +43,6 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
 ]
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("audioclip")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
 
 class _VersionAction(argparse.Action):
     """``--version``, reading the installed version only when asked."""
@@ -59,7 +51,9 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"audioclip {_version()}")
+        from audioclip.util import package_version
+
+        print(f"audioclip {package_version()}")
         parser.exit()
 
 

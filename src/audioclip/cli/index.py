@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from ..util import is_uri
 from .options import (
     MAX_WORKERS,
     EXIT_NOTHING_DONE,
@@ -209,7 +210,7 @@ def _check_from_embeddings(args: argparse.Namespace) -> bool:
     out = args.from_embeddings
     if not out.strip():
         raise UsageError("--from-embeddings: an empty path was given")
-    if "://" not in out and not os.path.exists(out):
+    if not is_uri(out) and not os.path.exists(out):
         raise UsageError(f"--from-embeddings {out}: not found (an output of 'audioclip embed')")
     return True
 

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from ..util import is_uri
 from .options import (
     MAX_WORKERS,
     EXIT_NOTHING_DONE,
@@ -446,7 +447,7 @@ def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
 
 def _run_embed(args: argparse.Namespace) -> int:
     # the ray engine also reads object-store URIs (s3://...), listed and fetched through pyarrow
-    check_inputs([p for p in args.inputs if "://" not in p] if args.engine == "ray" else args.inputs)
+    check_inputs([p for p in args.inputs if not is_uri(p)] if args.engine == "ray" else args.inputs)
     check_output_file(args.output, overwrite=args.overwrite, resumable=True,
                       suffixes=None if args.format else EMBED_SUFFIXES)
     from audioclip.embeddings_io import OutputError, check_not_locked, check_output_name  # no torch

@@ -39,6 +39,7 @@ from typing import NoReturn
 from pathlib import Path
 
 from audioclip.io import FileReadError, LockedError, read_text_bounded
+from ..errors import AudioclipError
 
 __all__ = [
     "AUDIO_MODES",
@@ -94,7 +95,7 @@ def exit_status(done: int, failed: int) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-class UsageError(ValueError):
+class UsageError(AudioclipError, ValueError):
     """A command-line mistake found after parsing: reported as one line, exit status 2."""
 
 
@@ -612,9 +613,7 @@ def light_open_clip() -> None:
 
 def _plain_error(err: BaseException) -> bool:
     """Errors whose message is the whole story: this package's own, files, media, checkpoints."""
-    if isinstance(err, OSError):
-        return True
-    return any(cls.__module__.split(".")[0] == "audioclip" for cls in type(err).__mro__)
+    return isinstance(err, (AudioclipError, OSError))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..util import is_uri
+
 __all__ = ["ENGINES", "RAY_INSTALL", "EmbedReport", "embed_to", "list_inputs", "ray_available"]
 
 ENGINES = ("plain", "ray")
@@ -62,7 +64,7 @@ def list_inputs(inputs: Iterable[str | os.PathLike], *, resolve: bool = True) ->
     local, remote = [], []
     for item in inputs:
         text = os.fspath(item)
-        (remote if "://" in text and not text.startswith("file://") else local).append(
+        (remote if is_uri(text) and not text.startswith("file://") else local).append(
             text[len("file://"):] if text.startswith("file://") else text)
     files, ignored = expand_paths(local, resolve=resolve)
     if remote:

@@ -45,6 +45,7 @@ import numpy as np
 from ..embeddings_io import EmbeddingWriter, rows_table, run_settings, write_part
 from ..inference import DecodeOptions, decode_file, embed_decoded
 from . import EmbedReport, list_inputs
+from ..util import is_uri
 
 __all__ = ["embed_with_ray"]
 
@@ -183,7 +184,7 @@ def _run(ray, model, todo, parts, settings, *, options, batch_size, precision, f
 def _decode_row(row: dict, options: DecodeOptions) -> dict:
     """A decode task's work for one file: the decoded item, pickled (windows and frames as numpy arrays)."""
     path = str(row["path"])
-    if "://" in path:
+    if is_uri(path):
         item = _decode_remote(path, options)
     else:
         item = decode_file(path, options)

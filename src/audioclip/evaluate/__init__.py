@@ -16,8 +16,9 @@ See docs/reproduction.md for the commands that regenerate the paper's tables.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from audioclip.util import lazy_exports
 
 # Public name -> defining submodule, imported on first use: `audioclip --help` registers the
 # `evaluate` command without importing torch.
@@ -52,13 +53,4 @@ if TYPE_CHECKING:
     from .tasks import Report, RunOptions, run_querying, run_supervised, run_zeroshot
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

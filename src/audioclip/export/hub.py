@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 from torch import nn
@@ -18,6 +17,7 @@ from torch import nn
 from ..checkpoints import REGISTRY, save_state_dict
 from ..io import write_text_atomic
 from ..model import AudioCLIP, ESResNeXtFbsp
+from ..util import package_version
 
 __all__ = ["export_hub_folder", "model_card"]
 
@@ -30,12 +30,6 @@ PAPER_RESULTS = (
     ("UrbanSound8K, fine-tuned", "90.07 %"),
 )
 
-
-def _version() -> str:
-    try:
-        return metadata.version("audioclip")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _untransformed(model: nn.Module) -> None:
@@ -74,7 +68,7 @@ def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoin
         "model_cfg": model_cfg,
         "weights": info.get("weights") if unchanged else None,
         "checkpoint": checkpoint_id,
-        "audioclip_version": _version(),
+        "audioclip_version": package_version(),
     }
     paths = {"weights": save_state_dict(model.state_dict(), out / "model.safetensors")}
     paths["config"] = write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")

@@ -42,6 +42,8 @@ from torch import nn
 from ..io import FileReadError, atomic_path, check_regular_file, read_text_bounded, write_text_atomic
 from ..model import AudioCLIP, ESResNeXtFbsp, freeze_fbsp_kernel
 from ..model.tokenizer import tokenize
+from ..util import sha256_file
+from ..errors import AudioclipError
 
 __all__ = ["ONNX_FILES", "OnnxAudioCLIP", "OnnxExportError", "export_onnx", "read_export_meta"]
 
@@ -52,7 +54,7 @@ MAX_META_BYTES = 1 << 20
 MAX_GRAPH_BYTES = 1 << 31  # protobuf's limit for one ONNX file without external data
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(AudioclipError, RuntimeError):
     """The export failed, or its result does not compute what the PyTorch model computes."""
 
 
@@ -225,14 +227,8 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
 
 def _file_sha256(path: Path, what: str = "ONNX") -> str:
     """sha256 of a graph file (hex), read in blocks; a FIFO or device is refused, not read."""
-    import hashlib
-
     check_regular_file(path, MAX_GRAPH_BYTES, what=f"{what} graph")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def read_export_meta(folder: str | os.PathLike) -> dict[str, Any]:
@@ -326,9 +322,7 @@ class OnnxAudioCLIP:
 
         digest = hashlib.sha256()
         for name in sorted(ONNX_FILES.values()):  # the graphs' own hashes, verified on load
-            with open(self.folder / name, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+            sha256_file(self.folder / name, digest)
         return f"onnx@{digest.hexdigest()[:16]}"
 
     def eval(self) -> OnnxAudioCLIP:

@@ -12,8 +12,9 @@ See ``docs/search.md``. Names are imported on first use, so that the store can b
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from audioclip.util import lazy_exports
 
 _EXPORTS = {
     "Index": "audioclip.index.api",
@@ -40,13 +41,4 @@ if TYPE_CHECKING:
     from .stores import open_store
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'audioclip.index' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,7 @@ from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
 from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
 from .stores import open_store
+from ..errors import AudioclipError
 
 if TYPE_CHECKING:
     from ..media.files import DecodeOptions
@@ -33,7 +34,7 @@ class IndexLockedError(LockedError, IndexStoreError):  # LockedError first: its 
     """Another job is writing the index (``holder`` names it): the command line exits 2."""
 
 
-class QueryError(ValueError):
+class QueryError(AudioclipError, ValueError):
     """A query that cannot be run: an unreadable query file, no query, a bad filter."""
 
 

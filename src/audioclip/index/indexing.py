@@ -57,6 +57,7 @@ import pyarrow as pa
 from ..media import sniff_modality
 from ..media.files import expand_paths
 from .store import FailureRecord, FileRecord, VectorStore, file_id_of, row_schema, stat_identity
+from ..util import is_uri
 
 if TYPE_CHECKING:
     from ..inference import FileResult
@@ -139,7 +140,7 @@ def embedded_files(table: pa.Table, matrix: np.ndarray) -> dict[str, EmbeddedFil
                                                           "windows")}
     files: dict[str, EmbeddedFile] = {}
     for i, path in enumerate(columns["path"]):
-        key = os.path.realpath(path) if "://" not in path else path
+        key = path if is_uri(path) else os.path.realpath(path)
         entry = files.setdefault(key, EmbeddedFile(key, columns["source"][i], []))
         kind = columns["kind"][i]
         if kind == "pooled" and columns["windows"][i] != 1:

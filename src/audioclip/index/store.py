@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from ..io import FileReadError, atomic_write, held_by, read_text_bounded
 from .ann import AnnIndex
+from ..errors import AudioclipError
 
 __all__ = [
     "FailureRecord",
@@ -66,7 +67,7 @@ FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "has
 LATER_FIELDS: list[tuple[str, pa.DataType]] = [("dev", pa.int64()), ("inode", pa.int64())]
 
 
-class IndexStoreError(ValueError):
+class IndexStoreError(AudioclipError, ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
 
 

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from ..inference import Embedding, FileResult, _DecodedFiles, autocast
 from ..media.files import DecodeOptions
+from ..errors import AudioclipError
 
 if TYPE_CHECKING:
     from .api import Index
@@ -75,7 +76,7 @@ _SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for t
 WORKER_MEMORY = 2 << 30
 
 
-class UploadError(Exception):
+class UploadError(AudioclipError):
     """An upload that cannot be used as a query: ``status`` (HTTP) and a message fit to show its sender."""
 
     def __init__(self, status: int, message: str):

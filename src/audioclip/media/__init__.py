@@ -11,8 +11,9 @@ Every reader reports a bad file as one :class:`MediaError` (``"{path}: {reason}"
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from audioclip.util import lazy_exports
 
 # Names are imported from their module on first use: what needs only file names and types
 # (sniff, errors, limits, files) does not pay for torch, which the decoders import.
@@ -36,16 +37,7 @@ if TYPE_CHECKING:
     from .windows import AudioWindow, split_windows, stream_windows
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from ..errors import AudioclipError
 
 __all__ = ["MediaError", "check_file", "one_line", "special_file_kind"]
 
 
-class MediaError(Exception):
+class MediaError(AudioclipError):
     """A file could not be read as the requested media.
 
     ``str(error)`` is one line, ``"{path}: {reason}"``, fit to show a user as is;

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import special_file_kind
 from .limits import MediaLimits
 from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..util import is_uri
 
 __all__ = ["MEDIA_EXTENSIONS", "DecodeOptions", "expand_paths", "resolve_paths"]
 
@@ -66,7 +67,7 @@ def resolve_paths(paths: Iterable[str]) -> list[str]:
     the cut depends on the paths as the inputs name them, the same on every
     machine, while the output names each file by its identity.
     """
-    return list(dict.fromkeys(p if "://" in p else os.path.realpath(p) for p in paths))
+    return list(dict.fromkeys(p if is_uri(p) else os.path.realpath(p) for p in paths))
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ this package stays light.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from audioclip.util import lazy_exports
 
 _EXPORTS = {
     "DEFAULTS": "audioclip.train.config",
@@ -38,13 +39,4 @@ if TYPE_CHECKING:
     from .engine import Trainer
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'audioclip.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

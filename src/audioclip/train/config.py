@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from ..io import FileReadError, read_bytes_bounded
+from ..errors import AudioclipError
 
 __all__ = ["DEFAULTS", "ConfigError", "apply_overrides", "list_configs", "load_config", "merge"]
 
 _PACKAGE = "audioclip.train.configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(AudioclipError, ValueError):
     """A configuration that cannot be used, with the reason."""
 
 
