@@ -624,9 +624,9 @@ def checkpoint_id(model: nn.Module) -> str:
         if info.get("audio_weights") is not None:
             info["checkpoint_id"] = f"{info['architecture']}@mixed-{_state_digest(model)[:16]}"
         elif info.get("weights") is not None:
-            info["checkpoint_id"] = checkpoints.checkpoint_id("", REGISTRY[info["weights"]])
+            info["checkpoint_id"] = checkpoints.file_checkpoint_id("", REGISTRY[info["weights"]])
         elif info.get("file") is not None:
-            info["checkpoint_id"] = checkpoints.checkpoint_id(info["file"])
+            info["checkpoint_id"] = checkpoints.file_checkpoint_id(info["file"])
         else:
             info["checkpoint_id"] = f"{info['architecture']}@random-{_state_digest(model)[:16]}"
     return info["checkpoint_id"]
