@@ -39,6 +39,10 @@ from .state_dict import (
 )
 
 __all__ = [
+    "BASE_URL_ENV",
+    "CACHE_ENV",
+    "OFFLINE_ENV",
+    "TRY_OFFLINE",
     "CheckpointError",
     "PretrainedWeights",
     "REGISTRY",
