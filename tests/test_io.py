@@ -156,14 +156,20 @@ def test_bad_modes():
             pass
 
 
-def test_io_imports_only_the_standard_library():
+def test_io_imports_the_standard_library_and_filelock_only():
+    """Everything imports io.py: at import it needs the standard library; the locks import filelock when taken."""
     import ast
     import sys
 
     tree = ast.parse(open(aio.__file__, encoding="utf-8").read())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert all(n in sys.stdlib_module_names or n == "__future__" for n in names), names
+
+    def imported(nodes) -> set[str]:
+        names = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.level == 0}
+
+    third_party = {n for n in imported(ast.walk(tree)) if n not in sys.stdlib_module_names and n != "__future__"}
+    assert third_party <= {"filelock"}, third_party
+    assert "filelock" not in imported(tree.body)  # only inside the lock functions
     # of the package itself, only the error base below it
     relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
     assert relative <= {"errors"}, relative
