@@ -22,7 +22,7 @@ def list_models() -> list[str]:
     """Architecture names (the bundled JSON configs in ``audioclip/model_configs``).
 
     Read from the package data directly, so that telling what a name means
-    (:func:`describe_source`) imports no torch.
+    (:func:`audioclip.factory.describe_source`) imports no torch.
     """
     from importlib import resources
 
