@@ -316,10 +316,10 @@ def test_the_duckdb_queries_of_the_docs_run(model, tmp_path, monkeypatch):
 
 
 def test_outputs_on_a_pyarrow_file_system(parquet, model, inputs, tmp_path, monkeypatch):
-    from audioclip import embeddings_io
+    from audioclip.embeddings_io import files
     from audioclip.engines.ray_engine import _decode_remote
 
-    monkeypatch.setattr(embeddings_io, "_is_uri", lambda path: "://" in path)  # file:// takes the object-store path
+    monkeypatch.setattr(files, "is_remote", lambda path: "://" in path)  # file:// takes the object-store path
     want = read_embeddings(parquet)
     uri = f"file://{tmp_path}/store/emb.parquet"
     report = embed_to(model, [inputs], uri, files_per_part=3)
