@@ -23,13 +23,16 @@ One job per module:
 
 from __future__ import annotations
 
-from .files import (FORMATS, MAX_OUTPUT_BYTES, META_SUFFIX, ROWS_SUFFIX, SIDE_SUFFIXES, check_output_name, format_for,
-                    part_name, parts_folder, rows_path)
+from .files import check_output_name, format_for, rows_path
 from .read import Embeddings, read_embeddings
 from .rows import COLUMNS, OutputError, rows_table, schema, text_path, upgrade
-from .settings import (METADATA_PREFIX, SCHEMA_VERSION, SETTINGS, run_settings, settings_from_metadata,
-                       settings_metadata)
+from .settings import SCHEMA_VERSION, SETTINGS, run_settings
 from .write import EmbeddingWriter, OutputLockedError, check_not_locked, output_lock, remove_output, write_part
+
+# names of the single module this package was, kept importable from here
+from .files import FORMATS, MAX_OUTPUT_BYTES, META_SUFFIX, ROWS_SUFFIX, SIDE_SUFFIXES  # noqa: F401
+from .files import part_name, parts_folder  # noqa: F401
+from .settings import METADATA_PREFIX, settings_from_metadata, settings_metadata  # noqa: F401
 
 __all__ = [
     "COLUMNS",
@@ -39,9 +42,11 @@ __all__ = [
     "Embeddings",
     "OutputError",
     "OutputLockedError",
+    "SETTINGS",
     "check_not_locked",
     "check_output_name",
     "format_for",
+    "output_lock",
     "read_embeddings",
     "remove_output",
     "rows_path",
