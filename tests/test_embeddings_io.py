@@ -281,6 +281,12 @@ def test_resume_refuses_other_windows(tmp_path, model):
         writer.done_paths()
 
 
+def test_an_option_of_another_engine_is_refused_before_the_output_is_touched(model, tmp_path):
+    with pytest.raises(TypeError, match="address"):  # a ray engine option given to the plain engine
+        embed_to(model, [tmp_path], tmp_path / "emb.parquet", address="auto")
+    assert list(tmp_path.iterdir()) == []  # no output, no parts, no lock
+
+
 # -- the documented DuckDB queries, for real ------------------------------------------------------------------
 
 
