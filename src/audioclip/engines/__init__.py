@@ -133,11 +133,11 @@ class EmbedJob:
         start = time.perf_counter()
         options = self.options or DecodeOptions(image_size=self.model.visual.image_size)
         paths, ignored = list_inputs(self.inputs)
-        settings = embeddings_io.run_settings(self.model, options, precision=self.precision, audio_mode=self.audio_mode,
-                                engine=engine)
+        settings = embeddings_io.run_settings(self.model, options, precision=self.precision,
+                                              audio_mode=self.audio_mode, engine=engine)
         report = EmbedReport(output=os.fspath(self.output), engine=engine, ignored=ignored)
-        with embeddings_io.EmbeddingWriter(self.output, fmt=self.fmt, part_size=self.files_per_part, settings=settings,
-                             overwrite=self.overwrite) as writer:
+        with embeddings_io.EmbeddingWriter(self.output, fmt=self.fmt, part_size=self.files_per_part,
+                                           settings=settings, overwrite=self.overwrite) as writer:
             todo = writer.todo(paths)
             report.skipped = len(paths) - len(todo)
             # closing: a callback that raises stops the engine at once (Ray shut down, the parts kept)
@@ -176,9 +176,10 @@ def embed_to(
     ``model`` comes from :func:`audioclip.create_model`. ``options``:
     :class:`audioclip.inference.DecodeOptions`. ``on_result(path, error)`` is
     called for every file as it finishes (``error`` is None when it was
-    embedded). ``engine_options`` go to the engine: ``workers`` for
-    ``plain``; ``address``, ``num_gpus``, ``concurrency``, ``device`` and
-    the others of :class:`audioclip.engines.ray_engine.RayOptions` for ``ray``.
+    embedded). ``engine_options`` go to the engine, which refuses any other:
+    ``workers`` for ``plain`` (:class:`audioclip.engines.plain.PlainOptions`);
+    ``address``, ``num_gpus``, ``concurrency``, ``device`` and the others of
+    :class:`audioclip.engines.ray_engine.RayOptions` for ``ray``.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
