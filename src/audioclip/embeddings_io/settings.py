@@ -10,13 +10,13 @@ output in a sidecar ``OUT.meta.json`` (typed JSON).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..media.files import DecodeOptions
-from ..util import package_version, sha256_file
+from ..checkpoints import CheckpointError
+from ..util import package_version
 
 SCHEMA_VERSION = 2
 METADATA_PREFIX = "audioclip."
@@ -44,19 +44,14 @@ SETTINGS: dict[str, type] = {
 #: settings that change which rows a file gets or what its vectors are: a resumed output must agree on them
 ROW_SETTINGS = ("checkpoint", "window_s", "hop_s", "sample_rate", "mono", "video_frames", "image_size")
 
-# (real path, size, mtime) -> sha256: a checkpoint file is hashed once per process, not once per output
-_FILE_SHA256: dict[tuple[str, int, int], str] = {}
-
-
 def _file_sha256(path: str) -> str | None:
+    """The checkpoint file's sha256 through the checkpoints' hash cache (hashed once while unchanged)."""
+    from ..checkpoints import file_sha256
+
     try:
-        st = os.stat(path)
-    except OSError:
+        return file_sha256(path)
+    except (OSError, CheckpointError):
         return None
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_SHA256:
-        _FILE_SHA256[key] = sha256_file(path)
-    return _FILE_SHA256[key]
 
 
 def run_settings(
