@@ -8,7 +8,7 @@
   computed once per (checkpoint, dataset, modality) and cached on disk.
 - :func:`run_zeroshot`, :func:`run_supervised`, :func:`run_querying` -> :class:`Report`;
   :func:`format_report` / :func:`write_outputs`: table, JSON, CSV, plots.
-- :mod:`audioclip.evaluate.metrics`: the metrics and their exact definitions.
+- :mod:`audioclip.metrics`: the metrics and their exact definitions (shared with training).
 - ``audioclip evaluate`` (:mod:`audioclip.cli.evaluate`) runs them from the command line.
 
 See docs/reproduction.md for the commands that regenerate the paper's tables.

@@ -209,7 +209,7 @@ def _json_default(x):
 
 
 def _plots(report: Report, out: Path) -> list[Path]:
-    from .metrics import RECALL_LEVELS
+    from ..metrics import RECALL_LEVELS
     from .plots import plot_confusion, plot_per_class, plot_pr_curves
 
     data = report.dataset

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .conventions import AudioConventions
-from .datasets import EvalSet
-from .embed import EmbeddingStore, Embeddings, Encoder, embed_items
-from .metrics import (
+from ..metrics import (
     RECALL_LEVELS,
     accuracy,
     confusion_matrix,
     mean_average_precision,
+    mean_std,
     per_class_accuracy,
     retrieval_metrics,
 )
+from .conventions import AudioConventions
+from .datasets import EvalSet
+from .embed import EmbeddingStore, Embeddings, Encoder, embed_items
 from .paper import PaperValue, paper_value
 
 __all__ = ["PAIRS", "TASKS", "Report", "RunOptions", "run_querying", "run_supervised", "run_zeroshot"]
@@ -128,15 +129,6 @@ def _multi_hot(data: EvalSet, rows: np.ndarray) -> np.ndarray:
     return hot
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-    return mean, std
-
-
 # -- zero-shot ------------------------------------------------------------------------
 
 
@@ -203,7 +195,7 @@ def _score_classification(report: Report, data: EvalSet, modality: str, scores: 
                 acc = accuracy(scores[sel], targets[sel])
                 per_fold.append(acc)
                 report.add(modality, "accuracy", acc, fold=fold, n=int(sel.sum()))
-        mean, std = _mean_std(per_fold)
+        mean, std = mean_std(per_fold)
         report.add(modality, "accuracy", mean, fold="mean", n=len(per_fold), std=_clean(std))
 
 
@@ -280,7 +272,7 @@ def run_supervised(
         report.per_class["audio"] = {"metric": "accuracy", "values": _listed(per_class_accuracy(matrix)),
                                      "counts": matrix.sum(axis=1).tolist()}
     if todo != [None]:
-        mean, std = _mean_std(per_fold)
+        mean, std = mean_std(per_fold)
         report.add("audio", "mAP" if data.multilabel else "accuracy", mean, fold="mean", n=len(per_fold),
                    std=_clean(std))
     report.details["checkpoint_kind"] = first.kind
@@ -404,7 +396,7 @@ def _rank_queries(q_vec, t_vec, q_sets, q_items, t_sets, t_items, num_classes, r
 
 
 def _concat(parts):
-    from .metrics import RetrievalScores
+    from ..metrics import RetrievalScores
 
     return RetrievalScores(
         parts[0].k,

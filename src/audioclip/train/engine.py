@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .data_setup import TrainData, build_data, make_loader
 from .distributed import Dist, setup_distributed
 from .logs import RunLog
-from .metrics import score
+from ..metrics import score
 from .tasks import TrainTask, class_text_features, eval_scores
 
 __all__ = ["Trainer", "output_dir"]
