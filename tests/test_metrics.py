@@ -170,7 +170,7 @@ def test_retrieval_rejects_bad_shapes():
 
 
 def test_querying_relevance_and_label_set_averaging():
-    from audioclip.evaluate.tasks import _group_mean, _rank_queries
+    from audioclip.evaluate.protocols import _group_mean, _rank_queries
 
     # one text query for the label set {0, 1}; targets {0, 1}, {0}, {2}
     q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write, write_text_atomic
-from .tasks import Report
+from .protocols import Report
 
 __all__ = ["CSV_COLUMNS", "format_report", "report_dict", "write_outputs"]
 

@@ -351,9 +351,9 @@ class OnnxAudioCLIP:
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """As :meth:`AudioCLIP.encode_audio`: ``(batch, channels, samples)`` or ``(batch, samples)``."""
-        from ..model.audioclip import _check_audio
+        from ..model.audioclip import check_audio_input
 
-        audio = _check_audio(audio, torch.device("cpu"))
+        audio = check_audio_input(audio, torch.device("cpu"))
         return self._run("audio", "waveform", audio.contiguous().numpy())
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -106,7 +106,7 @@ class AudioCLIP(CLIP):
         the projection (stereo is not the embedding of a down-mix). Clips
         shorter than one analysis window (1654 samples) are zero-padded to it.
         """
-        return self.audio(_check_audio(audio, self.device))
+        return self.audio(check_audio_input(audio, self.device))
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """CLIP-normalised images ``(batch, 3, size, size)`` -> ``(batch, embed_dim)``, not normalised by default."""
@@ -227,7 +227,7 @@ def _join_labels(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[st
     return joined
 
 
-def _check_audio(audio: torch.Tensor, device: torch.device) -> torch.Tensor:
+def check_audio_input(audio: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Validate a waveform batch and return it as float32 ``(batch, channels, samples)`` on ``device``."""
     if not isinstance(audio, torch.Tensor):
         raise TypeError(f"encode_audio: expected a torch.Tensor, got {type(audio).__name__}")

@@ -28,7 +28,7 @@ from ..metrics import (
 )
 from .conventions import AudioConventions
 from .datasets import EvalSet
-from .embed import EmbeddingStore, Embeddings, Encoder, embed_items
+from .embed import EmbeddingStore, Encoder, ItemEmbeddings, embed_items
 from .paper import PaperValue, paper_value
 
 __all__ = ["PAIRS", "TASKS", "Report", "RunOptions", "run_querying", "run_supervised", "run_zeroshot"]
@@ -86,7 +86,7 @@ class Report:
                 seen.setdefault(path, reason)
         return list(seen.items())
 
-    def note_embeddings(self, emb: Embeddings, key: str | None = None) -> None:
+    def note_embeddings(self, emb: ItemEmbeddings, key: str | None = None) -> None:
         info = self.embedding.setdefault(key or emb.modality, {"computed": 0, "cached": 0, "failures": []})
         info["computed"] += emb.computed
         info["cached"] += emb.cached
@@ -105,7 +105,7 @@ def _clean(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _embed(encoder, data: EvalSet, modality, conventions, options: RunOptions, items=None) -> Embeddings:
+def _embed(encoder, data: EvalSet, modality, conventions, options: RunOptions, items=None) -> ItemEmbeddings:
     return embed_items(encoder, data.items if items is None else items, modality, set_identity=data.identity(),
                        conventions=conventions, store=options.store, batch_size=options.batch_size,
                        workers=options.workers, progress=options.progress)
@@ -330,7 +330,7 @@ def run_querying(
         chosen = [p for p in PAIRS if set(_parse_pair(p)) <= have]
     report = Report("querying", data, encoder.checkpoint, encoder.checkpoint_id, conventions, list(templates))
     report.details.update(relevance=relevance, keep_paired=keep_paired, averaging="label-set macro")
-    emb: dict[str, Embeddings] = {}
+    emb: dict[str, ItemEmbeddings] = {}
     for pair in chosen:
         for m in _parse_pair(pair):
             if m != "text" and m not in emb:
