@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .factory import create_model
-from .inference import classify, embed_files
+from .inference import Modality, classify, embed_files
 from .media import SAMPLE_RATE, MediaError, clip_preprocess, sniff_modality, to_rgb
 from .prompts import check_template
 
@@ -47,8 +47,6 @@ PIPELINE_TASKS = ("zero-shot-audio-classification", "zero-shot-image-classificat
 
 #: what ``modality=`` of feature extraction may say (``None``: sniffed from the input)
 FeatureModality = Literal["audio", "image", "text"]
-#: the inputs a zero-shot pipeline ranks
-Modality = Literal["audio", "image"]
 
 
 def pipeline(task: str, model: str | os.PathLike | torch.nn.Module = "full", *, device: str | None = None,

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..media.sniff import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -90,6 +91,10 @@ class DatasetIndex:
         return text
 
 
+#: how the validation set is made (see :class:`ValidationSpec`)
+ValidationKind = Literal["fraction", "fold", "test", "none"]
+
+
 @dataclass(frozen=True)
 class ValidationSpec:
     """How the validation set (used to pick the best epoch) is made.
@@ -105,13 +110,13 @@ class ValidationSpec:
     - ``"none"``: no validation; the last epoch is kept.
     """
 
-    kind: str = "fraction"
+    kind: ValidationKind = "fraction"
     fraction: float = 0.1
     fold: int | None = None
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("fraction", "fold", "test", "none"):
+        if self.kind not in get_args(ValidationKind):
             raise ValueError(f"validation kind must be fraction, fold, test or none; got {self.kind!r}")
         if self.kind == "fraction" and not 0.0 < self.fraction < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.fraction}")

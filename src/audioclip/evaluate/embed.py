@@ -23,13 +23,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..inference import autocast, decoding_workers, die_with_parent
+from ..inference import Modality, autocast
+from ..media.workers import decoding_workers, die_with_parent
 from ..io import atomic_write, write_text_atomic
 from ..prompts import text_classifier
 from ..media import MediaError, load_audio, load_image, load_video_frames
@@ -38,6 +40,9 @@ from .conventions import AudioConventions
 from .datasets import EvalItem
 
 __all__ = ["EmbeddingStore", "Encoder", "ItemEmbeddings", "default_store_dir", "embed_items", "load_encoder"]
+
+#: an AudioCLIP model, or a standalone ESResNeXt-fbsp audio classifier
+EncoderKind = Literal["audioclip", "classifier"]
 
 
 # -- the model ------------------------------------------------------------------
@@ -53,7 +58,7 @@ class Encoder:
     """
 
     model: torch.nn.Module
-    kind: str
+    kind: EncoderKind
     checkpoint: str
     checkpoint_id: str
     device: torch.device
@@ -231,7 +236,7 @@ def _as_list(batch):
 class ItemEmbeddings:
     """Vectors of ``items`` for one modality, in the items' order; failed rows are NaN and ``ok`` False."""
 
-    modality: str
+    modality: Modality
     vectors: np.ndarray
     ok: np.ndarray
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)

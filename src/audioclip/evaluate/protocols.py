@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -33,8 +34,15 @@ from .paper import PaperValue, paper_value
 
 __all__ = ["PAIRS", "TASKS", "Report", "RunOptions", "run_querying", "run_supervised", "run_zeroshot"]
 
-TASKS = ("zeroshot", "supervised", "querying")
-PAIRS = ("text-image", "text-audio", "audio-image", "image-audio", "audio-audio")
+#: the paper's three evaluations
+Task = Literal["zeroshot", "supervised", "querying"]
+#: a query modality and a target modality
+Pair = Literal["text-image", "text-audio", "audio-image", "image-audio", "audio-audio"]
+#: which targets count as relevant to a query: the same label set, or one sharing a label
+Relevance = Literal["exact", "overlap"]
+TASKS: tuple[Task, ...] = get_args(Task)
+PAIRS: tuple[Pair, ...] = get_args(Pair)
+RELEVANCE: tuple[Relevance, ...] = get_args(Relevance)
 
 
 @dataclass
@@ -295,7 +303,7 @@ def run_querying(
     *,
     pairs: Sequence[str] | None = None,
     templates: Sequence[str] = ("{}",),
-    relevance: str = "exact",
+    relevance: Relevance = "exact",
     keep_paired: bool = False,
     conventions: AudioConventions | None = None,
     options: RunOptions | None = None,
@@ -315,7 +323,7 @@ def run_querying(
     """
     if encoder.kind != "audioclip":
         raise ValueError("querying needs an AudioCLIP checkpoint")
-    if relevance not in ("exact", "overlap"):
+    if relevance not in RELEVANCE:
         raise ValueError(f"relevance must be 'exact' or 'overlap', got {relevance!r}")
     options = options or RunOptions()
     have = set(data.modalities) | {"text"}
