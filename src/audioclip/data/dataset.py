@@ -50,7 +50,7 @@ AMPLITUDES: tuple[Amplitude, ...] = get_args(Amplitude)
 _INT16_TOP = 32767.0 / 32768.0
 
 
-def apply_conventions(wave: torch.Tensor, channels: str = "mono", amplitude: str = "raw") -> torch.Tensor:
+def apply_conventions(wave: torch.Tensor, channels: Channels = "mono", amplitude: Amplitude = "raw") -> torch.Tensor:
     """Apply the channel and amplitude conventions to a decoded ``(channels, samples)`` clip."""
     if channels == "mono":
         if wave.shape[0] > 1:

@@ -133,7 +133,7 @@ class AudioCLIP(CLIP):
         if not isinstance(text, torch.Tensor):
             from .tokenizer import tokenize
 
-            text = tokenize(_join_labels(text), context_length=self.context_length)
+            text = tokenize(check_text_input(text), context_length=self.context_length)
         elif text.dim() != 2 or text.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"encode_text: token ids must be an integer (batch, {self.context_length}) tensor")
         if text.shape[0] == 0:
@@ -211,7 +211,8 @@ def contrastive_loss(logits: Sequence[torch.Tensor], sample_weights: torch.Tenso
     return total / math.factorial(len(logits))
 
 
-def _join_labels(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+def check_text_input(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+    """Validate a text batch and return one string per row (a row's list of labels joined with ``", "``)."""
     if isinstance(text, str):
         return [text]
     joined = []
