@@ -249,7 +249,7 @@ def test_evaluation_reports_and_plots(tmp_path, umask):
     from audioclip.evaluate.collect import collect
     from audioclip.evaluate.datasets import EvalSet
     from audioclip.evaluate.report import write_outputs
-    from audioclip.evaluate.tasks import Report
+    from audioclip.evaluate.protocols import Report
 
     data = EvalSet("esc50", "ESC-50", str(tmp_path), [], ["dog", "rain"])
     report = Report("zeroshot", data, "ckpt.pt", "ckpt@0", None, ["{}"])
@@ -280,7 +280,7 @@ def test_training_shards(tmp_path, umask):
     import soundfile
 
     from audioclip.data import AudioCache, write_shards
-    from audioclip.data.index import Clip
+    from audioclip.data.cliplist import Clip
 
     clips = []
     for i in range(5):
