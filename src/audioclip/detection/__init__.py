@@ -97,10 +97,8 @@ def _check_head_checkpoint(model, head) -> None:
     wanted = getattr(head, "checkpoint", None)
     if wanted is None:
         return
-    from ..factory import checkpoint_id
-
-    have = checkpoint_id(model)
-    if have != wanted:
+    have = _checkpoint_of(model)
+    if have is not None and have != wanted:
         raise ValueError(f"the head was fitted on checkpoint {wanted}, not on this model's ({have})")
 
 
@@ -216,12 +214,11 @@ def check_method(method: str, window: float, hop: float) -> None:
 def detection_settings(model, labels: Sequence[str], *, method: str, window: float, hop: float,
                        postprocess: PostProcessing, mono: bool, scorer: str, **extra) -> dict[str, Any]:
     """Everything that made an output's events: written with it (Parquet metadata, or ``OUT.meta.json``)."""
-    from ..factory import checkpoint_id
     from ..util import package_version
 
     info = getattr(model, "pretrained_cfg", None) or {}
     settings = {
-        "checkpoint": checkpoint_id(model),
+        "checkpoint": _checkpoint_of(model),
         "architecture": info.get("architecture"),
         "labels": list(labels),
         "scorer": scorer,
@@ -236,6 +233,16 @@ def detection_settings(model, labels: Sequence[str], *, method: str, window: flo
         **extra,
     }
     return {k: v for k, v in settings.items() if v is not None}
+
+
+def _checkpoint_of(model) -> str | None:
+    """The model's :func:`~audioclip.factory.checkpoint_id`; None for a model not made by ``create_model``."""
+    from ..factory import checkpoint_id
+
+    try:
+        return checkpoint_id(model)
+    except ValueError:
+        return None
 
 
 def _tuple(value):
