@@ -244,4 +244,4 @@ def test_a_head_for_another_checkpoint_is_refused(recording):
     head = _Head()
     head.checkpoint = "some-other-weights@0000"
     with pytest.raises(ValueError, match="fitted on checkpoint"):
-        audioclip.detect(tiny_model, recording, head=head)
+        audioclip.detect(model, recording, head=head)
