@@ -230,3 +230,70 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
     _add_limit_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_detect, quick_exit=True)
+
+
+# --------------------------------------------------------------------------
+# audioclip evaluate --task detection
+# --------------------------------------------------------------------------
+
+
+def run_detection_evaluation(args: argparse.Namespace) -> int:
+    """``evaluate --task detection --root DIR``: detect the annotated labels zero-shot, score with sed_eval.
+
+    Labels are those of the annotations (or ``--class-names``); events are made with the
+    ``detect`` defaults (columns, threshold 0.5). Prints the table and writes ``results.json``
+    and ``events.csv`` to the output folder.
+    """
+    import json
+    from pathlib import Path
+
+    from .options import EXIT_OK, EXIT_SOME_FAILED, check_checkpoint, check_output_dir, read_list_file
+
+    if not args.root:
+        raise UsageError("--task detection needs --root DIR: recordings with annotation files")
+    check_inputs([args.root], "--root")
+    require_extra("eval", ("sed_eval",))
+    templates = [t for t in (args.template or ["{}"])]
+    if args.templates_file:
+        templates = read_list_file(args.templates_file, "templates")
+    check_checkpoint(args.checkpoint)
+    name = Path(args.checkpoint).stem
+    out = Path(args.output) if args.output else Path("eval-results") / f"detection-{name}"
+    check_output_dir(out, overwrite=args.overwrite, markers=("results.json",))
+
+    from audioclip.evaluate.detection import find_annotated, format_metrics, score_events
+
+    try:
+        annotated = find_annotated(args.root)
+    except ValueError as err:  # a bad annotation file: named with its line
+        raise UsageError(str(err)) from None
+    if not annotated:
+        error(args, f"{args.root}: no recordings with annotation files (onset offset label per line)")
+        return EXIT_NOTHING_DONE
+    labels = (read_list_file(args.class_names, "class names") if args.class_names
+              else sorted({e["label"] for _, events in annotated for e in events}))
+    args.backend, args.onnx_dir = "pytorch", None
+    model = load_model(args)
+
+    from audioclip.detection import detect
+    from audioclip.detection.writers import write_events
+
+    found = detect(model, [path for path, _ in annotated], labels=labels, templates=templates,
+                   batch_size=args.batch_size)
+    reference = dict(annotated)
+    estimated = {f.path: f.events for f in found.files if f.ok}
+    metrics = score_events({p: r for p, r in reference.items() if p in estimated}, estimated, labels)
+    print(format_metrics(metrics, title=f"detection, zero-shot, {args.checkpoint}"))
+    sys.stdout.flush()
+    out.mkdir(parents=True, exist_ok=True)
+    from audioclip.io import write_text_atomic
+
+    write_text_atomic(out / "results.json", json.dumps({"metrics": metrics, "settings": found.settings,
+                                                        "failed": found.failed}, indent=1) + "\n", encoding="utf-8")
+    write_events(out / "events.csv", found.events, settings=found.settings)
+    for path, reason in found.failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+    note(args, f"wrote results.json and events.csv to {out}/")
+    if not estimated:
+        return EXIT_NOTHING_DONE
+    return EXIT_SOME_FAILED if found.failed else EXIT_OK
