@@ -35,6 +35,8 @@ __all__ = ["register_detect"]
 
 METHODS = ("columns", "windows")  # audioclip.detection.METHODS, spelled out: building the parser imports no torch
 FORMATS = ("csv", "parquet", "jsonl", "raven", "audacity")
+#: audio modes whose head keeps the feature map before pooling (ESResNeXtFbsp and its subclasses)
+COLUMN_AUDIO_MODES = ("default", "plain", "spectrum64")
 #: the shortest hop of --method windows
 MIN_HOP = 0.1
 
@@ -68,6 +70,9 @@ def _check(args: argparse.Namespace) -> None:
                              "would never be scored")
         if args.hop < MIN_HOP:
             raise UsageError(f"--hop {args.hop:g}: the shortest hop is {MIN_HOP:g} s")
+    if args.method == "columns" and args.audio_mode not in COLUMN_AUDIO_MODES:
+        raise UsageError(f"--audio-mode {args.audio_mode}: --method columns reads the trunk's feature map, which "
+                         f"the {', '.join(COLUMN_AUDIO_MODES)} modes keep; use one of them or --method windows")
     if args.threshold_low is not None and args.threshold is not None and args.threshold_low > args.threshold:
         raise UsageError(f"--threshold-low {args.threshold_low:g} is above --threshold {args.threshold:g}")
     from audioclip.detection.writers import FRAME_FORMATS, format_for
@@ -132,7 +137,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: an Audacity label track is for one recording; {len(paths)} were given "
                          "(give --per-file and a folder)")
 
-    from audioclip.detection import (PostProcessing, _check_head_checkpoint, detection_settings, head_scorer,
+    from audioclip.detection import (PostProcessing, _check_head_checkpoint, _tuple, detection_settings, head_scorer,
                                      zero_shot_scorer)
     from audioclip.detection.job import DetectJob
     from audioclip.media.files import DecodeOptions
@@ -147,7 +152,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     else:
         scorer, calibrated = zero_shot_scorer(model, labels, templates), None
     threshold = args.threshold if args.threshold is not None else (calibrated if calibrated is not None else 0.5)
-    post = PostProcessing(threshold=threshold if isinstance(threshold, float) else tuple(threshold),
+    post = PostProcessing(threshold=_tuple(threshold),
                           threshold_low=args.threshold_low, median_filter_s=args.median_filter,
                           min_duration_s=args.min_duration, merge_gap_s=args.merge_gap, top_k=args.top_k)
     settings = detection_settings(model, labels, method=args.method, window=args.window, hop=args.hop,

@@ -246,6 +246,8 @@ def _checkpoint_of(model) -> str | None:
 
 
 def _tuple(value):
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return tuple(float(v) for v in value)
+    """A threshold as PostProcessing keeps it: None, one float, or a tuple of floats (one per label)."""
+    if value is None:
+        return None
+    values = np.asarray(value, dtype=float)
+    return float(values) if values.ndim == 0 else tuple(values.tolist())
