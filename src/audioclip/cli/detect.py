@@ -207,7 +207,8 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
     time.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default: 16)")
     events = parser.add_argument_group("from scores to events")
     events.add_argument("--threshold", type=_unit, default=None,
-                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, else 0.5)")
+                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, "
+                        "else 0.5)")
     events.add_argument("--threshold-low", type=_unit, default=None,
                         help="hysteresis: an active stretch goes on while the score stays at or above this")
     events.add_argument("--median-filter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
@@ -231,7 +232,7 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
                      help="also write the scores: one row per time step and label (.parquet, .csv or .jsonl)")
     out.add_argument("--plot", metavar="DIR", help="one picture per recording: spectrogram, scores and events")
     out.add_argument("--plot-format", choices=("png", "svg"), default="png", help="picture format (default: png)")
-    add_model_options(parser)
+    add_model_options(parser, precision=False)  # float32: scores are compared with classify's
     _add_limit_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_detect, quick_exit=True)

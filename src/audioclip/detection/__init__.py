@@ -56,7 +56,8 @@ class Detection:
         return [(f.path, f.error) for f in self.files if not f.ok]
 
     def frames_table(self):
-        """The frame scores as a ``pyarrow.Table``: ``path, start_s, end_s, label, score``, one row per time step and label."""
+        """The frame scores as a ``pyarrow.Table``: ``path, start_s, end_s, label, score``, one row per time step
+        and label."""
         from .writers import frames_table
 
         return frames_table([f.frames for f in self.files if f.ok])
