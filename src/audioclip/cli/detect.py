@@ -102,9 +102,10 @@ def _check(args: argparse.Namespace) -> None:
     check_not_locked(args.output)  # another job writing it: exit 2 before the model loads
     from pathlib import Path
 
-    if Path(args.output).exists() and not args.per_file and not parts_path(args.output).exists() \
-            and not args.overwrite:
-        raise UsageError(f"-o {args.output}: exists; --overwrite replaces it")
+    resuming = parts_path(args.output).exists()
+    for option, path in (("-o", None if args.per_file else args.output), ("--frames", args.frames)):
+        if path and Path(path).exists() and not resuming and not args.overwrite:
+            raise UsageError(f"{option} {path}: exists; --overwrite replaces it")
 
 
 def _head(args: argparse.Namespace):
