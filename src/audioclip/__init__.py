@@ -27,6 +27,7 @@ _EXPORTS = {
     "load_video_frames": "audioclip.media",
     "embed_files": "audioclip.inference",
     "classify": "audioclip.inference",
+    "detect": "audioclip.detection",
     "read_embeddings": "audioclip.embeddings_io",
     "embed_to": "audioclip.engines",
     "pipeline": "audioclip.pipelines",
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .embeddings_io import read_embeddings
     from .engines import embed_to
     from .index import Index
+    from .detection import detect
     from .inference import classify, embed_files
     from .pipelines import pipeline
     from .media import MediaError, load_audio, load_image, load_video_frames

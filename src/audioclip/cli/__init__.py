@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import evaluate, export, index, inference, train
+from . import detect, evaluate, export, index, inference, train
 from .options import EXIT_USAGE, ArgumentParser, run, usage_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -32,6 +32,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     inference.register_classify,
     inference.register_embed,
     inference.register_similarity,
+    detect.register_detect,
     export.register_convert,
     export.register_export,
     index.register_index,

@@ -81,7 +81,9 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "could not be read (each is reported)",
     )
     what = parser.add_argument_group("what to evaluate")
-    what.add_argument("--task", choices=TASKS, help="zeroshot, supervised (fine-tuned checkpoints) or querying")
+    what.add_argument("--task", choices=TASKS + ("detection",),
+                      help="zeroshot, supervised (fine-tuned checkpoints), querying, or detection (sound events in "
+                      "annotated recordings under --root: 'audioclip detect' options apply, docs/detection.md)")
     what.add_argument("--dataset", choices=DATASETS, help="which dataset layout --root holds")
     what.add_argument("--root", metavar="PATH", help="the dataset folder (custom data: a CSV or a folder per class)")
     what.add_argument("--folds", type=_folds, metavar="LIST", help="only these folds, e.g. 1,2 (default: all)")
@@ -241,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
     """Run one evaluation (or ``--collect``); print the table; write the files. Returns the exit status."""
     if args.collect:
         return _collect(args)
+    if args.task == "detection":
+        from .detect import run_detection_evaluation
+
+        return run_detection_evaluation(args)
     require_extra("eval", ("torchmetrics",) if args.no_plots else None)
     templates = _check(args)
 

@@ -204,8 +204,12 @@ class ESResNeXtFbsp(ResNet):
 
     # -- trunk -----------------------------------------------------------
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Band "images" ``(n, bands, bins, frames)`` -> pooled, gated features ``(n, 2048)``."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Band "images" ``(n, bands, bins, frames)`` -> gated features before pooling ``(n, 2048, bins', frames')``.
+
+        Time is downsampled 32 times (five stride-2 steps, each ``ceil(n / 2)``): column ``j`` of
+        the map stands for input frames ``32 j`` to ``32 j + 31``.
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage, gate in (
             (self.layer1, self.att1),
@@ -214,6 +218,11 @@ class ESResNeXtFbsp(ResNet):
             (self.layer4, self.att4),
         ):
             x = gate(x, stage(x))
+        return x
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Band "images" ``(n, bands, bins, frames)`` -> pooled, gated features ``(n, 2048)``."""
+        x = self.feature_map(x)
         return self.att5(x, self.avgpool(x)).flatten(1)
 
     def pooled_features(self, log_power: torch.Tensor) -> torch.Tensor:
