@@ -167,7 +167,7 @@ def test_a_second_embed_job_on_one_output_exits_2_naming_the_holder(checkpoint, 
 
     out = tmp_path / "emb.parquet"
     loads = []
-    monkeypatch.setattr("audioclip.cli.inference.load_model", lambda args: loads.append(args))
+    monkeypatch.setattr("audioclip.cli.embed.load_model", lambda args: loads.append(args))
     with exclusive_lock(output_lock(out)):  # another job (here: this process) writes the output
         proc = cli("embed", str(folder), "-o", str(out), checkpoint=checkpoint, in_process=True)
     assert proc.returncode == 2 and not loads and not out.exists()

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from audioclip import factory
 from audioclip.cli import build_parser, main
+from audioclip.cli import checks as cli_checks
 from audioclip.cli import options as cli_options
 
 SR = 44100
@@ -288,9 +289,9 @@ def test_embed_overwrite_starts_over_and_other_outputs_are_refused(media, tmp_pa
 
 
 def test_a_missing_extra_names_the_pip_command(monkeypatch, media, loader, capsys):
-    real = cli_options._importable
+    real = cli_checks._importable
     gone = {"lancedb", "yaml", "torchmetrics"}
-    monkeypatch.setattr(cli_options, "_importable", lambda module: module not in gone and real(module))
+    monkeypatch.setattr(cli_checks, "_importable", lambda module: module not in gone and real(module))
     for args, extra in [
         (["search", "dog", "--db", media / "db"], "index"),
         (["index", media / "a.wav", "--db", media / "newdb"], "index"),

@@ -1,0 +1,65 @@
+"""Start-up of a command: open_clip's model code without open_clip's package ``__init__``.
+
+Kept because it is most of what a one-clip command waits for beyond torch: see
+:func:`light_open_clip` for what it saves and what it costs to keep.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+__all__ = ["light_open_clip"]
+
+
+class _OnDemandPackage(types.ModuleType):
+    """A package whose ``__init__`` runs only when a name it defines is first asked for.
+
+    Its submodules import as usual (``import open_clip.model`` loads
+    ``open_clip/model.py`` and what that imports, nothing else).
+    """
+
+    def __getattr__(self, name: str):
+        state = self.__dict__
+        if name.startswith("__") or state.get("_initialised"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        state["_initialised"] = True
+        self.__spec__.loader.exec_module(self)  # the real __init__, into this module
+        return getattr(self, name)
+
+
+def light_open_clip() -> None:
+    """Let the model import ``open_clip.model`` and ``open_clip.tokenizer`` without open_clip's whole package.
+
+    ``import open_clip.model`` runs ``open_clip/__init__.py`` first, which
+    imports every model family, the Hugging Face hub client and timm: about
+    0.6-1 s of a command's start-up, for code AudioCLIP never runs (its text
+    and image heads are open_clip's plain CLIP). Here the package's
+    ``__init__`` is deferred until a name from it is used, and timm is left
+    out of ``open_clip.model`` (open_clip treats it as optional: only timm
+    towers need it). Done only by the command line, for its own process, and
+    only when open_clip is not imported yet; a later ``import open_clip``
+    still gets the whole package. Commands call it after their checks, just
+    before they import the model (it imports torch).
+    """
+    if "open_clip" in sys.modules:
+        return
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    package.__class__ = _OnDemandPackage
+    sys.modules["open_clip"] = package
+    blocked = "timm" not in sys.modules
+    if blocked:
+        sys.modules["timm"] = None  # type: ignore[assignment]  # "import timm" raises ImportError
+    try:
+        importlib.import_module("open_clip.model")
+    except ImportError:  # an open_clip that needs timm after all: import it as it is
+        for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+            del sys.modules[name]
+    finally:
+        if blocked:
+            del sys.modules["timm"]
