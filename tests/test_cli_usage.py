@@ -309,6 +309,21 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch, media, loader, capsy
     assert code == 2 and "audioclip[" not in err
 
 
+def test_light_open_clip_defers_the_package():
+    """The command line's start-up: AudioCLIP's model code imports without timm or open_clip's package __init__,
+    and the package is still whole the first time one of its names is used."""
+    code = ("import sys\n"
+            "from audioclip.cli.startup import light_open_clip\n"
+            "light_open_clip()\n"
+            "import audioclip.model.audioclip\n"
+            "print(sorted(m for m in ('timm', 'open_clip.factory') if m in sys.modules))\n"
+            "import open_clip\n"
+            "print(callable(open_clip.create_model), 'open_clip.factory' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[]", "True True"]
+
+
 def test_core_commands_run_without_the_extras(media, tmp_path):
     """classify, embed and similarity with the extras' modules unimportable, as in a core-only install."""
     code = (
