@@ -14,14 +14,13 @@ from audioclip.util import is_uri
 
 from .checks import check_cached, check_checkpoint, check_device, check_inputs, require_extra
 from .options import (
-    MAX_WORKERS,
+    add_batch_options,
     add_logging_options,
     add_model_options,
     non_negative_float,
     positive_int,
     seconds,
     set_command,
-    worker_count,
 )
 from .report import EXIT_NOTHING_DONE, EXIT_OK, EXIT_SOME_FAILED, UsageError, error, note, progress_bar, verbose
 from .startup import light_open_clip
@@ -35,6 +34,7 @@ INDEX_EXTRAS = [("index", None)]  # (extra, modules) checked before the command 
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """``--db``: the index (a LanceDB folder, a Milvus Lite file or a Milvus server)."""
     parser.add_argument("--db", required=True, metavar="DB",
                         help="the index: a folder (LanceDB), milvus:FILE.db (Milvus Lite) or http://HOST:19530 "
                         "(a Milvus server; token from $AUDIOCLIP_MILVUS_TOKEN)")
@@ -50,6 +50,7 @@ def _check_db_spec(args: argparse.Namespace) -> None:
 
 
 def add_index_model_options(parser: argparse.ArgumentParser, new: str = "") -> None:
+    """The model options, whose ``--checkpoint`` defaults to the index's own (``new``: what a new index takes)."""
     add_model_options(parser, checkpoint_default=None, title="model (default: the one the index was built with)",
                       checkpoint_help="registered weights (see 'audioclip checkpoints'), an architecture (random "
                       "weights, the same in every run: AudioCLIP-tiny to try it out) or a checkpoint file (default: "
@@ -57,6 +58,7 @@ def add_index_model_options(parser: argparse.ArgumentParser, new: str = "") -> N
 
 
 def check_index_model_options(args: argparse.Namespace) -> None:
+    """A ``--checkpoint`` given must name an AudioCLIP model (not an audio classifier); the device must exist."""
     if args.checkpoint is not None:
         check_checkpoint(args.checkpoint)
         _check_tri_modal(args.checkpoint)
@@ -86,6 +88,7 @@ def _check_tri_modal(name: str) -> None:
 
 
 def check_db_exists(args: argparse.Namespace) -> None:
+    """``--db`` names an index that exists (a usage error otherwise, saying how to build one)."""
     from audioclip.index.stores import store_exists
 
     _check_db_spec(args)
@@ -337,10 +340,7 @@ def register_index(subparsers: argparse._SubParsersAction) -> None:
                         help="commit finished files every this many (default: 32; also every 10 s)")
     add_index_model_options(parser, "; a new index: full, or with --from-embeddings the output's")
     group = parser.add_argument_group("input (fixed when the index is created)")
-    group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
-    group.add_argument("--workers", type=worker_count, default=0,
-                       help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0, decode in the main process; at most "
-                       "one per CPU and per file start)")
+    add_batch_options(group)
     group.add_argument("--window", type=seconds, default=None,
                        help="audio window in seconds (default: 5)")
     group.add_argument("--hop", type=seconds, default=None,

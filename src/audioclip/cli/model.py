@@ -15,13 +15,12 @@ import time
 
 from .checks import check_cached, check_checkpoint, check_device, prefetch_checkpoint, require_extra
 from .options import (
-    MAX_WORKERS,
+    add_batch_options,
     add_logging_options,
     add_model_options,
     positive_float,
     positive_int,
     seconds,
-    worker_count,
 )
 from .report import UsageError, note, verbose
 from .startup import light_open_clip
@@ -76,10 +75,7 @@ def _limits(args: argparse.Namespace):
 def _add_input_options(parser: argparse.ArgumentParser, windows: bool = True) -> None:
     _add_limit_options(parser)
     group = parser.add_argument_group("input")
-    group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
-    group.add_argument("--workers", type=worker_count, default=0,
-                       help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0, decode in the main process; at most "
-                       "one per CPU and per file start)")
+    add_batch_options(group)
     if windows:
         group.add_argument("--window", type=seconds, default=5.0,
                            help="audio window in seconds (default: 5, the ESC-50 clip length)")

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_WORKERS",
     "PRECISIONS",
     "ArgumentParser",
+    "add_batch_options",
     "add_logging_options",
     "add_model_options",
     "add_output_options",
@@ -226,6 +227,15 @@ def add_output_options(
     group.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
     group.add_argument("--overwrite", action="store_true", help=overwrite_help)
     return group
+
+
+def add_batch_options(group: argparse._ArgumentGroup) -> None:
+    """``--batch-size`` (model batch, default 16) and ``--workers`` (decoding processes, default 0) of a command
+    that decodes files and runs the model on them."""
+    group.add_argument("--batch-size", type=positive_int, default=16, help="model batch size (default: 16)")
+    group.add_argument("--workers", type=worker_count, default=0,
+                       help=f"decoding processes, 0 to {MAX_WORKERS} (default: 0, decode in the main process; at most "
+                       "one per CPU and per file start)")
 
 
 def add_logging_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
