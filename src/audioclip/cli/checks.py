@@ -44,7 +44,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "index": ("lancedb", "faiss"),
     "milvus": ("pymilvus",),
     "onnx": ("onnx", "onnxruntime", "onnxscript"),
-    "train": ("yaml", "webdataset"),
+    "train": ("yaml", "webdataset", "torchmetrics"),
     "eval": ("torchmetrics", "matplotlib"),
     "ray": ("ray",),
 }

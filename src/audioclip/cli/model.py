@@ -136,10 +136,10 @@ def _check_same_checkpoint(name: str, args: argparse.Namespace) -> None:
     if path.is_dir():  # a Hub-style model folder: its weights file
         path = path / "model.safetensors"
     if weights is not None and not Path(name).expanduser().exists():
-        ident = checkpoints.checkpoint_id("", weights)
+        ident = checkpoints.file_checkpoint_id("", weights)
     elif path.is_file():
         try:
-            ident = checkpoints.checkpoint_id(path)
+            ident = checkpoints.file_checkpoint_id(path)
         except (checkpoints.CheckpointError, OSError) as err:
             raise UsageError(f"--checkpoint {name}: {err}") from None
     else:
