@@ -3,9 +3,9 @@
 Why it is kept: after torch and torchvision, importing AudioCLIP's model code
 takes 0.08 s of CPU with :func:`light_open_clip` and 0.88 s without it (timm,
 the Hugging Face hub client and every open_clip model family; medians of 11
-runs on 2 cores), about a fifth of a one-clip ``audioclip classify`` beyond
-torch. ``--help`` and the usage checks never import open_clip, so they gain
-nothing from it.
+runs on 2 shared cores); a whole one-clip ``audioclip classify`` took 7.5 s of
+CPU with it and 7.9-8.0 s without (medians of 7). ``--help`` and the usage
+checks never import open_clip, so they gain nothing from it.
 
 What keeping it costs: the command's own process holds a stand-in module in
 ``sys.modules["open_clip"]`` (a :class:`types.ModuleType` subclass that runs
