@@ -167,7 +167,7 @@ def test_a_second_embed_job_on_one_output_exits_2_naming_the_holder(checkpoint, 
 
     out = tmp_path / "emb.parquet"
     loads = []
-    monkeypatch.setattr("audioclip.cli.inference.load_model", lambda args: loads.append(args))
+    monkeypatch.setattr("audioclip.cli.embed.load_model", lambda args: loads.append(args))
     with exclusive_lock(output_lock(out)):  # another job (here: this process) writes the output
         proc = cli("embed", str(folder), "-o", str(out), checkpoint=checkpoint, in_process=True)
     assert proc.returncode == 2 and not loads and not out.exists()
@@ -184,8 +184,10 @@ def test_embed_refuses_another_checkpoints_output(checkpoint, folder, tmp_path):
     assert proc.returncode == 1 and "another checkpoint" in proc.stderr
 
 
-def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(checkpoint, folder, tmp_path):
+def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(checkpoint, folder, tmp_path,
+                                                                           monkeypatch):
     """Two machines given the same input ``data`` that is a link to a different mount on each cover every file once."""
+    monkeypatch.chdir(tmp_path)  # files are sharded by name: "data/clip0.wav", not one under a random tmp folder
     for mount in ("mnt1", "mnt2"):
         (tmp_path / mount).mkdir()
         for clip in folder.glob("clip*.wav"):
@@ -199,7 +201,7 @@ def test_shards_depend_on_the_inputs_as_named_not_on_where_they_are_mounted(chec
             data.unlink()
         data.symlink_to(tmp_path / mount)
         out = tmp_path / f"shard{k}.parquet"
-        cli("embed", str(data), "-o", str(out), "--shard", f"{k}/2", checkpoint=checkpoint, check=0, in_process=True)
+        cli("embed", "data", "-o", str(out), "--shard", f"{k}/2", checkpoint=checkpoint, check=0, in_process=True)
         paths = set(pq.read_table(out)["path"].to_pylist())
         assert all(p.startswith(str(tmp_path / mount)) for p in paths)  # named by identity: the real file
         names.append({os.path.basename(p) for p in paths})

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from audioclip import factory
 from audioclip.cli import build_parser, main
+from audioclip.cli import checks as cli_checks
 from audioclip.cli import options as cli_options
 
 SR = 44100
@@ -288,9 +289,9 @@ def test_embed_overwrite_starts_over_and_other_outputs_are_refused(media, tmp_pa
 
 
 def test_a_missing_extra_names_the_pip_command(monkeypatch, media, loader, capsys):
-    real = cli_options._importable
+    real = cli_checks._importable
     gone = {"lancedb", "yaml", "torchmetrics"}
-    monkeypatch.setattr(cli_options, "_importable", lambda module: module not in gone and real(module))
+    monkeypatch.setattr(cli_checks, "_importable", lambda module: module not in gone and real(module))
     for args, extra in [
         (["search", "dog", "--db", media / "db"], "index"),
         (["index", media / "a.wav", "--db", media / "newdb"], "index"),
@@ -306,6 +307,21 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch, media, loader, capsy
     # the core commands need no extra
     code, _, err = run("classify", media / "a.wav", "--labels", "dog", "--template", "nope", capsys=capsys)
     assert code == 2 and "audioclip[" not in err
+
+
+def test_light_open_clip_defers_the_package():
+    """The command line's start-up: AudioCLIP's model code imports without timm or open_clip's package __init__,
+    and the package is still whole the first time one of its names is used."""
+    code = ("import sys\n"
+            "from audioclip.cli.startup import light_open_clip\n"
+            "light_open_clip()\n"
+            "import audioclip.model.audioclip\n"
+            "print(sorted(m for m in ('timm', 'open_clip.factory') if m in sys.modules))\n"
+            "import open_clip\n"
+            "print(callable(open_clip.create_model), 'open_clip.factory' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[]", "True True"]
 
 
 def test_core_commands_run_without_the_extras(media, tmp_path):

@@ -164,10 +164,10 @@ def test_cli_engine_ray_equals_plain(checkpoint, inputs, plain, tmp_path, monkey
 
 
 def test_cli_ray_options_are_checked_before_the_model(checkpoint, inputs, tmp_path, monkeypatch):
-    from audioclip.cli import options
+    from audioclip.cli import checks as options
 
     monkeypatch.setattr(options, "_importable", lambda module: module != "ray")
-    monkeypatch.setattr("audioclip.cli.inference.load_model", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr("audioclip.cli.embed.load_model", lambda args: pytest.fail("model loaded"))
     code, err = _cli("embed", inputs, "-o", tmp_path / "e.parquet", "--engine", "ray", "--checkpoint", checkpoint)
     assert code == 2 and 'pip install "audioclip[ray]"' in err and len(err.strip().splitlines()) == 1
     code, err = _cli("embed", inputs, "-o", tmp_path / "e.parquet", "--concurrency", "2", "--checkpoint", checkpoint)

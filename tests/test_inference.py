@@ -18,7 +18,7 @@ from audioclip.inference import (
     text_classifier,
     zero_shot,
 )
-from audioclip.cli.options import read_list_file
+from audioclip.cli.checks import read_list_file
 from audioclip.media import MediaError, load_audio, load_image
 
 SR = 44100

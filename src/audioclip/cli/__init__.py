@@ -1,10 +1,17 @@
 """The ``audioclip`` command line: every subcommand is registered here, in :data:`COMMANDS`.
 
-- :mod:`.options`: the shared option groups (model, output, messages), argument
-  types, the checks made before a model is loaded, exit statuses and error
-  reporting;
-- :mod:`.inference`: ``classify``, ``embed``, ``similarity``, ``checkpoints``, ``download``;
-- :mod:`.index`: ``index``, ``search``, ``serve``;
+- :mod:`.options`: the parser, argument types and the shared option groups
+  (model, output, messages);
+- :mod:`.checks`: the checks made before a model is loaded, and the optional
+  dependencies (extras) a command needs;
+- :mod:`.report`: exit statuses, messages, and :func:`~.report.run`, which
+  turns what a command raises into one line and an exit status;
+- :mod:`.startup`: open_clip's model code without its package ``__init__``;
+- :mod:`.model`: the model, backend and input options of the commands that
+  run the model on files, and loading that model;
+- :mod:`.checkpoints`: ``checkpoints``, ``download``;
+- :mod:`.classify`, :mod:`.embed`, :mod:`.similarity`: those commands;
+- :mod:`.index`: ``index``, ``search``; :mod:`.serve`: ``serve``;
 - :mod:`.export`: ``convert`` (.pt <-> .safetensors), ``export hub|onnx``;
 - :mod:`.evaluate`: ``evaluate``;
 - :mod:`.train`: ``train``, ``prepare``.
@@ -20,29 +27,30 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import detect, evaluate, export, index, inference, train
-from .options import EXIT_USAGE, ArgumentParser, run, usage_line
+from . import checkpoints, classify, detect, embed, evaluate, export, index, serve, similarity, train
+from .checks import require_extra
+from .options import ArgumentParser
+from .report import EXIT_USAGE, run, usage_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: ``register(subparsers)`` of every subcommand, in the order ``audioclip --help`` lists them
 COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
-    inference.register_checkpoints,
-    inference.register_download,
-    inference.register_classify,
-    inference.register_embed,
-    inference.register_similarity,
+    checkpoints.register_checkpoints,
+    checkpoints.register_download,
+    classify.register_classify,
+    embed.register_embed,
+    similarity.register_similarity,
     detect.register_detect,
     export.register_convert,
     export.register_export,
     index.register_index,
     index.register_search,
-    index.register_serve,
+    serve.register_serve,
     evaluate.register_evaluate,
     train.register_train,
     train.register_prepare,
 ]
-
 
 
 class _VersionAction(argparse.Action):
@@ -88,12 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    status = run(args)
+    status = run(args, _run_command)
     if argv is None and getattr(args, "quick_exit", False):
         import gc
 
         gc.freeze()
     return status
+
+
+def _run_command(args: argparse.Namespace) -> int | None:
+    """The command's optional dependencies (a usage error naming the ``pip install`` line), then the command."""
+    for extra, modules in getattr(args, "extras", ()):
+        require_extra(extra, modules)
+    return args.func(args)
 
 
 if __name__ == "__main__":

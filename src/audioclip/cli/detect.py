@@ -10,26 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .inference import _add_limit_options, _check_model_options, _expand, _labels, _limits, _templates, load_model
+from .checks import check_inputs, check_output_file, require_extra
+from .classify import _labels, _templates
+from .model import _add_limit_options, _limits, check_model_options, expand_inputs, load_model
 from .options import (
-    STATUS_EPILOG,
-    EXIT_NOTHING_DONE,
-    UsageError,
     add_logging_options,
     add_model_options,
     add_output_options,
-    check_inputs,
-    check_output_file,
-    exit_status,
-    error,
-    note,
     positive_int,
-    progress_bar,
-    require_extra,
     seconds,
     set_command,
-    verbose,
 )
+from .report import EXIT_NOTHING_DONE, STATUS_EPILOG, UsageError, error, exit_status, note, progress_bar, verbose
 
 __all__ = ["register_detect"]
 
@@ -84,7 +76,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.per_file:
         if args.format not in ("raven", "audacity"):
             raise UsageError("--per-file goes with --format raven or --format audacity")
-        from .options import check_output_dir
+        from .checks import check_output_dir
 
         check_output_dir(args.output, overwrite=True)
     else:
@@ -127,8 +119,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     _check(args)
     head = _head(args) if args.head is not None else None
     check_inputs(args.files)
-    _check_model_options(args)
-    paths, ignored = _expand(args, args.files)
+    check_model_options(args)
+    paths, ignored = expand_inputs(args.files)
     for path in ignored:
         verbose(args, f"ignored (not a media file): {path}")
     if not paths:
@@ -254,7 +246,8 @@ def run_detection_evaluation(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .options import EXIT_OK, EXIT_SOME_FAILED, check_checkpoint, check_output_dir, read_list_file
+    from .checks import check_checkpoint, check_output_dir, read_list_file
+    from .report import EXIT_OK, EXIT_SOME_FAILED
 
     if not args.root:
         raise UsageError("--task detection needs --root DIR: recordings with annotation files")

@@ -15,15 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (
-    MAX_WORKERS,
-    EXIT_NOTHING_DONE,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    UsageError,
-    add_logging_options,
-    add_model_options,
-    add_output_options,
+from .checks import (
     check_cached,
     check_checkpoint,
     check_device,
@@ -31,15 +23,12 @@ from .options import (
     check_list_file,
     check_output_dir,
     check_templates,
-    error,
-    light_open_clip,
-    note,
-    positive_int,
-    read_list_file,
+    read_templates,
     require_extra,
-    set_command,
-    worker_count,
 )
+from .options import MAX_WORKERS, add_logging_options, add_model_options, add_output_options, positive_int, set_command, worker_count
+from .report import EXIT_NOTHING_DONE, EXIT_OK, EXIT_SOME_FAILED, UsageError, error, note
+from .startup import light_open_clip
 
 __all__ = ["DATASETS", "PAIRS", "TASKS", "fold_checkpoint", "register_evaluate"]
 
@@ -150,7 +139,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def _templates(args) -> list[str]:
     if args.templates_file:
-        return check_templates(read_list_file(args.templates_file, "templates"), source=args.templates_file)
+        return read_templates(args.templates_file)
     if args.prompt_set == "openai-imagenet":
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 

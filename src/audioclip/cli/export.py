@@ -8,19 +8,9 @@ import io
 import logging
 from pathlib import Path
 
-from .options import (
-    EXIT_OK,
-    STATUS_EPILOG,
-    UsageError,
-    add_logging_options,
-    add_model_options,
-    check_checkpoint,
-    check_output_dir,
-    check_output_file,
-    note,
-    require_extra,
-    set_command,
-)
+from .checks import check_checkpoint, check_output_dir, check_output_file, require_extra
+from .options import add_logging_options, add_model_options, set_command
+from .report import EXIT_OK, STATUS_EPILOG, UsageError, note
 
 __all__ = ["register_convert", "register_export"]
 
@@ -70,7 +60,7 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
-        require_extra("onnx", ("onnx", "onnxruntime", "onnxscript"))
+        require_extra("onnx")
     check_checkpoint(args.checkpoint)
     out = check_output_dir(args.output, overwrite=args.overwrite,
                            markers=("config.json", "model.safetensors") if args.format == "hub"

@@ -12,29 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from .options import (
-    MAX_WORKERS,
-    EXIT_NOTHING_DONE,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    UsageError,
-    add_logging_options,
-    add_model_options,
-    add_output_options,
-    check_cached,
-    check_checkpoint,
-    check_device,
-    check_inputs,
-    check_output_dir,
-    error,
-    exit_status,
-    light_open_clip,
-    note,
-    positive_int,
-    require_extra,
-    set_command,
-    worker_count,
-)
+from .checks import check_cached, check_checkpoint, check_device, check_inputs, check_output_dir
+from .options import MAX_WORKERS, add_logging_options, add_model_options, add_output_options, positive_int, set_command, worker_count
+from .report import EXIT_NOTHING_DONE, EXIT_OK, EXIT_SOME_FAILED, UsageError, error, exit_status, note
+from .startup import light_open_clip
 
 __all__ = ["register_prepare", "register_train"]
 

@@ -58,7 +58,7 @@ class Index:
                  cache_dir: str | None = None, offline: bool | None = None,
                  before_model_load: Callable[[], None] | None = None):
         self.store = store
-        self._before_model_load = before_model_load  # the command line's lighter imports (cli/options.py)
+        self._before_model_load = before_model_load  # the command line's lighter imports (cli/startup.py)
         self.db = db
         self._checkpoint, self._config = checkpoint, config
         self._model, self._model_id = model, model_id
