@@ -781,10 +781,11 @@ def test_the_checkpoint_hash_is_cached_until_the_file_changes(tmp_path, monkeypa
 
 
 def test_a_no_op_index_command_loads_no_model_and_hashes_no_checkpoint(checkpoint, library, tmp_path, monkeypatch):
-    from audioclip import checkpoints, factory
+    from audioclip import factory
+    from audioclip.checkpoints import cache
 
     monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 0.0)
+    monkeypatch.setattr(cache, "_RACY_SECONDS", 0.0)
     db = tmp_path / "db"
     code, _, err = run_cli("index", library, "--db", db, "--checkpoint", checkpoint, "--device", "cpu")
     assert code == 0 and "4 added" in err
@@ -794,7 +795,7 @@ def test_a_no_op_index_command_loads_no_model_and_hashes_no_checkpoint(checkpoin
 
     monkeypatch.setattr(factory, "create_model", no_model)
     hashed = []
-    monkeypatch.setattr(checkpoints, "_sha256", lambda p: hashed.append(p) or "0" * 64)
+    monkeypatch.setattr(cache, "_sha256", lambda p: hashed.append(p) or "0" * 64)
     code, _, err = run_cli("index", library, "--db", db, "--device", "cpu")
     assert code == 0 and "4 unchanged" in err, err
     os.utime(library / "sounds" / "short.wav", ns=(5, 5))
