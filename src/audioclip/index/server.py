@@ -86,7 +86,7 @@ from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaE
 from ..media.files import DecodeOptions
 from .api import Index, QueryError
 from .hosts import host_name, listen, request_host_name
-from .httpd import ClientRateLimit, ConnectionLimits, FramingGuard, protocol_class
+from .httpd import AnswerTracker, ClientRateLimit, ConnectionLimits, FramingGuard, run_guarded
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
 from .store import IndexStoreError
@@ -664,8 +664,8 @@ def build_app(site: _Site, allowed_hosts: frozenset[str]):
         _Refused: _refused, HTTPException: _http_error, Exception: _internal_error})
     app.router.redirect_slashes = False  # "/api/stats/" is not found, not redirected
     limits = site.limits
-    return _SecurityHeaders(ClientRateLimit(FramingGuard(_HostGuard(app, allowed_hosts)), limits.client_rate,
-                                            limits.client_burst))
+    return AnswerTracker(_SecurityHeaders(ClientRateLimit(FramingGuard(_HostGuard(app, allowed_hosts)),
+                                                          limits.client_rate, limits.client_burst)))
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -683,7 +683,7 @@ class SearchServer:
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         config = uvicorn.Config(
-            app, http=protocol_class(limits, _SECURITY_HEADERS), ws="none", lifespan="off", loop="asyncio",
+            app, http="h11", ws="none", lifespan="off", loop="asyncio",
             log_config=None, log_level="error" if quiet else "info", access_log=not quiet,
             timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
             h11_max_incomplete_event_size=limits.max_head_bytes, timeout_graceful_shutdown=5, server_header=False,
@@ -691,6 +691,7 @@ class SearchServer:
             # this machine (its default trusts 127.0.0.1), giving the per-client limits a new address per request
             proxy_headers=False)
         self._uvicorn = uvicorn.Server(config)
+        self.limits = limits
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         if not quiet:
@@ -716,7 +717,8 @@ class SearchServer:
     def serve_forever(self, poll_interval: float | None = None) -> None:  # noqa: ARG002 (socketserver's name)
         self._done.clear()
         try:
-            self._uvicorn.run(sockets=[self.socket])
+            # each connection guarded (httpd.py): deadlines, head size, per-client cap, JSON framing errors
+            run_guarded(lambda: self._uvicorn.serve(sockets=[self.socket]), self.limits, _SECURITY_HEADERS)
         finally:
             self._done.set()
 
