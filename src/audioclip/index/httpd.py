@@ -253,7 +253,9 @@ class ConnectionGuard(asyncio.Protocol):
             return
         self.answered = self.inner_keeps_alive = True
         try:
-            self.parser.send(h11.Response(status_code=204, headers=[]))  # stands for the answer sent: no bytes
+            # stands for the answer sent (nothing is written): any status but a switch of protocol, which a 2xx to a
+            # CONNECT or a 101 would be (the application never switches)
+            self.parser.send(h11.Response(status_code=404, headers=[("content-length", "0")]))
             self.parser.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             self._close()
