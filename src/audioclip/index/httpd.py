@@ -20,16 +20,15 @@ uvicorn's public settings give four of the bounds (``SearchServer`` sets them):
 and uvicorn answers whatever h11 refuses with a plain-text 400.
 
 So each connection's protocol (uvicorn's) gets a :class:`ConnectionGuard` in
-front of it, an ``asyncio.Protocol`` of its own: :class:`GuardedLoop` (an
-asyncio event loop) wraps the protocol factory of every server it creates, and
-:func:`run_guarded` runs uvicorn's ``Server.serve`` in such a loop. Only
-public APIs are used: asyncio's, h11's and uvicorn's ``Config``/``Server``.
-The guard reads the bytes first with an h11 parser of its own (the same
-library uvicorn uses, with the same settings) and hands uvicorn one request at
-a time; it holds the deadlines, the head size, the per-client connection cap
-(:class:`ClientCounts`) and answers what h11 refuses with h11's status in JSON.
-:class:`AnswerTracker` (ASGI middleware) tells it when the application's answer
-begins and ends. :class:`ClientRateLimit` answers 429 to an address past its
+front of it: :func:`run_guarded` runs uvicorn's ``Server.serve`` in a
+:class:`GuardedLoop`, an asyncio event loop that wraps the protocol factory of
+every server it creates (public APIs only: asyncio's, h11's, uvicorn's
+``Config`` and ``Server``). The guard parses the bytes first with h11 (as
+uvicorn does, with the same settings), hands uvicorn one request at a time,
+holds the deadlines, the head size and the per-client connection cap
+(:class:`ClientCounts`), and answers what h11 refuses with h11's status in
+JSON. :class:`AnswerTracker` (ASGI middleware) tells it when the answer begins
+and ends. :class:`ClientRateLimit` answers 429 to an address past its
 request rate (a token bucket); :class:`FramingGuard` refuses what h11 lets
 through but RFC 9112 calls faulty framing (``Transfer-Encoding`` with
 ``Content-Length``, or in HTTP/1.0). All limits are in :class:`ConnectionLimits`.
@@ -317,7 +316,7 @@ class ConnectionGuard(asyncio.Protocol):
         log.warning("Invalid HTTP request received: %s", reason)
         if not self.answering:
             body = json_error_bytes(reason)
-            head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json",
+            head = [f"HTTP/1.1 {status} {_phrase(status)}", "content-type: application/json",
                     "connection: close", f"content-length: {len(body)}",
                     *(f"{name}: {value}" for name, value in self.security_headers)]
             self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
@@ -363,6 +362,10 @@ class ConnectionGuard(asyncio.Protocol):
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
+
+
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase if any(status == known for known in HTTPStatus) else ""
 
 
 class AnswerTracker:
