@@ -98,7 +98,7 @@ class FileResult:
 _WINDOWS_PER_PIECE = 8
 
 
-class _DecodedFiles(IterableDataset):
+class DecodedFiles(IterableDataset):
     """Files decoded into pieces: ``{"index", "path", "source", "windows", "frames", "error", "final"}``.
 
     A long recording is streamed (:func:`~audioclip.media.stream_audio`): its
@@ -164,6 +164,9 @@ class _DecodedFiles(IterableDataset):
         frames = load_video_frames(path, which=self.options.video_frames, image_size=self.options.image_size,
                                    limits=self.options.limits)
         return [(None, frame) for frame in frames]
+
+
+_DecodedFiles = DecodedFiles  # the former name, still used by tests/test_hostile.py
 
 
 def _keep_as_is(item):
@@ -245,7 +248,7 @@ def embed_files(
     options = options or DecodeOptions(image_size=model.visual.image_size)
     workers = decoding_workers(workers, len(paths))
     loader = DataLoader(
-        _DecodedFiles(paths, options),
+        DecodedFiles(paths, options),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep_as_is,
@@ -263,7 +266,7 @@ def decode_file(path: str, options: DecodeOptions) -> dict:
     what :func:`embed_files` decodes in its workers (the distributed engines decode with it too).
     """
     whole = None
-    for piece in _DecodedFiles([path], options).pieces(0):
+    for piece in DecodedFiles([path], options).pieces(0):
         if whole is None:
             whole = piece
         else:

@@ -1,6 +1,7 @@
-"""Host names as ``audioclip serve`` compares them with a request's ``Host`` header, and the listening socket
-(no heavy imports: the command line checks ``--allowed-host`` values with :func:`host_name`, and binds the
-socket with :func:`listen`, before anything is loaded)."""
+"""Host names as ``audioclip serve`` compares them with a request's ``Host`` header, the names it accepts
+(:func:`allowed_host_names`), and the listening socket (no heavy imports: the command line checks
+``--allowed-host`` values with :func:`host_name`, and binds the socket with :func:`listen`, before anything is
+loaded)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import ipaddress
 import re
 import socket
 
-__all__ = ["host_name", "listen", "request_host_name"]
+__all__ = ["allowed_host_names", "host_name", "listen", "request_host_name"]
 
 _NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?", re.ASCII)
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 def host_name(text: str) -> str:
@@ -84,3 +86,27 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def allowed_host_names(host: str, extra=()) -> frozenset[str]:
+    """Names accepted in the ``Host`` header: loopback ones, ``host`` unless a wildcard, and ``extra``.
+
+    Each is taken by :func:`host_name` (lower-case, any ``:port`` dropped, IPv6 in
+    brackets); a value of ``extra`` that is no host name or address raises ``ValueError``; a ``host`` that is
+    none (it is checked when bound) adds nothing.
+    """
+    names = set(_LOOPBACK_NAMES)
+    for i, given in enumerate([host, *extra]):
+        try:
+            name = host_name(given)
+        except ValueError:
+            if i == 0:
+                continue
+            raise
+        try:
+            unspecified = ipaddress.ip_address(name.strip("[]")).is_unspecified
+        except ValueError:
+            unspecified = False
+        if not unspecified:
+            names.add(name)
+    return frozenset(names)

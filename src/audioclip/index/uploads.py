@@ -30,7 +30,7 @@ libraries. So the server never decodes one itself:
    its next batch only once no search is waiting.
 
 The query vector is the one :meth:`Index.embed_query` gives for the same file,
-bit for bit: the same decoding (:class:`~audioclip.inference._DecodedFiles`),
+bit for bit: the same decoding (:class:`~audioclip.inference.DecodedFiles`),
 the same batches (:data:`QUERY_BATCH` windows, as :func:`embed_files`), the
 same pooling (:meth:`FileResult.pooled`).
 
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import Embedding, FileResult, _DecodedFiles, autocast
+from ..inference import DecodedFiles, Embedding, FileResult, autocast
 from ..media.files import DecodeOptions
 from ..errors import AudioclipError
 
@@ -225,7 +225,7 @@ def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: in
             raise _TooLarge
         with open(os.path.join(folder, _WINDOWS), "wb") as windows, \
                 open(os.path.join(folder, _FRAMES), "wb") as frames:
-            for piece in _DecodedFiles([path], options).pieces(0):
+            for piece in DecodedFiles([path], options).pieces(0):
                 meta["source"] = piece["source"]
                 meta["error"] = meta["error"] or piece["error"]
                 for start, end, wave in piece["windows"]:
