@@ -156,14 +156,14 @@ def test_long_recordings_are_streamed_with_the_same_vectors(tiny_model, tmp_path
     """A long file is decoded and embedded piece by piece; windows and the pooled vector are today's."""
     import torch.nn.functional as F
 
-    from audioclip.inference import _WINDOWS_PER_PIECE, _DecodedFiles
+    from audioclip.inference import _WINDOWS_PER_PIECE, DecodedFiles
     from audioclip.media import split_windows
 
     seconds = 5 * (2 * _WINDOWS_PER_PIECE + 3) + 2.5  # several pieces and an end-aligned tail
     rng = np.random.default_rng(3)
     sf.write(tmp_path / "long.flac", (0.1 * rng.standard_normal((int(48000 * seconds), 2))).astype(np.float32), 48000)
     options = DecodeOptions(image_size=64)
-    pieces = list(_DecodedFiles([str(tmp_path / "long.flac")], options))
+    pieces = list(DecodedFiles([str(tmp_path / "long.flac")], options))
     assert len(pieces) == 3 and [p["final"] for p in pieces] == [False, False, True]
     assert max(len(p["windows"]) for p in pieces) == _WINDOWS_PER_PIECE  # never the whole file at once
 
@@ -230,7 +230,7 @@ def busy(self, index):  # a decoder deep in a long file: it never looks up from 
     time.sleep(300)
     yield {}
 
-inference._DecodedFiles.pieces = busy
+inference.DecodedFiles.pieces = busy
 list(inference.embed_files(create_model("AudioCLIP-tiny"), [sys.argv[1]], workers=1))
 """
 

@@ -166,7 +166,6 @@ class DecodedFiles(IterableDataset):
         return [(None, frame) for frame in frames]
 
 
-_DecodedFiles = DecodedFiles  # the former name, still used by tests/test_hostile.py
 
 
 def _keep_as_is(item):
