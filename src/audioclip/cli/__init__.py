@@ -7,6 +7,7 @@
 - :mod:`.index`: ``index``, ``search``, ``serve``;
 - :mod:`.export`: ``convert`` (.pt <-> .safetensors), ``export hub|onnx``;
 - :mod:`.evaluate`: ``evaluate``;
+- :mod:`.fit`: ``fit``;
 - :mod:`.train`: ``train``, ``prepare``.
 
 The command line is the top layer: it imports the rest of the package, nothing
@@ -20,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import evaluate, export, index, inference, train
+from . import evaluate, export, fit, index, inference, train
 from .options import EXIT_USAGE, ArgumentParser, run, usage_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -38,6 +39,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     index.register_search,
     index.register_serve,
     evaluate.register_evaluate,
+    fit.register_fit,
     train.register_train,
     train.register_prepare,
 ]
