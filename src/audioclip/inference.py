@@ -532,7 +532,7 @@ def classify(
     return zero_shot(model, text_classifier(model, labels, template), audio_vectors, image_vectors)
 
 
-def _vectors(model: AudioCLIP, given, modality: str) -> torch.Tensor | None:
+def _vectors(model: AudioCLIP, given, modality: str, options: DecodeOptions | None = None) -> torch.Tensor | None:
     if given is None:
         return None
     if isinstance(given, torch.Tensor):
@@ -542,7 +542,7 @@ def _vectors(model: AudioCLIP, given, modality: str) -> torch.Tensor | None:
     if isinstance(given, (str, os.PathLike)):
         given = [given]
     vectors = []
-    for result in embed_files(model, [str(p) for p in given]):
+    for result in embed_files(model, [str(p) for p in given], options=options):
         if not result.ok:
             raise MediaError(result.path, result.error)
         vector = result.pooled(modality)
@@ -573,4 +573,11 @@ def _classify_with_head(model: AudioCLIP, head, labels, audio, image) -> torch.T
     if image is not None or audio is None:
         raise ValueError("a head classifies audio: give audio=")
     head = load_head_for(model, head)
-    return head.probabilities(_vectors(model, audio, "audio"))
+    return head.probabilities(_vectors(model, audio, "audio", options=head_decode_options(model, head)))
+
+
+def head_decode_options(model: AudioCLIP, head) -> DecodeOptions:
+    """How files are cut for ``head``: the window, hop and down-mixing of the embeddings it was fitted on."""
+    info = head.info
+    return DecodeOptions(window=float(info.get("window_s", 5.0)), hop=info.get("hop_s"),
+                         mono=bool(info.get("mono", False)), image_size=model.visual.image_size)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .inference import (
     _add_input_options,
-    _add_limit_options,
     _check_model_options,
     _decode_options,
     _templates,
@@ -163,6 +162,5 @@ def register_fit(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-plot", action="store_true", help="write no confusion-matrix picture")
     add_model_options(parser)
     _add_input_options(parser)
-    _add_limit_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_fit, quick_exit=True, extras=[("fit", ("sklearn",))])

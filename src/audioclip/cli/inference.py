@@ -357,6 +357,9 @@ def _load_head(args: argparse.Namespace):
 
 def _run_classify(args: argparse.Namespace) -> int:
     head = _load_head(args) if args.head else None
+    if head is not None:  # files are cut as the head's embeddings were
+        args.window, args.hop = float(head.info.get("window_s", 5.0)), head.info.get("hop_s")
+        args.mono = bool(head.info.get("mono", False))
     labels, templates = (head.labels, ["{}"]) if head else (_labels(args), _templates(args))
     check_inputs(args.files)
     _check_model_options(args)
@@ -369,9 +372,13 @@ def _run_classify(args: argparse.Namespace) -> int:
 
     model = load_model(args)
     if head is not None:
+        from audioclip.heads import HeadMismatchError
         from audioclip.inference import load_head_for
 
-        head = load_head_for(model, head)  # fitted on another checkpoint: one line naming both
+        try:
+            head = load_head_for(model, head)
+        except HeadMismatchError as err:  # fitted on another checkpoint: one line naming both
+            raise UsageError(str(err)) from None
     else:
         classes = text_classifier(model, labels, templates)
 
@@ -423,8 +430,8 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--labels", help="comma-separated labels, e.g. 'dog,rain,siren'")
     labels.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
     labels.add_argument("--head", metavar="HEAD_DIR",
-                        help="a head written by 'audioclip fit' instead of labels (audio only; the decision is "
-                        "'none' when no class passes the head's threshold)")
+                        help="a head written by 'audioclip fit' instead of labels (audio only, cut into the head's "
+                        "windows; the decision is 'none' when no class passes the head's threshold)")
     templates = parser.add_mutually_exclusive_group()
     templates.add_argument("--template", default="{}",
                            help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")

@@ -41,14 +41,16 @@ def assign_folds(examples: Sequence[Example], strata: np.ndarray, n_folds: int =
 
     ``strata`` ``(N,)`` is the class each example is balanced by (the first label). Grouped folds come from
     scikit-learn's ``StratifiedGroupKFold`` (shuffled with ``seed``): every group lies in exactly one fold.
-    There are ``n_folds`` of them, fewer when there are fewer groups (at least 2).
+    There are ``n_folds`` of them, fewer when a class has fewer recordings (at least 2).
     """
     if any(e.fold is not None for e in examples):
         return np.array([e.fold for e in examples], dtype=np.int64)
     from sklearn.model_selection import StratifiedGroupKFold
 
     groups = np.array([group_of(e) for e in examples])
-    k = max(2, min(n_folds, len(set(groups.tolist()))))
+    # as many folds as the smallest class has recordings (each fold should see every class), 2 at least
+    per_class = [len(set(groups[strata == s].tolist())) for s in np.unique(strata)]
+    k = max(2, min(n_folds, min(per_class), len(set(groups.tolist()))))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = np.zeros(len(examples), dtype=np.int64)
     with warnings.catch_warnings():  # "the least populated class has only 2 members": expected with few clips

@@ -177,7 +177,8 @@ def select(arr: Arrays, pool: np.ndarray, folds: np.ndarray, *, shots: int | Non
     """
     pool = np.asarray(pool)
     inner = sorted(set(folds[pool].tolist()))
-    alphas = sorted(set(float(a) for a in alphas))
+    allowed = sorted(set(float(a) for a in alphas))
+    alphas = sorted(set(allowed) | {0.0, 1.0})  # zero-shot and the trained classifier alone: always reported
     if len(inner) < 2:
         raise ValueError("choosing on validation folds needs at least two folds")
     zs_logits = arr.X @ arr.zeroshot.T
@@ -198,7 +199,7 @@ def select(arr: Arrays, pool: np.ndarray, folds: np.ndarray, *, shots: int | Non
                 P = activate((1 - a) * zs_logits[val] + a * oof[C][val], arr.multilabel)
                 per_fold.append(score(P, arr.Y[val], arr.multilabel))
             scores[(float(C), float(a))] = float(np.nanmean(per_fold))
-    best = max(scores, key=lambda k: (scores[k], -k[1], -k[0]))
+    best = max((k for k in scores if k[1] in allowed), key=lambda k: (scores[k], -k[1], -k[0]))
     C, a = best
     P = activate((1 - a) * zs_logits[pool] + a * oof[C][pool], arr.multilabel)
     threshold = 0.0 if arr.multilabel else choose_threshold(P, arr.Y[pool], arr.background, max_false_positives)
