@@ -48,8 +48,7 @@ def load_model(model_file_path: str = "", *, device: str | None = None, **kwargs
     (``""``: the published weights, ``"full"``). It carries ``sample_rate``, ``scene_embedding_size`` and
     ``timestamp_embedding_size``."""
     model = create_model(model_file_path or "full", device=device or "auto", **kwargs)
-    model.eval()
-    model.sample_rate = SAMPLE_RATE
+    model.eval()  # sample_rate: the model's own attribute (44 100 Hz)
     model.scene_embedding_size = int(model.embed_dim)
     model.timestamp_embedding_size = int(model.embed_dim)
     return model
