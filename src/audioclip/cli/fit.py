@@ -61,20 +61,18 @@ def _numbers(text: str) -> list[float]:
 
 def _check_out(out: str) -> None:
     """HEAD_DIR is new, or a head folder (a re-fit replaces its head and reuses its embeddings)."""
-    from audioclip.heads import is_head_dir
-
     path = Path(out)
     if not out.strip():
         raise UsageError("-o: an empty folder name was given")
     if path.exists() and not path.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not is_head_dir(path) and not (path / "embeddings.parquet").exists():
+    if path.is_dir() and any(path.iterdir()) and not (path / "head.json").is_file() \
+            and not (path / "embeddings.parquet").exists():
         raise UsageError(f"-o {out}: a folder that holds other files than a head; give a new folder or a head folder")
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from audioclip.fit.data import DataError, read_data
-    from audioclip.fit.run import check_shots, format_summary, parse_shots
+    from audioclip.fit.data import DataError, check_shots, parse_shots, read_data  # no torch: checked first
 
     check_inputs([args.data], what="DATA")
     _check_out(args.output)
@@ -96,7 +94,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     _check_model_options(args)
     model = load_model(args)
 
-    from audioclip.fit import fit
+    from audioclip.fit import fit, format_summary
 
     reported = set(data.problems)
     with progress_bar(args, len(data.examples)) as bar:

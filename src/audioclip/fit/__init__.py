@@ -11,8 +11,10 @@ path and output), so this package sits above the engines.
 
 from __future__ import annotations
 
-from .data import BACKGROUND_NAMES, DataError, LabelledData, read_data
-from .run import FitReport, fit, format_summary, parse_shots
+from ..util import lazy_exports
 
-__all__ = ["BACKGROUND_NAMES", "DataError", "FitReport", "LabelledData", "fit", "format_summary", "parse_shots",
-           "read_data"]
+# imported on first use: reading and checking the data (.data) needs neither torch nor numpy
+_EXPORTS = {"BACKGROUND_NAMES": "data", "DataError": "data", "LabelledData": "data", "read_data": "data",
+            "parse_shots": "data", "FitReport": "run", "fit": "run", "format_summary": "run"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

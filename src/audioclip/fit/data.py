@@ -13,6 +13,7 @@ import csv
 import io
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from ..io import FileReadError, check_regular_file, read_text_bounded
 from ..media.files import expand_paths
 from ..media.sniff import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 
-__all__ = ["BACKGROUND_NAMES", "DataError", "Example", "LabelledData", "label_text", "read_data"]
+__all__ = ["BACKGROUND_NAMES", "DataError", "Example", "LabelledData", "check_shots", "label_text", "parse_shots",
+           "read_data"]
 
 #: class names taken as "none of the classes" unless ``background=`` names another
 BACKGROUND_NAMES = ("background", "noise", "other")
@@ -222,3 +224,33 @@ def _parquet_rows(path: Path) -> list[dict]:
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     return table.to_pylist()
+
+
+def parse_shots(text: str | Sequence) -> list[int | None]:
+    """``"1,5,all"`` -> ``[1, 5, None]`` (``None``: every clip); a ValueError in one line otherwise."""
+    items = [x.strip() for x in text.split(",")] if isinstance(text, str) else [str(x) for x in text]
+    out: list[int | None] = []
+    for item in items:
+        if item.lower() == "all":
+            value = None
+        else:
+            try:
+                value = int(item)
+            except ValueError:
+                raise ValueError(f"shots: {item!r} is not a number or 'all'") from None
+            if value < 1:
+                raise ValueError(f"shots: {value} is not a positive number")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError("shots: give at least one count, e.g. 1,5,all")
+    return sorted(out, key=lambda v: float("inf") if v is None else v)
+
+
+def check_shots(data: LabelledData, shots: Sequence[int | None]) -> None:
+    """A ValueError unless every shot count fits in the smallest class (checked before anything is embedded)."""
+    counts = data.counts()
+    smallest = min(data.classes, key=lambda c: counts.get(c, 0))
+    for s in shots:
+        if s is not None and s > counts.get(smallest, 0):
+            raise ValueError(f"--shots {s} is more than class {smallest!r} has ({counts.get(smallest, 0)} clips)")

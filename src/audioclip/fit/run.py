@@ -15,7 +15,7 @@ import numpy as np
 from ..heads import Head
 from ..io import exclusive_lock
 from ..util import package_version
-from .data import LabelledData, label_text, read_data
+from .data import LabelledData, check_shots, label_text, parse_shots, read_data
 from .folds import assign_folds
 from .solver import ALPHAS, Arrays, evaluate, select, train_linear
 
@@ -40,36 +40,6 @@ class FitReport:
     reused: int = 0
     seconds_embedding: float = 0.0
     seconds_fitting: float = 0.0
-
-
-def parse_shots(text: str | Sequence) -> list[int | None]:
-    """``"1,5,all"`` -> ``[1, 5, None]`` (``None``: every clip); a ValueError in one line otherwise."""
-    items = [x.strip() for x in text.split(",")] if isinstance(text, str) else [str(x) for x in text]
-    out: list[int | None] = []
-    for item in items:
-        if item.lower() == "all":
-            value = None
-        else:
-            try:
-                value = int(item)
-            except ValueError:
-                raise ValueError(f"shots: {item!r} is not a number or 'all'") from None
-            if value < 1:
-                raise ValueError(f"shots: {value} is not a positive number")
-        if value not in out:
-            out.append(value)
-    if not out:
-        raise ValueError("shots: give at least one count, e.g. 1,5,all")
-    return sorted(out, key=lambda v: float("inf") if v is None else v)
-
-
-def check_shots(data: LabelledData, shots: Sequence[int | None]) -> None:
-    """A ValueError unless every shot count fits in the smallest class (checked before anything is embedded)."""
-    counts = data.counts()
-    smallest = min(data.classes, key=lambda c: counts.get(c, 0))
-    for s in shots:
-        if s is not None and s > counts.get(smallest, 0):
-            raise ValueError(f"--shots {s} is more than class {smallest!r} has ({counts.get(smallest, 0)} clips)")
 
 
 def fit(
