@@ -277,3 +277,25 @@ def test_classify_head_refuses_another_checkpoint(fitted, data_dir):
     assert code == 2
     errors = [line for line in err.splitlines() if ": error:" in line]
     assert len(errors) == 1 and "AudioCLIP-tiny@" in errors[0] and "AudioCLIP-RN50@" in errors[0]
+
+
+def test_onnx_export_with_a_head_outputs_the_same_probabilities(fitted, model, data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    from audioclip.export.onnx import export_onnx
+
+    out, _ = fitted
+    paths = export_onnx(model, tmp_path / "onnx", checkpoint_id=audioclip.checkpoint_id(model), head=out)
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["head"]["labels"] == load_head(out).labels
+    session = ort.InferenceSession(str(paths["audio"]), providers=["CPUExecutionProvider"])
+    file = data_dir / "high" / "high3.wav"
+    wave = audioclip.load_audio(str(file))[None]  # one 0.5 s window: what classify --head embeds
+    probs = session.run(["probabilities"], {"waveform": wave.numpy()})[0]
+    expected = audioclip.classify(model, audio=[str(file)], head=out).numpy()
+    assert probs.shape == expected.shape and np.abs(probs - expected).max() < 1e-4
+    with pytest.raises(audioclip.AudioclipError, match="fitted on embeddings of checkpoint"):
+        export_onnx(audioclip.create_model("AudioCLIP-tiny", device="cpu"), tmp_path / "o2",
+                    checkpoint_id="other@0123", head=out)
