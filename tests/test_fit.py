@@ -299,3 +299,22 @@ def test_onnx_export_with_a_head_outputs_the_same_probabilities(fitted, model, d
     with pytest.raises(audioclip.AudioclipError, match="fitted on embeddings of checkpoint"):
         export_onnx(audioclip.create_model("AudioCLIP-tiny", device="cpu"), tmp_path / "o2",
                     checkpoint_id="other@0123", head=out)
+
+
+def test_a_multi_label_parquet_table_gives_a_sigmoid_head(fitted, model, data_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, _ = fitted
+    files = sorted(data_dir.rglob("*.wav"))
+    # "low" clips also count as "tone", "high" ones too; noise clips are background (no label)
+    labels = [{"low": "low;tone", "high": "high;tone", "noise": "noise"}[f.parent.name] for f in files]
+    pq.write_table(pa.table({"path": [str(f) for f in files], "label": labels}), tmp_path / "labels.parquet")
+    data = read_data(tmp_path / "labels.parquet")
+    assert data.multilabel and data.background == "noise"
+    result = fit(model, data, tmp_path / "h", embeddings=out / "embeddings.parquet", Cs=[10.0])
+    head = load_head(tmp_path / "h")
+    assert head.activation == "sigmoid" and head.labels == ["high", "low", "tone"]  # background: no label
+    assert "mAP" in result.report["evaluation"]["shots"][0]["combined"]
+    probs = audioclip.classify(model, audio=[str(files[0])], head=head)
+    assert probs.shape == (1, 3) and ((probs >= 0) & (probs <= 1)).all()

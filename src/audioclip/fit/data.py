@@ -119,6 +119,7 @@ def check_data(data: LabelledData, *, background: str | None = None, min_clips: 
     if data.multilabel and data.background:  # a background clip of a multi-label table has no label at all
         data.examples = [Example(e.path, tuple(x for x in e.labels if x != data.background), e.fold, e.group,
                                  e.where) for e in data.examples]
+        data.classes = [c for c in data.classes if c != data.background]
     counts = data.counts()
     for label in list(data.classes):
         if counts.get(label, 0) >= min_clips:

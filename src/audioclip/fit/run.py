@@ -121,7 +121,9 @@ def _fit(model, data: LabelledData, out: Path, *, embeddings, templates, shots, 
     if left_out:
         from .data import check_data
 
-        data = check_data(data.without(left_out), background=data.background)
+        background = data.background  # a multi-label table's background is no class any more: kept aside
+        data = check_data(data.without(left_out), background=None if data.multilabel else background)
+        data.background = background if data.multilabel else data.background
         problems += [p for p in data.problems if p not in problems]
     seconds_embedding = time.perf_counter() - start
 
@@ -185,7 +187,8 @@ def _fit(model, data: LabelledData, out: Path, *, embeddings, templates, shots, 
                  "label_texts": [label_text(c) for c in classes], "multilabel": data.multilabel,
                  "solver": report["solver"], "metrics": _summary_metrics(report),
                  "package_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    head = Head(classes, weight, bias, "sigmoid" if data.multilabel else "softmax", data.background, sel.threshold,
+    head = Head(classes, weight, bias, "sigmoid" if data.multilabel else "softmax",
+                None if data.multilabel else data.background, sel.threshold,
                 sel.alpha, parts, info)
     extra = {REPORT_NAME: (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()}
     if plot and not data.multilabel and evaluation.get("detail"):
