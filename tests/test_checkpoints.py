@@ -61,6 +61,14 @@ def served(server):
     return server, weights, {"tiny": weights}
 
 
+def use_registry(monkeypatch, registry):
+    """Make ``registry`` the one registry (its dict's entries replaced: every module reads the same dict)."""
+    for name in list(checkpoints.REGISTRY):
+        monkeypatch.delitem(checkpoints.REGISTRY, name)
+    for name, weights in registry.items():
+        monkeypatch.setitem(checkpoints.REGISTRY, name, weights)
+
+
 def range_requests(server):
     return [r for _, r in server.requests if r]
 
@@ -76,9 +84,9 @@ def test_cache_dir_argument_env_and_default(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "env"))
     assert cache_dir() == tmp_path / "env"
     monkeypatch.delenv("AUDIOCLIP_CACHE")
-    monkeypatch.setattr(
-        checkpoints.platformdirs, "user_cache_dir", lambda name: str(tmp_path / "user" / name)
-    )
+    import platformdirs
+
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name: str(tmp_path / "user" / name))
     assert cache_dir() == tmp_path / "user" / "audioclip"
 
 
@@ -448,14 +456,14 @@ def test_cli_download_unknown_name(tmp_path, capsys):
 
 def test_cli_download(served, tmp_path, capsys, monkeypatch):
     server, weights, registry = served
-    monkeypatch.setattr(checkpoints, "REGISTRY", registry)
+    use_registry(monkeypatch, registry)
     assert main(["download", "tiny", "--cache-dir", str(tmp_path / "c"), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "c" / "tiny.pt")
 
 
 def test_cli_download_reports_each_failure(served, tmp_path, capsys, monkeypatch):
     server, weights, registry = served
-    monkeypatch.setattr(checkpoints, "REGISTRY", registry)
+    use_registry(monkeypatch, registry)
     assert main(["download", "bogus", "tiny", "--cache-dir", str(tmp_path), "-q"]) == 1
     captured = capsys.readouterr()
     assert "bogus" in captured.err and "Traceback" not in captured.err

@@ -281,6 +281,12 @@ def test_resume_refuses_other_windows(tmp_path, model):
         writer.done_paths()
 
 
+def test_an_option_of_another_engine_is_refused_before_the_output_is_touched(model, tmp_path):
+    with pytest.raises(TypeError, match="address"):  # a ray engine option given to the plain engine
+        embed_to(model, [tmp_path], tmp_path / "emb.parquet", address="auto")
+    assert list(tmp_path.iterdir()) == []  # no output, no parts, no lock
+
+
 # -- the documented DuckDB queries, for real ------------------------------------------------------------------
 
 
@@ -316,10 +322,10 @@ def test_the_duckdb_queries_of_the_docs_run(model, tmp_path, monkeypatch):
 
 
 def test_outputs_on_a_pyarrow_file_system(parquet, model, inputs, tmp_path, monkeypatch):
-    from audioclip import embeddings_io
+    from audioclip.embeddings_io import files
     from audioclip.engines.ray_engine import _decode_remote
 
-    monkeypatch.setattr(embeddings_io, "_is_uri", lambda path: "://" in path)  # file:// takes the object-store path
+    monkeypatch.setattr(files, "is_remote", lambda path: "://" in path)  # file:// takes the object-store path
     want = read_embeddings(parquet)
     uri = f"file://{tmp_path}/store/emb.parquet"
     report = embed_to(model, [inputs], uri, files_per_part=3)

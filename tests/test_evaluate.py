@@ -363,9 +363,9 @@ def test_register_adds_the_evaluate_command():
     from audioclip.cli import evaluate as cli
     from audioclip.cli.evaluate import register_evaluate as register
     from audioclip.cli.evaluate import run
-    from audioclip.evaluate import datasets, tasks
+    from audioclip.evaluate import datasets, protocols
 
-    assert (cli.DATASETS, cli.TASKS, cli.PAIRS) == (datasets.DATASETS, tasks.TASKS, tasks.PAIRS)
+    assert (cli.DATASETS, cli.TASKS, cli.PAIRS) == (datasets.DATASETS, protocols.TASKS, protocols.PAIRS)
 
     parser = argparse.ArgumentParser(prog="audioclip")
     register(parser.add_subparsers())

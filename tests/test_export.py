@@ -372,7 +372,7 @@ def test_onnx_export_files_that_are_fifos_are_refused(tmp_path):
 
 @onnx_deps
 def test_checkpoint_beside_onnx_dir_must_be_the_exported_one(tmp_path, tiny_file):
-    from audioclip.checkpoints import checkpoint_id as file_checkpoint_id
+    from audioclip.checkpoints import file_checkpoint_id
     from audioclip.cli import main as cli_main
 
     import soundfile as sf

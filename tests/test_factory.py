@@ -319,7 +319,7 @@ def test_a_model_config_is_bounded_before_anything_is_built(hub_folder, tmp_path
     def never(*args, **kwargs):
         raise AssertionError("a model was built from a config out of bounds")
 
-    monkeypatch.setattr(factory, "_build", never)
+    monkeypatch.setattr(factory.build, "build_model", never)
     cfg = load_model_config(TINY)
     for key, value in change.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
@@ -356,6 +356,6 @@ def test_too_many_parameters_are_refused_from_the_meta_device(monkeypatch):
     from audioclip.model.config import load_model_config
 
     cfg = load_model_config("AudioCLIP-RN50")  # 134 M parameters: counted without memory
-    monkeypatch.setattr(factory, "MAX_PARAMETERS", 100_000_000)
+    monkeypatch.setattr(factory.configs, "MAX_PARAMETERS", 100_000_000)
     with pytest.raises(CheckpointError, match=r"config: invalid model config: 1\d\d,\d{3},\d{3} parameters, more than"):
         create_model(TINY, config=cfg)

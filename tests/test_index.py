@@ -757,25 +757,26 @@ def test_the_checkpoint_hash_is_cached_until_the_file_changes(tmp_path, monkeypa
     import hashlib
 
     from audioclip import checkpoints
+    from audioclip.checkpoints import cache
 
     monkeypatch.setenv("AUDIOCLIP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 0.0)
+    monkeypatch.setattr(cache, "_RACY_SECONDS", 0.0)
     hashed = []
-    real = checkpoints._sha256
-    monkeypatch.setattr(checkpoints, "_sha256", lambda p: hashed.append(p) or real(p))
+    real = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda p: hashed.append(p) or real(p))
     path = tmp_path / "weights.pt"
     path.write_bytes(b"a" * 1000)
-    first = checkpoints.checkpoint_id(path)
+    first = checkpoints.file_checkpoint_id(path)
     assert first == f"weights.pt@{hashlib.sha256(b'a' * 1000).hexdigest()[:16]}" and len(hashed) == 1
-    assert checkpoints.checkpoint_id(path) == first and len(hashed) == 1  # from the cache
+    assert checkpoints.file_checkpoint_id(path) == first and len(hashed) == 1  # from the cache
     st = os.stat(path)
     path.write_bytes(b"b" * 1000)  # same size, mtime set back: the ctime still moves
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert checkpoints.checkpoint_id(path) == f"weights.pt@{hashlib.sha256(b'b' * 1000).hexdigest()[:16]}"
+    assert checkpoints.file_checkpoint_id(path) == f"weights.pt@{hashlib.sha256(b'b' * 1000).hexdigest()[:16]}"
     assert len(hashed) == 2
-    monkeypatch.setattr(checkpoints, "_RACY_SECONDS", 3600.0)  # a file changed just now is not remembered
+    monkeypatch.setattr(cache, "_RACY_SECONDS", 3600.0)  # a file changed just now is not remembered
     path.write_bytes(b"c" * 1000)
-    checkpoints.checkpoint_id(path), checkpoints.checkpoint_id(path)
+    checkpoints.file_checkpoint_id(path), checkpoints.file_checkpoint_id(path)
     assert len(hashed) == 4
 
 

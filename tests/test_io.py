@@ -156,15 +156,23 @@ def test_bad_modes():
             pass
 
 
-def test_io_imports_only_the_standard_library():
+def test_io_imports_the_standard_library_and_filelock_only():
+    """Everything imports io.py: at import it needs the standard library; the locks import filelock when taken."""
     import ast
     import sys
 
     tree = ast.parse(open(aio.__file__, encoding="utf-8").read())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert all(n in sys.stdlib_module_names or n == "__future__" for n in names), names
-    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+    def imported(nodes) -> set[str]:
+        names = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.level == 0}
+
+    third_party = {n for n in imported(ast.walk(tree)) if n not in sys.stdlib_module_names and n != "__future__"}
+    assert third_party <= {"filelock"}, third_party
+    assert "filelock" not in imported(tree.body)  # only inside the lock functions
+    # of the package itself, only the error base below it
+    relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    assert relative <= {"errors"}, relative
 
 
 # -- every output of the package -----------------------------------------------------------
@@ -241,7 +249,7 @@ def test_evaluation_reports_and_plots(tmp_path, umask):
     from audioclip.evaluate.collect import collect
     from audioclip.evaluate.datasets import EvalSet
     from audioclip.evaluate.report import write_outputs
-    from audioclip.evaluate.tasks import Report
+    from audioclip.evaluate.protocols import Report
 
     data = EvalSet("esc50", "ESC-50", str(tmp_path), [], ["dog", "rain"])
     report = Report("zeroshot", data, "ckpt.pt", "ckpt@0", None, ["{}"])
@@ -272,7 +280,7 @@ def test_training_shards(tmp_path, umask):
     import soundfile
 
     from audioclip.data import AudioCache, write_shards
-    from audioclip.data.index import Clip
+    from audioclip.data.cliplist import Clip
 
     clips = []
     for i in range(5):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audioclip.evaluate.metrics import (
+from audioclip.metrics import (
     RECALL_LEVELS,
     accuracy,
     confusion_matrix,
@@ -170,7 +170,7 @@ def test_retrieval_rejects_bad_shapes():
 
 
 def test_querying_relevance_and_label_set_averaging():
-    from audioclip.evaluate.tasks import _group_mean, _rank_queries
+    from audioclip.evaluate.protocols import _group_mean, _rank_queries
 
     # one text query for the label set {0, 1}; targets {0, 1}, {0}, {2}
     q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
@@ -185,3 +185,30 @@ def test_querying_relevance_and_label_set_averaging():
     groups = np.array([0, 0, 1, 1])
     valid = np.array([True, True, True, False])
     assert _group_mean(values, groups, valid) == pytest.approx(0.75)
+
+
+# -- the one score of training's model selection ---------------------------------------------
+
+
+def test_training_score_is_the_reported_metric():
+    # training picks its best epoch by the same code that evaluation reports with (ties: one threshold)
+    from audioclip.metrics import score
+
+    scores = np.array([[0.5, 0.1], [0.5, 0.7], [0.2, 0.9], [0.1, 0.2]])
+    labels = np.array([[1, 0], [0, 1], [0, 0], [1, 0]])
+    name, value = score(scores, labels, multilabel=True)
+    assert name == "mAP" and value == pytest.approx(mean_average_precision(scores, labels)[0])
+    # class 0: positives at 0.5 (tied with a negative) and 0.1 (last): AP = (1/2 + 2/4) / 2, as scikit-learn
+    assert value == pytest.approx((0.5 + sklearn_metrics.average_precision_score(labels[:, 1], scores[:, 1])) / 2)
+    name, value = score(scores, np.array([0, 1, 1, 0]), multilabel=False)
+    assert (name, value) == ("accuracy", pytest.approx(3 / 4))
+
+
+def test_mean_std_skips_missing_values():
+    from audioclip.metrics import mean_std
+
+    mean, std = mean_std([1.0, None, float("nan"), 3.0])
+    assert mean == 2.0 and std == pytest.approx(2**0.5)
+    mean, std = mean_std([4.0])
+    assert mean == 4.0 and np.isnan(std)
+    assert all(np.isnan(mean_std([None])))

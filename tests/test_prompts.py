@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audioclip.prompts import check_template, format_prompts, text_classifier
+from audioclip.prompts import check_template, text_classifier
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,12 @@ def test_check_template_rejects(template, message):
     assert "\n" not in str(info.value)
 
 
-def test_format_prompts():
-    assert format_prompts(["dog", "rain"], ["a {}", "{}!"]) == [["a dog", "dog!"], ["a rain", "rain!"]]
-    assert format_prompts(["dog"], "the sound of {}") == [["the sound of dog"]]  # a string is one template
+def test_templates_are_checked_before_the_model_is_used():
+    # no model needed: every template is checked before anything is encoded
     with pytest.raises(ValueError, match="placeholders"):
-        format_prompts(["dog"], ["a {}", "{} {}"])
+        text_classifier(None, ["dog"], ["a {}", "{} {}"])
     with pytest.raises(ValueError, match="at least one template"):
-        format_prompts(["dog"], [])
+        text_classifier(None, ["dog"], [])
 
 
 def test_importing_prompts_does_not_import_torch():
@@ -174,7 +173,7 @@ def test_evaluate_class_vectors_agree(model):
 
 
 def test_train_class_text_features_agree(model):
-    from audioclip.train.tasks import class_text_features
+    from audioclip.train.objectives import class_text_features
 
     with torch.no_grad():
         features = class_text_features(model, LABELS, "the sound of {}")

@@ -336,7 +336,7 @@ def test_fbsp_gradient_rule_matches_the_models_hook():
 
 
 def test_mixed_precision_path_keeps_the_front_end_in_float32():
-    from audioclip.train.tasks import audio_features
+    from audioclip.train.objectives import audio_features
 
     torch.manual_seed(0)
     model = AudioCLIP(MICRO).eval()

@@ -1,6 +1,6 @@
 """DDP: two processes on gloo (launched by torchrun, as a user would) match one process on the same global batch.
 
-What makes this hold (see audioclip.train.tasks and audioclip.data.sampling): each process takes its
+What makes this hold (see audioclip.train.objectives and audioclip.data.sampling): each process takes its
 slice of the same global batch and the same per-sample augmentations; contrastive features are gathered
 from all processes, so the loss is the one-process loss; the value given to backward is scaled so that
 DDP's gradient average is that loss's gradient; and the fbsp gradient rule is applied after the average.

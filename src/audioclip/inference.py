@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,17 @@ from .media import (
     stream_windows,
 )
 from . import prompts
-from .media.files import MEDIA_EXTENSIONS, DecodeOptions, expand_paths  # noqa: F401 (re-exported)
+from .media.sniff import FileModality
+from .media.files import MEDIA_EXTENSIONS, DecodeOptions, expand_paths, shard, shard_files  # noqa: F401 (re-exported)
+from .media.workers import MAX_WORKERS, cpu_count, decoding_workers, die_with_parent  # noqa: F401 (re-exported)
 from .model import AudioCLIP
-from .util import is_uri
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+#: the space a file's embedding lies in (a video gives both)
+Modality = Literal["audio", "image"]
+#: what one embedding of a file covers: an audio window, the whole sound, a picture, a video frame
+EmbeddingKind = Literal["window", "pooled", "image", "frame"]
 
 
 @dataclass
@@ -50,8 +56,8 @@ class Embedding:
     into the file (a frame has ``start == end``; an image has neither).
     """
 
-    modality: str
-    kind: str
+    modality: Modality
+    kind: EmbeddingKind
     start: float | None
     end: float | None
     vector: torch.Tensor  # (embed_dim,), float32, L2-normalised
@@ -62,7 +68,7 @@ class FileResult:
     """Everything embedded from one file, or why it could not be."""
 
     path: str
-    source: str | None  # "audio", "image" or "video"; None when unrecognised
+    source: FileModality | None  # None when unrecognised
     embeddings: list[Embedding] = field(default_factory=list)
     error: str | None = None
 
@@ -70,7 +76,7 @@ class FileResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def pooled(self, modality: str) -> torch.Tensor | None:
+    def pooled(self, modality: Modality) -> torch.Tensor | None:
         """The file's single vector for ``modality``: the pooled audio, or the image / mean frame."""
         kinds = ("pooled",) if modality == "audio" else ("image", "frame")
         vectors = [e.vector for e in self.embeddings if e.modality == modality and e.kind in kinds]
@@ -81,40 +87,8 @@ class FileResult:
 
 # -- finding files ------------------------------------------------------------
 
-# MEDIA_EXTENSIONS, expand_paths and DecodeOptions live in media/files.py (no model imports) and are
-# re-exported here.
-
-
-def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
-    """The paths of shard ``index`` (0-based) of ``count``.
-
-    Assignment hashes each path, so it depends neither on the order of the
-    input nor on the other paths: N processes given the same inputs split
-    them without overlap or gap.
-    """
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index + 1}/{count} does not exist")
-    return [p for p in paths if _stable_hash(p) % count == index]
-
-
-def shard_files(paths: Sequence[str], index: int, count: int) -> list[str]:
-    """The files of shard ``index`` of ``count``, as resolved paths, from ``paths`` as the inputs name them.
-
-    Each file is assigned by the first of its names (in sorted order), so the
-    shards are the same on machines whose links and mounts differ, and a file
-    with two names (a link beside it) is in one shard only. Every machine must
-    be given the inputs spelled the same (``data/`` and ``/abs/data`` hash
-    apart).
-    """
-    first: dict[str, str] = {}
-    for name in sorted(paths):
-        first.setdefault(name if is_uri(name) else os.path.realpath(name), name)
-    keep = set(shard(list(first.values()), index, count))
-    return [resolved for resolved, name in first.items() if name in keep]
-
-
-def _stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+# MEDIA_EXTENSIONS, expand_paths, shard, shard_files and DecodeOptions live in media/files.py (no model
+# imports), the decoding processes' helpers in media/workers.py; all are re-exported here.
 
 
 # -- decoding, in worker processes ---------------------------------------------
@@ -194,78 +168,6 @@ class _DecodedFiles(IterableDataset):
 
 def _keep_as_is(item):
     return item
-
-
-#: the most decoding processes one job may ask for (``--workers``); fewer start when there are fewer CPUs or files
-MAX_WORKERS = 64
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one; at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def decoding_workers(requested: int, files: int) -> int:
-    """The decoding processes to start for ``files`` files: ``requested``, but never more than the files or CPUs.
-
-    ``requested`` above :data:`MAX_WORKERS` is a ValueError (the command line refuses it as a usage error):
-    each worker is a process with its own copy of the decoders, hundreds of megabytes.
-    """
-    if not 0 <= requested <= MAX_WORKERS:
-        raise ValueError(f"workers must be 0 to {MAX_WORKERS}, got {requested}")
-    return min(requested, files, cpu_count())
-
-
-def die_with_parent(parent: int) -> None:
-    """Make this process (a decoding worker) end when the process ``parent`` does, however it ends (``kill -9``).
-
-    On Linux the kernel kills the worker the moment its parent exits
-    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``): a worker deep in a decoder's C code
-    cannot notice anything itself, and it holds nothing that needs a clean exit
-    (the parent writes every output). ``parent`` is the job's process; the
-    worker's own parent may be a fork server between them, which exits with
-    the job. (For the kernel the parent is the thread that started the worker:
-    a DataLoader starts its workers in the thread that iterates it, which
-    outlives them.) Elsewhere, or if ``prctl`` is unavailable, a daemon thread checks
-    every second that ``parent`` still exists and ends the worker if not.
-    Either way a worker started after its parent already died ends at once.
-    """
-    import signal
-    import sys
-
-    def gone() -> bool:
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # the number now belongs to another user's process
-            return True
-        return False
-
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            armed = False
-    if gone():  # it died before the signal was armed: nobody will read what this worker decodes
-        os._exit(0)
-    if armed:
-        return
-    import threading
-    import time
-
-    def watch() -> None:
-        while not gone():
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="audioclip-parent-watch", daemon=True).start()
 
 
 def _start_worker(parent: int, worker_id: int) -> None:
@@ -532,7 +434,7 @@ def classify(
     return zero_shot(model, text_classifier(model, labels, template), audio_vectors, image_vectors)
 
 
-def _vectors(model: AudioCLIP, given, modality: str, options: DecodeOptions | None = None) -> torch.Tensor | None:
+def _vectors(model: AudioCLIP, given, modality: Modality, options: DecodeOptions | None = None) -> torch.Tensor | None:
     if given is None:
         return None
     if isinstance(given, torch.Tensor):

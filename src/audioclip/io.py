@@ -18,7 +18,10 @@ Two forms, for the two ways files get written:
   explicitly to libraries that guess it from the suffix (``np.save`` would even
   append ``.npy``: give it a file object from :func:`atomic_write` instead).
 
-Standard library only: everything else in the package may import this module.
+The module also holds the bounded reader (:func:`read_bytes_bounded`) and the
+output locks (:func:`exclusive_lock`, on filelock). It imports the standard
+library only (filelock when a lock is taken): everything else in the package
+may import it.
 """
 
 from __future__ import annotations
@@ -275,59 +278,61 @@ class LockFileError(AudioclipError, OSError):
     """
 
 
-#: how lock files are opened: never through a symbolic link (O_NOFOLLOW), never blocking on a FIFO
-_LOCK_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-
-
 def _unsafe_lock(path: str | os.PathLike, kind: str) -> LockFileError:
     return LockFileError(f"{os.fspath(path)}: the lock file is {kind}, not a regular file; nothing was written "
                          "through it (remove it if no job is running)")
 
 
-def _lstat_kind(path: str | os.PathLike) -> str:
-    """What ``path`` itself is, for a message: "a symbolic link", "a FIFO", ... (an lstat, nothing followed)."""
-    try:
-        mode = os.lstat(path).st_mode & 0o170000
-    except OSError:
-        return "not a regular file"
-    return "a symbolic link" if mode == 0o120000 else _KINDS.get(mode, "a special file")
+def _unsafe_open(path: str | os.PathLike, exc: OSError) -> LockFileError | None:
+    """The :class:`LockFileError` a failed open or lock of ``path`` (with ``exc``) means, if something else is there.
 
-
-def _open_lock(path: str | os.PathLike, *, create: bool) -> int | None:
-    """A descriptor on the regular file ``path``, never through a symbolic link (None: absent and not ``create``).
-
-    A new lock file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a link or
-    anything else already at the name makes the create fail rather than write
-    through it); an existing one is opened with ``O_NOFOLLOW``. Whatever was
-    opened is checked with ``fstat`` to be a regular file. Anything else at
-    the name is a :class:`LockFileError`.
+    An ``O_NOFOLLOW`` open of a link fails with ELOOP (Linux), EMLINK (FreeBSD)
+    or EFTYPE (NetBSD); a folder, socket or FIFO with other errors: whatever
+    the errno, what sits at the name (an lstat, nothing followed) tells.
     """
-    fd = None
-    if create:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _LOCK_FLAGS, 0o666 & ~current_umask())
-        except FileExistsError:
-            pass  # a stale lock file (or a link, or a FIFO...: the open below tells)
-    if fd is None:
-        try:
-            fd = os.open(path, (os.O_RDWR if create else os.O_RDONLY) | _LOCK_FLAGS)
-        except FileNotFoundError:
-            if create:  # removed between the two opens by the job that held it: try again
-                return _open_lock(path, create=True)
-            return None
-        except OSError as exc:
-            import errno
+    import errno
 
-            # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD), EFTYPE (NetBSD)
-            if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path):
-                raise _unsafe_lock(path, "a symbolic link") from None
-            if exc.errno in (errno.EISDIR, errno.ENXIO):
-                raise _unsafe_lock(path, _lstat_kind(path)) from None
-            raise
-    kind = os.fstat(fd).st_mode & 0o170000
+    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path):
+        return _unsafe_lock(path, "a symbolic link")
+    try:
+        kind = os.lstat(path).st_mode & 0o170000
+    except OSError:
+        return None
+    return None if kind == 0o100000 else _unsafe_lock(path, _KINDS.get(kind, "a special file"))
+
+
+def _check_lock_fd(path: str | os.PathLike, fd: int) -> os.stat_result:
+    """The fstat of ``fd`` if it is a regular file; else a :class:`LockFileError` (a FIFO opens without blocking)."""
+    st = os.fstat(fd)
+    kind = st.st_mode & 0o170000
     if kind != 0o100000:
-        os.close(fd)
         raise _unsafe_lock(path, _KINDS.get(kind, "a special file"))
+    return st
+
+
+# A look at a lock (held_by, lock_holder) must not create the file, which a FileLock would: these open an
+# existing one themselves, the way filelock does (no link followed), and probe it with filelock's lock_descriptor.
+#: how lock files are opened here: never through a symbolic link (O_NOFOLLOW), never blocking on a FIFO
+_LOCK_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_existing_lock(path: str | os.PathLike) -> int | None:
+    """A read-only descriptor on the existing lock file ``path``, never through a link (None: there is none).
+
+    Opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` to be a
+    regular file; anything else at the name is a :class:`LockFileError`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _LOCK_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _unsafe_open(path, exc) or exc from None
+    try:
+        _check_lock_fd(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -339,26 +344,26 @@ def held_by(path: str | os.PathLike) -> str | None:
     Something other than a lock file at ``path`` (a symbolic link, a FIFO) is
     a :class:`LockFileError` now, as the lock would be.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    fd = _open_lock(path, create=False)
+    from filelock import lock_descriptor, unlock_descriptor
+
+    fd = _open_existing_lock(path)
     if fd is None:
         return None  # no lock file: nobody holds it
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder_of(fd) or "another process"
+        # filelock's own primitive on our descriptor (flock; LockFileEx on Windows), held for an instant. It is
+        # exclusive: a job taking the lock in that instant fails as if the lock were held (it was), as before.
+        if not lock_descriptor(fd, blocking=False):
+            return _holder_of(fd) or "another process"
+        unlock_descriptor(fd)
     finally:
-        os.close(fd)  # also releases our shared lock
+        os.close(fd)
     return None
 
 
 def lock_holder(path: str | os.PathLike) -> str | None:
     """The holder line of the lock file ``path`` (see :func:`exclusive_lock`), None if unknown (or not a lock file)."""
     try:
-        fd = _open_lock(path, create=False)
+        fd = _open_existing_lock(path)
     except OSError:
         return None
     if fd is None:
@@ -371,8 +376,9 @@ def lock_holder(path: str | os.PathLike) -> str | None:
 
 def _holder_of(fd: int) -> str | None:
     try:
-        text = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip()
-    except OSError:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 1024).decode("utf-8", "replace").strip()
+    except OSError:  # Windows: the holder's byte-range lock forbids reading the locked byte
         return None
     return text.splitlines()[0] if text else None
 
@@ -383,51 +389,61 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
 
     For jobs that write one output in several steps (parts, then a merge): a
     second job on the same output fails instead of interleaving with the
-    first. The lock is the operating system's (``flock``), so it goes away
-    with a killed process and a stale lock file never blocks a re-run; the
-    file is removed when the lock is released. Where ``flock`` does not exist
-    (Windows) nothing is locked.
+    first. The lock is filelock's ``FileLock``, the operating system's lock
+    (``flock``; ``LockFileEx`` on Windows), so it goes away with a killed
+    process and a stale lock file never blocks a re-run. While it is held the
+    file holds one line naming the holder (``process PID (command), since
+    TIME``: :func:`lock_holder`, :attr:`LockedError.holder`); it is removed
+    when the lock is released.
 
-    The lock file is never reached through a symbolic link: it is created with
-    ``O_EXCL | O_NOFOLLOW`` or opened with ``O_NOFOLLOW`` and must be a regular
-    file; a link (dangling or not), a FIFO or a folder planted at ``path`` is a
+    The lock file is never reached through a symbolic link: filelock creates it
+    with ``O_CREAT | O_EXCL | O_NOFOLLOW`` or opens it with ``O_NOFOLLOW``, and
+    it must be a regular file before anything is written to it; a link
+    (dangling or not), a FIFO or a folder planted at ``path`` is a
     :class:`LockFileError` and is left as it is, and so is what it points at.
     """
+    from filelock import FileLock, Timeout
+
     path = Path(path)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield path
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = _open_lock(path, create=True)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_of(fd)
-            os.close(fd)
-            raise LockedError(f"{path}: locked by {holder or 'another process'}", holder) from None
-        # The holder before us may have removed the file between our open and our
-        # lock: then we hold a lock on a name that no longer exists. Try again.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.lstat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
+    held: list[os.stat_result] = []
+
+    def claim(fd: int) -> None:
+        # Run by filelock with the locked descriptor, before acquire() returns (a raise undoes the
+        # acquisition). A FIFO or device opens and locks like a file: refuse it before writing anything.
+        st = _check_lock_fd(path, fd)
         os.ftruncate(fd, 0)  # a stale file's longer holder line must not trail ours
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{_holder_line()}\n".encode("utf-8", "backslashreplace"))  # argv may hold odd bytes
+        held.append(st)
+
+    lock = FileLock(path, timeout=0, on_acquired=claim)
+    for attempt in range(3):
+        try:
+            lock.acquire()
+            break
+        except Timeout:
+            # The holder may have released and removed the file between filelock's open and its flock: the
+            # name is gone then, and a new file is the lock. Anything else is a holder.
+            if attempt < 2 and not os.path.lexists(path):
+                continue
+            holder = lock_holder(path)
+            raise LockedError(f"{path}: locked by {holder or 'another process'}", holder) from None
+        except LockFileError:
+            raise
+        except OSError as exc:
+            raise _unsafe_open(path, exc) or exc from None
+    try:
         yield path
     finally:
         try:
-            if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still: never another job's new file
+            # Removed while still held (a job that opened it meanwhile sees the name gone and starts over, as
+            # filelock does); never another job's new file at the name.
+            if os.path.samestat(held[-1], os.lstat(path)):
                 os.unlink(path)
         except OSError:
             pass
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 # -- the steps ---------------------------------------------------------------------

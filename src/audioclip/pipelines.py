@@ -32,14 +32,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .factory import create_model
-from .inference import classify, embed_files
+from .inference import Modality, classify, embed_files
 from .media import SAMPLE_RATE, MediaError, clip_preprocess, sniff_modality, to_rgb
 from .prompts import check_template
 
@@ -47,6 +47,9 @@ __all__ = ["PIPELINE_TASKS", "pipeline"]
 
 PIPELINE_TASKS = ("zero-shot-audio-classification", "zero-shot-image-classification", "feature-extraction",
                   "audio-classification")
+
+#: what ``modality=`` of feature extraction may say (``None``: sniffed from the input)
+FeatureModality = Literal["audio", "image", "text"]
 
 
 def pipeline(task: str, model: str | os.PathLike | torch.nn.Module = "full", *, device: str | None = None,
@@ -125,18 +128,35 @@ def _is_path(item: Any) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-class _ZeroShotAudio(_Pipeline):
-    def __call__(self, audio, candidate_labels=None, hypothesis_template: str = "This is a sound of {}."):
+class _ZeroShot(_Pipeline):
+    """Zero-shot classification of one modality: each input (a path or an in-memory item) ranked over the labels."""
+
+    modality: Modality
+
+    def _tensor(self, item: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _classify(self, inputs, candidate_labels, hypothesis_template: str):
         labels = _labels(candidate_labels)
         check_template(hypothesis_template)
-        batch = _is_batch(audio)
-        items = list(audio) if batch else [audio]
+        batch = _is_batch(inputs)
+        items = list(inputs) if batch else [inputs]
         results = []
         for item in items:
-            given = [os.fspath(item)] if _is_path(item) else _waveform(item)
-            probs = classify(self.model, labels, audio=given, template=hypothesis_template)
+            given = [os.fspath(item)] if _is_path(item) else self._tensor(item)
+            probs = classify(self.model, labels, template=hypothesis_template, **{self.modality: given})
             results += _ranked(probs, labels)
         return results if batch else results[0]
+
+
+class _ZeroShotAudio(_ZeroShot):
+    modality = "audio"
+
+    def __call__(self, audio, candidate_labels=None, hypothesis_template: str = "This is a sound of {}."):
+        return self._classify(audio, candidate_labels, hypothesis_template)
+
+    def _tensor(self, item: Any) -> torch.Tensor:
+        return _waveform(item)
 
 
 class _AudioClassification(_Pipeline):
@@ -168,29 +188,25 @@ def _image_tensor(item: Any, size: int) -> torch.Tensor:
     raise TypeError(f"an image is a file path or a PIL image, got {type(item).__name__}")
 
 
-class _ZeroShotImage(_Pipeline):
+class _ZeroShotImage(_ZeroShot):
+    modality = "image"
+
     def __call__(self, image, candidate_labels=None, hypothesis_template: str = "This is a photo of {}."):
-        labels = _labels(candidate_labels)
-        check_template(hypothesis_template)
-        batch = _is_batch(image)
-        items = list(image) if batch else [image]
-        results = []
-        for item in items:
-            given = [os.fspath(item)] if _is_path(item) else _image_tensor(item, self.model.visual.image_size)
-            probs = classify(self.model, labels, image=given, template=hypothesis_template)
-            results += _ranked(probs, labels)
-        return results if batch else results[0]
+        return self._classify(image, candidate_labels, hypothesis_template)
+
+    def _tensor(self, item: Any) -> torch.Tensor:
+        return _image_tensor(item, self.model.visual.image_size)
 
 
 class _FeatureExtraction(_Pipeline):
-    def __call__(self, inputs, modality: str | None = None, return_tensors: bool = False):
+    def __call__(self, inputs, modality: FeatureModality | None = None, return_tensors: bool = False):
         batch = _is_batch(inputs)
         items = list(inputs) if batch else [inputs]
         vectors = [self._embed(item, modality) for item in items]
         out = [v if return_tensors else v.tolist() for v in vectors]
         return out if batch else out[0]
 
-    def _embed(self, item: Any, modality: str | None) -> torch.Tensor:
+    def _embed(self, item: Any, modality: FeatureModality | None) -> torch.Tensor:
         from PIL import Image
 
         model = self.model

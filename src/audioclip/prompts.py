@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["check_template", "format_prompts", "text_classifier"]
+__all__ = ["check_template", "text_classifier"]
 
 
 def check_template(template: str) -> None:
@@ -48,15 +48,6 @@ def check_template(template: str) -> None:
         field = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
         raise ValueError(f"template {template!r} has {field!r}; the label's place is a bare '{{}}' "
                          "(no name, index, conversion or format spec)")
-
-
-def format_prompts(labels: Sequence[str], templates: str | Sequence[str]) -> list[list[str]]:
-    """``len(labels)`` lists of ``len(templates)`` prompts: ``prompts[i][j] = templates[j].format(labels[i])``.
-
-    A single string is one template. Every template is checked first.
-    """
-    templates = _templates(templates)
-    return [[t.format(label) for t in templates] for label in labels]
 
 
 def text_classifier(

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from audioclip.evaluate.datasets import load_eval_set
     from audioclip.evaluate.embed import EmbeddingStore, load_encoder
     from audioclip.evaluate.report import format_report, write_outputs
-    from audioclip.evaluate.tasks import RunOptions, run_querying, run_supervised, run_zeroshot
+    from audioclip.evaluate.protocols import RunOptions, run_querying, run_supervised, run_zeroshot
 
     try:
         data = load_eval_set(args.dataset, args.root, **_dataset_options(args))

@@ -157,10 +157,10 @@ def _check_same_checkpoint(name: str, args: argparse.Namespace) -> None:
     if path.is_dir():  # a Hub-style model folder: its weights file
         path = path / "model.safetensors"
     if weights is not None and not Path(name).expanduser().exists():
-        ident = checkpoints.checkpoint_id("", weights)
+        ident = checkpoints.file_checkpoint_id("", weights)
     elif path.is_file():
         try:
-            ident = checkpoints.checkpoint_id(path)
+            ident = checkpoints.file_checkpoint_id(path)
         except (checkpoints.CheckpointError, OSError) as err:
             raise UsageError(f"--checkpoint {name}: {err}") from None
     else:
@@ -463,7 +463,7 @@ def _check_engine(args: argparse.Namespace) -> None:
 
 def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
     """``embed --engine ray``: the same job on Ray Data (audioclip.engines.ray_engine), the same messages."""
-    from audioclip.engines.ray_engine import embed_with_ray
+    from audioclip.engines import embed_to
 
     with progress_bar(args, len(paths)) as bar:
         def on_result(path, error):
@@ -471,11 +471,11 @@ def _embed_with_ray(args: argparse.Namespace, model, paths, ignored) -> int:
                 bar.write(f"audioclip: skipped {path}: {error}", file=sys.stderr)
             bar.update()
 
-        report = embed_with_ray(model, paths, args.output, fmt=args.format, options=_decode_options(args, model),
-                                batch_size=args.batch_size, precision=args.precision, audio_mode=args.audio_mode,
-                                files_per_part=args.flush_every, overwrite=args.overwrite, on_result=on_result,
-                                address=args.ray_address,
-                                num_gpus=args.num_gpus, concurrency=args.concurrency, device=args.device)
+        report = embed_to(model, paths, args.output, engine="ray", fmt=args.format,
+                          options=_decode_options(args, model), batch_size=args.batch_size, precision=args.precision,
+                          audio_mode=args.audio_mode, files_per_part=args.flush_every, overwrite=args.overwrite,
+                          on_result=on_result, address=args.ray_address,
+                          num_gpus=args.num_gpus, concurrency=args.concurrency, device=args.device)
     note(args, f"{report.done + report.skipped} file(s) embedded ({report.done} now, {report.skipped} before), "
          f"{len(report.failed)} failed, {len(ignored)} non-media file(s) ignored; {report.rows} rows in {args.output}")
     for path, reason in report.failed:

@@ -124,7 +124,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: extra -> the modules it provides that its commands cannot run without
 EXTRAS: dict[str, tuple[str, ...]] = {
     "index": ("lancedb",),
-    "train": ("yaml", "webdataset"),
+    "train": ("yaml", "webdataset", "torchmetrics"),
     "eval": ("torchmetrics", "matplotlib"),
     "ray": ("ray",),
 }

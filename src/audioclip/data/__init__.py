@@ -22,7 +22,7 @@ from .cache import AudioCache, default_cache_dir
 from .dataset import ClipDataset, apply_conventions, collate, measure_longest
 from .esc50 import read_esc50
 from .folder import read_folder
-from .index import Clip, DatasetIndex, Splits, ValidationSpec, split_index
+from .cliplist import Clip, DatasetIndex, Splits, ValidationSpec, split_index
 from .sampling import EvalBatchSampler, GlobalBatchSampler
 from .shards import ShardStream, read_manifest, write_shards
 from .us8k import read_us8k

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..media.sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from .index import Clip, DatasetIndex
+from .cliplist import Clip, DatasetIndex
 
 __all__ = ["read_audioset", "read_class_labels", "read_segments", "youtube_ids_of_name"]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,16 +37,20 @@ from ..media import MediaError, load_image, load_video_frames
 from ..media.sniff import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .augment import AudioAugment, sample_generator
 from .cache import AudioCache
-from .index import Clip
+from .cliplist import Clip
 
-__all__ = ["ClipDataset", "apply_conventions", "collate", "measure_longest"]
+__all__ = ["Amplitude", "Channels", "ClipDataset", "SampleMaker", "apply_conventions", "collate", "measure_longest"]
 
-CHANNELS = ("mono", "stereo", "keep")
-AMPLITUDES = ("raw", "minmax")
+#: how a clip's channels are made uniform (see the module's docstring)
+Channels = Literal["mono", "stereo", "keep"]
+#: whether a clip keeps its level or is stretched to the 16-bit range
+Amplitude = Literal["raw", "minmax"]
+CHANNELS: tuple[Channels, ...] = get_args(Channels)
+AMPLITUDES: tuple[Amplitude, ...] = get_args(Amplitude)
 _INT16_TOP = 32767.0 / 32768.0
 
 
-def apply_conventions(wave: torch.Tensor, channels: str = "mono", amplitude: str = "raw") -> torch.Tensor:
+def apply_conventions(wave: torch.Tensor, channels: Channels = "mono", amplitude: Amplitude = "raw") -> torch.Tensor:
     """Apply the channel and amplitude conventions to a decoded ``(channels, samples)`` clip."""
     if channels == "mono":
         if wave.shape[0] > 1:
@@ -65,11 +70,64 @@ def apply_conventions(wave: torch.Tensor, channels: str = "mono", amplitude: str
     return wave.contiguous()
 
 
-class ClipDataset(Dataset):
+class SampleMaker:
+    """How a decoded clip becomes a sample; shared by :class:`ClipDataset` and :class:`~.shards.ShardStream`.
+
+    ``num_classes`` and ``multilabel`` shape the target (a class index, or a
+    multi-hot vector); ``augment`` and ``seed`` the audio; ``channels`` and
+    ``amplitude`` are the conventions of :func:`apply_conventions`; ``prompt``
+    formats each label text; ``image`` adds a picture of ``image_size`` pixels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        augment: AudioAugment,
+        *,
+        multilabel: bool = False,
+        seed: int = 0,
+        channels: Channels = "mono",
+        amplitude: Amplitude = "raw",
+        prompt: str = "{}",
+        image: bool = False,
+        image_size: int = 224,
+    ):
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+        if amplitude not in AMPLITUDES:
+            raise ValueError(f"amplitude must be one of {AMPLITUDES}, got {amplitude!r}")
+        self.num_classes = num_classes
+        self.augment = augment
+        self.multilabel = multilabel
+        self.seed = seed
+        self.channels = channels
+        self.amplitude = amplitude
+        self.prompt = prompt
+        self.image = image
+        self.image_size = image_size
+
+    def conventions(self, wave: torch.Tensor) -> torch.Tensor:
+        return apply_conventions(wave, self.channels, self.amplitude)
+
+    def target_of(self, targets: Sequence[int]):
+        """A class index (single-label) or a float multi-hot ``(num_classes,)`` (multi-label)."""
+        if not self.multilabel:
+            return targets[0]
+        hot = torch.zeros(self.num_classes)
+        hot[list(targets)] = 1.0
+        return hot
+
+    def text_of(self, labels: Sequence[str]) -> str:
+        return ", ".join(self.prompt.format(label) for label in labels)
+
+
+class ClipDataset(SampleMaker, Dataset):
     """A map-style dataset over ``clips``; index it with ``i`` or ``(epoch, i)``.
 
     The epoch takes part in seeding the augmentation of sample ``i`` (see
     :func:`audioclip.data.augment.sample_generator`), so samplers pass it along.
+    ``settings`` are :class:`SampleMaker`'s; ``num_frames`` the frames looked
+    at when a clip's picture comes from its video.
     """
 
     def __init__(
@@ -79,30 +137,12 @@ class ClipDataset(Dataset):
         augment: AudioAugment,
         cache: AudioCache,
         *,
-        multilabel: bool = False,
-        seed: int = 0,
-        channels: str = "mono",
-        amplitude: str = "raw",
-        prompt: str = "{}",
-        image: bool = False,
-        image_size: int = 224,
         num_frames: int = 10,
+        **settings,
     ):
-        if channels not in CHANNELS:
-            raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
-        if amplitude not in AMPLITUDES:
-            raise ValueError(f"amplitude must be one of {AMPLITUDES}, got {amplitude!r}")
+        super().__init__(num_classes, augment, **settings)
         self.clips = list(clips)
-        self.num_classes = num_classes
-        self.augment = augment
         self.cache = cache
-        self.multilabel = multilabel
-        self.seed = seed
-        self.channels = channels
-        self.amplitude = amplitude
-        self.prompt = prompt
-        self.image = image
-        self.image_size = image_size
         self.num_frames = num_frames
 
     def __len__(self) -> int:
@@ -113,12 +153,12 @@ class ClipDataset(Dataset):
         clip = self.clips[i]
         g = sample_generator(self.seed, epoch, i) if self.augment.train else None
         try:
-            wave = apply_conventions(self.cache.load(clip.path), self.channels, self.amplitude)
+            wave = self.conventions(self.cache.load(clip.path))
             item = {
                 "index": i,
                 "audio": self.augment(wave, g),
-                "target": self.target(clip),
-                "text": ", ".join(self.prompt.format(label) for label in clip.labels),
+                "target": self.target_of(clip.targets),
+                "text": self.text_of(clip.labels),
                 "weight": clip.weight,
             }
             if self.image:
@@ -126,13 +166,6 @@ class ClipDataset(Dataset):
         except MediaError as e:
             return {"index": i, "bad": str(e)}
         return item
-
-    def target(self, clip: Clip):
-        if not self.multilabel:
-            return clip.targets[0]
-        hot = torch.zeros(self.num_classes)
-        hot[list(clip.targets)] = 1.0
-        return hot
 
     def load_picture(self, clip: Clip, g: torch.Generator | None) -> torch.Tensor:
         """One picture for the clip: a random one of its frames in training, the central one otherwise."""

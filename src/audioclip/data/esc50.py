@@ -13,10 +13,9 @@ them. A copy whose files carry another audio extension (``.flac``) is found.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from .index import Clip, DatasetIndex, find_media, relabel
+from .cliplist import DatasetIndex, clips_from_metadata, read_metadata, relabel
 
 __all__ = ["read_esc50"]
 
@@ -35,47 +34,25 @@ def read_esc50(
     Rows whose file is absent are left out and listed in ``missing``.
     """
     root = Path(root)
-    meta_path = root / metadata
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"ESC-50: no metadata file {meta_path} (expected the official meta/esc50.csv)")
-    with open(meta_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    need = {"filename", "fold", "target", "category"}
-    if not rows or not need <= set(rows[0]):
-        raise ValueError(f"{meta_path}: expected columns {sorted(need)}")
+    rows = read_metadata(root / metadata, {"filename", "fold", "target", "category"}, "ESC-50", "meta/esc50.csv")
     if subset not in (None, "esc10"):
         raise ValueError(f"ESC-50 subset must be None or 'esc10', got {subset!r}")
-
-    names: dict[int, str] = {}
-    clips, missing = [], []
-    find = find_media()
-    folder = root / audio_dir
-    for row in rows:
-        target = int(row["target"])
-        label = row["category"].replace("_", " ").strip()
-        names.setdefault(target, label)
-        if subset == "esc10" and row.get("esc10", "").strip().lower() != "true":
-            continue
-        path = find(folder, row["filename"])
-        if path is None:
-            missing.append(str(folder / row["filename"]))
-            continue
-        clips.append(
-            Clip(
-                path=str(path),
-                labels=(label,),
-                targets=(target,),
-                fold=int(row["fold"]),
-                group=f"esc50:{row.get('src_file') or row['filename']}",
-                key=Path(row["filename"]).stem,
-            )
-        )
+    found = clips_from_metadata(
+        rows,
+        file="filename",
+        target="target",
+        label="category",
+        folder=lambda row: root / audio_dir,
+        group=lambda row: f"esc50:{row.get('src_file') or row['filename']}",
+        keep=lambda row: subset != "esc10" or row.get("esc10", "").strip().lower() == "true",
+    )
+    names, missing = found.names, found.missing
     if subset == "esc10":
         keep = sorted({int(r["target"]) for r in rows if r.get("esc10", "").strip().lower() == "true"})
     else:
         keep = sorted(names)
     # classes in the order of the metadata's targets, numbered 0.. (the identity for the full ESC-50)
-    clips, _ = relabel(clips, keep)
+    clips, _ = relabel(found.clips, keep)
     classes = [names[t] for t in keep]
     return DatasetIndex(
         name="ESC-10" if subset == "esc10" else "ESC-50",

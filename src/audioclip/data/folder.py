@@ -16,7 +16,7 @@ labels separated by ``;`` (a multi-label dataset). A tree::
 The label text of a class is its name with underscores as spaces
 (``crying_baby`` -> "crying baby"); choose names that read well in a prompt.
 Without a ``fold`` column the test set is a random part of the data (see
-:func:`audioclip.data.index.split_index`).
+:func:`audioclip.data.cliplist.split_index`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from ..media.sniff import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
-from .index import Clip, DatasetIndex
+from .cliplist import Clip, DatasetIndex
 
 __all__ = ["read_folder"]
 

@@ -39,8 +39,8 @@ from ..media import MediaError
 from ..media.sniff import IMAGE_EXTENSIONS
 from .augment import AudioAugment, sample_generator
 from .cache import AudioCache
-from .dataset import apply_conventions
-from .index import Clip
+from .dataset import SampleMaker
+from .cliplist import Clip
 
 __all__ = ["MANIFEST", "ShardStream", "read_manifest", "write_shards"]
 
@@ -175,13 +175,13 @@ def _decode_audio(sample: dict) -> torch.Tensor:
     raise ValueError("sample has no .flac or .npy audio")
 
 
-class ShardStream(IterableDataset):
+class ShardStream(SampleMaker, IterableDataset):
     """Stream samples (the dicts of :mod:`audioclip.data.dataset`) from shards.
 
     Training (``batches_per_rank`` given): a shuffled, endless pass over this
     process's shards, cut after exactly ``batches_per_rank * local_batch``
     samples per process. Evaluation: one pass in order, every sample once
-    across all processes and workers.
+    across all processes and workers. ``settings`` are :class:`~.dataset.SampleMaker`'s.
     """
 
     def __init__(
@@ -190,30 +190,20 @@ class ShardStream(IterableDataset):
         num_classes: int,
         augment: AudioAugment,
         *,
-        multilabel: bool = False,
-        seed: int = 0,
         rank: int = 0,
         world: int = 1,
         batches_per_rank: int | None = None,
         local_batch: int = 1,
-        channels: str = "mono",
-        amplitude: str = "raw",
-        prompt: str = "{}",
-        image: bool = False,
-        image_size: int = 224,
         shuffle_buffer: int = 1000,
+        **settings,
     ):
         if not shards:
             raise ValueError("no shards to read")
+        super().__init__(num_classes, augment, **settings)
         self.shards = list(shards)
-        self.num_classes = num_classes
-        self.augment = augment
-        self.multilabel = multilabel
-        self.seed, self.rank, self.world = seed, rank, world
+        self.rank, self.world = rank, world
         self.batches_per_rank = batches_per_rank
         self.local_batch = local_batch
-        self.channels, self.amplitude, self.prompt = channels, amplitude, prompt
-        self.image, self.image_size = image, image_size
         self.shuffle_buffer = shuffle_buffer
         self.epoch = 0
 
@@ -291,20 +281,15 @@ class ShardStream(IterableDataset):
         meta = json.loads(sample["json"])
         g = sample_generator(self.seed, self.epoch, zlib.crc32(key.encode())) if self.augment.train else None
         try:
-            wave = apply_conventions(_decode_audio(sample), self.channels, self.amplitude)
+            wave = self.conventions(_decode_audio(sample))
         except Exception as e:  # a damaged sample must not end the epoch
             return {"index": -1, "bad": f"{sample.get('__url__', '?')}:{key}: {e}"}
-        if self.multilabel:
-            target = torch.zeros(self.num_classes)
-            target[meta["targets"]] = 1.0
-        else:
-            target = meta["targets"][0]
         item = {
             "index": -1,
             "key": meta.get("key") or key,
             "audio": self.augment(wave, g),
-            "target": target,
-            "text": ", ".join(self.prompt.format(label) for label in meta["labels"]),
+            "target": self.target_of(meta["targets"]),
+            "text": self.text_of(meta["labels"]),
             "weight": float(meta.get("weight", 1.0)),
         }
         if self.image:

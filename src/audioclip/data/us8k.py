@@ -13,10 +13,9 @@ channel and amplitude conventions). Slices of one Freesound recording
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from .index import Clip, DatasetIndex, find_media
+from .cliplist import DatasetIndex, clips_from_metadata, read_metadata
 
 __all__ = ["read_us8k"]
 
@@ -25,49 +24,27 @@ def read_us8k(root: str | Path, metadata: str = "metadata/UrbanSound8K.csv", aud
     """Index UrbanSound8K under ``root``. Rows whose file is absent are listed in ``missing``."""
     root = Path(root)
     meta_path = root / metadata
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"UrbanSound8K: no metadata file {meta_path} (expected the official metadata/UrbanSound8K.csv)"
-        )
-    with open(meta_path, newline="") as f:
-        rows = list(csv.DictReader(f))
     need = {"slice_file_name", "fsID", "start", "end", "fold", "classID", "class"}
-    if not rows or not need <= set(rows[0]):
-        raise ValueError(f"{meta_path}: expected columns {sorted(need)}")
-
-    names: dict[int, str] = {}
-    clips, missing = [], []
-    longest = 0.0
-    find = find_media()
-    for row in rows:
-        target = int(row["classID"])
-        label = row["class"].replace("_", " ").strip()
-        names.setdefault(target, label)
-        fold = int(row["fold"])
-        longest = max(longest, float(row["end"]) - float(row["start"]))
-        folder = root / audio_dir / f"fold{fold}"
-        path = find(folder, row["slice_file_name"])
-        if path is None:
-            missing.append(str(folder / row["slice_file_name"]))
-            continue
-        clips.append(
-            Clip(
-                path=str(path),
-                labels=(label,),
-                targets=(target,),
-                fold=fold,
-                group=f"us8k:{row['fsID']}",
-                key=Path(row["slice_file_name"]).stem,
-            )
-        )
+    rows = read_metadata(meta_path, need, "UrbanSound8K", "metadata/UrbanSound8K.csv")
+    found = clips_from_metadata(
+        rows,
+        file="slice_file_name",
+        target="classID",
+        label="class",
+        folder=lambda row: root / audio_dir / f"fold{int(row['fold'])}",
+        group=lambda row: f"us8k:{row['fsID']}",
+    )
+    names = found.names
+    longest = max((float(row["end"]) - float(row["start"]) for row in rows), default=0.0)
+    longest = max(longest, 0.0)
     if sorted(names) != list(range(len(names))):
         raise ValueError(f"{meta_path}: classIDs are not 0..{len(names) - 1}")
     return DatasetIndex(
         name="UrbanSound8K",
-        clips=clips,
+        clips=found.clips,
         classes=[names[t] for t in sorted(names)],
         folds=sorted({int(r["fold"]) for r in rows}),
         # slices are cut to at most 4 s; rounding in the metadata gives 4.000000001
         max_duration=min(4.0, round(longest, 3)) if longest > 0 else None,
-        missing=missing,
+        missing=found.missing,
     )

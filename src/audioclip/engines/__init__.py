@@ -16,14 +16,21 @@ bad files the same way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..util import is_uri
 
-__all__ = ["ENGINES", "RAY_INSTALL", "EmbedReport", "embed_to", "list_inputs", "ray_available"]
+if TYPE_CHECKING:  # for the annotations only: listing the engines and checking a job's options need no torch
+    from ..embeddings_io import EmbeddingWriter
+    from ..media.files import DecodeOptions
+
+__all__ = ["ENGINES", "RAY_INSTALL", "EmbedJob", "EmbedReport", "embed_to", "list_inputs", "ray_available"]
 
 ENGINES = ("plain", "ray")
 RAY_INSTALL = 'pip install "audioclip[ray]"'
@@ -85,6 +92,69 @@ def list_inputs(inputs: Iterable[str | os.PathLike], *, resolve: bool = True) ->
     return files, ignored
 
 
+#: an engine's work on the files left to do: ``embed(todo, writer, settings, options)`` yields
+#: ``(path, error)`` for each file as it finishes (``error`` None when it was embedded), with its rows
+#: added to ``writer`` or written as parts of ``writer.parts`` before it is yielded
+EmbedFiles = Callable[[list[str], "EmbeddingWriter", dict, "DecodeOptions"], Iterator[tuple[str, "str | None"]]]
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One embed job, as :func:`embed_to` was asked for it: what every engine's ``run(job)`` takes.
+
+    ``options`` (:class:`audioclip.inference.DecodeOptions`) default to the
+    model's image size; ``engine_options`` are the engine's own (``workers``
+    for ``plain``; ``address``, ``num_gpus``, ... for ``ray``), checked by it.
+    """
+
+    model: Any
+    inputs: Sequence[str | os.PathLike]
+    output: str | os.PathLike
+    fmt: str | None = None
+    options: DecodeOptions | None = None
+    batch_size: int = 16
+    precision: str = "fp32"
+    audio_mode: str | None = None
+    files_per_part: int = 64
+    overwrite: bool = False
+    on_result: Callable[[str, str | None], None] | None = None
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def execute(self, engine: str, embed: EmbedFiles) -> EmbedReport:
+        """The steps every engine shares, around its ``embed`` (:data:`EmbedFiles`).
+
+        Lists the inputs, opens the output (locked; an earlier one removed
+        with ``overwrite``), skips the files it already holds, lets ``embed``
+        do the rest, calls ``on_result`` per file, and merges the output.
+        """
+        from .. import embeddings_io
+        from ..media.files import DecodeOptions
+
+        start = time.perf_counter()
+        options = self.options or DecodeOptions(image_size=self.model.visual.image_size)
+        paths, ignored = list_inputs(self.inputs)
+        settings = embeddings_io.run_settings(self.model, options, precision=self.precision,
+                                              audio_mode=self.audio_mode, engine=engine)
+        report = EmbedReport(output=os.fspath(self.output), engine=engine, ignored=ignored)
+        with embeddings_io.EmbeddingWriter(self.output, fmt=self.fmt, part_size=self.files_per_part,
+                                           settings=settings, overwrite=self.overwrite) as writer:
+            todo = writer.todo(paths)
+            report.skipped = len(paths) - len(todo)
+            # closing: a callback that raises stops the engine at once (Ray shut down, the parts kept)
+            with contextlib.closing(embed(todo, writer, settings, options)) as finished:
+                for path, error in finished:
+                    if error is None:
+                        report.done += 1
+                    else:
+                        report.failed.append((path, error))
+                    if self.on_result is not None:
+                        self.on_result(path, error)
+            report.rows = writer.finalize()
+        report.failed.sort()
+        report.seconds = time.perf_counter() - start
+        return report
+
+
 def embed_to(
     model,
     inputs: Sequence[str | os.PathLike],
@@ -106,20 +176,20 @@ def embed_to(
     ``model`` comes from :func:`audioclip.create_model`. ``options``:
     :class:`audioclip.inference.DecodeOptions`. ``on_result(path, error)`` is
     called for every file as it finishes (``error`` is None when it was
-    embedded). ``engine_options`` go to the engine: ``workers`` for
-    ``plain``; ``address``, ``num_gpus``, ``concurrency``, ``device`` and
-    the others of :func:`audioclip.engines.ray_engine.embed_with_ray` for ``ray``.
+    embedded). ``engine_options`` go to the engine, which refuses any other:
+    ``workers`` for ``plain`` (:class:`audioclip.engines.plain.PlainOptions`);
+    ``address``, ``num_gpus``, ``concurrency``, ``device`` and the others of
+    :class:`audioclip.engines.ray_engine.RayOptions` for ``ray``.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    common = dict(fmt=fmt, options=options, batch_size=batch_size, precision=precision, audio_mode=audio_mode,
-                  files_per_part=files_per_part, overwrite=overwrite, on_result=on_result)
+    job = EmbedJob(model, inputs, output, fmt=fmt, options=options, batch_size=batch_size, precision=precision,
+                   audio_mode=audio_mode, files_per_part=files_per_part, overwrite=overwrite, on_result=on_result,
+                   engine_options=engine_options)
     if engine == "plain":
-        from .plain import embed_plain
-
-        return embed_plain(model, inputs, output, **common, **engine_options)
-    if not ray_available():
+        from .plain import run
+    elif not ray_available():
         raise ImportError(f"the ray engine needs Ray Data: {RAY_INSTALL}")
-    from .ray_engine import embed_with_ray
-
-    return embed_with_ray(model, inputs, output, **common, **engine_options)
+    else:
+        from .ray_engine import run
+    return run(job)

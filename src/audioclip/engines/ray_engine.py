@@ -37,42 +37,22 @@ import math
 import os
 import pickle
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..embeddings_io import EmbeddingWriter, rows_table, run_settings, write_part
+from ..embeddings_io import EmbeddingWriter, rows_table, write_part
 from ..inference import DecodeOptions, decode_file, embed_decoded
-from . import EmbedReport, list_inputs
+from . import EmbedJob, EmbedReport
 from ..util import is_uri
 
-__all__ = ["embed_with_ray"]
+__all__ = ["RayOptions", "run"]
 
 
-def embed_with_ray(
-    model,
-    inputs: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
-    *,
-    fmt: str | None = None,
-    options: DecodeOptions | None = None,
-    batch_size: int = 16,
-    precision: str = "fp32",
-    audio_mode: str | None = None,
-    files_per_part: int = 64,
-    overwrite: bool = False,
-    on_result: Callable[[str, str | None], None] | None = None,
-    address: str | None = None,
-    num_gpus: float | None = None,
-    concurrency: int | None = None,
-    cpus_per_actor: float = 1,
-    threads_per_actor: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    ray_init: dict | None = None,
-) -> EmbedReport:
-    """Embed the files of ``inputs`` into ``output`` with Ray Data (see :func:`audioclip.engines.embed_to`).
+@dataclass(frozen=True)
+class RayOptions:
+    """The ray engine's own options (``embed_to(..., engine="ray", address="auto")``).
 
     - ``address``: None starts a local Ray instance (or uses the one this
       process already started); otherwise ``ray.init(address=...)``.
@@ -82,41 +62,41 @@ def embed_with_ray(
       size a CPU actor; decoding takes one CPU per task from the rest.
     - ``device``: the actors' device: ``auto`` (CUDA when the actor has a GPU),
       ``cpu``, ``cuda``.
-    - ``files_per_part``: files per actor call, i.e. per Parquet part.
+    - ``progress``: Ray Data's progress bars and log; ``ray_init``: more
+      arguments for ``ray.init``.
+
+    The job's ``files_per_part`` is the files per actor call, i.e. per Parquet part.
     """
+
+    address: str | None = None
+    num_gpus: float | None = None
+    concurrency: int | None = None
+    cpus_per_actor: float = 1
+    threads_per_actor: int | None = None
+    device: str = "auto"
+    progress: bool = False
+    ray_init: dict | None = None
+
+
+def run(job: EmbedJob) -> EmbedReport:
+    """Embed the files of ``job`` with Ray Data (see :func:`audioclip.engines.embed_to`)."""
     import ray
-    import ray.data
 
-    start = time.perf_counter()
-    options = options or DecodeOptions(image_size=model.visual.image_size)
-    paths, ignored = list_inputs(inputs)
-    settings = run_settings(model, options, precision=precision, audio_mode=audio_mode, engine="ray")
-    report = EmbedReport(output=os.fspath(output), engine="ray", ignored=ignored)
+    engine = RayOptions(**job.engine_options)  # an option of another engine: a TypeError naming it
 
-    with EmbeddingWriter(output, fmt=fmt, part_size=files_per_part, settings=settings,
-                        overwrite=overwrite) as writer:
-        todo = writer.todo(paths)
-        report.skipped = len(paths) - len(todo)
-        if todo:
-            started = _connect(ray, address, ray_init)
-            try:
-                for path, error in _run(ray, model, todo, writer.parts, settings, options=options,
-                                        batch_size=batch_size, precision=precision, files_per_part=files_per_part,
-                                        num_gpus=num_gpus, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                                        threads_per_actor=threads_per_actor, device=device, progress=progress):
-                    if error:
-                        report.failed.append((path, error))
-                    else:
-                        report.done += 1
-                    if on_result is not None:
-                        on_result(path, error or None)
-            finally:
-                if started:
-                    ray.shutdown()
-        report.rows = writer.finalize()
-    report.failed.sort()
-    report.seconds = time.perf_counter() - start
-    return report
+    def embed(todo: list[str], writer: EmbeddingWriter, settings: dict,
+              options: DecodeOptions) -> Iterator[tuple[str, str | None]]:
+        if not todo:
+            return  # nothing left: Ray is not even started
+        started = _connect(ray, engine.address, engine.ray_init)
+        try:
+            for path, error in _run(ray, job, engine, todo, writer.parts, settings, options):
+                yield path, error or None
+        finally:
+            if started:
+                ray.shutdown()
+
+    return job.execute("ray", embed)
 
 
 def _connect(ray, address: str | None, extra: dict | None) -> bool:
@@ -130,23 +110,25 @@ def _connect(ray, address: str | None, extra: dict | None) -> bool:
     return True
 
 
-def _run(ray, model, todo, parts, settings, *, options, batch_size, precision, files_per_part, num_gpus,
-         concurrency, cpus_per_actor, threads_per_actor, device, progress):
+def _run(ray, job: EmbedJob, engine: RayOptions, todo, parts, settings, options: DecodeOptions):
     """Yield ``(path, error)`` for every file of ``todo`` as the pipeline finishes it ("" when embedded)."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
-    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
+    context.enable_progress_bars = engine.progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if engine.progress else logging.ERROR)
 
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
+    num_gpus = engine.num_gpus
     if num_gpus is None:
         num_gpus = 1 if gpus >= 1 else 0
+    concurrency = engine.concurrency
     if concurrency is None:
         concurrency = max(1, int(gpus // num_gpus)) if num_gpus else 1
 
+    model = job.model
     cpu_model = model
     if next(model.parameters()).device.type != "cpu":
         import copy
@@ -163,14 +145,14 @@ def _run(ray, model, todo, parts, settings, *, options, batch_size, precision, f
     decoded = dataset.map(functools.partial(_decode_row, options=options), num_cpus=1, max_calls=1000)
     written = decoded.map_batches(
         _EmbedAndWrite,
-        fn_constructor_kwargs=dict(model_ref=[model_ref], device=device, batch_size=batch_size,
-                                   precision=precision, parts=parts, settings=settings,
-                                   threads=threads_per_actor),
-        batch_size=files_per_part,
+        fn_constructor_kwargs=dict(model_ref=[model_ref], device=engine.device, batch_size=job.batch_size,
+                                   precision=job.precision, parts=parts, settings=settings,
+                                   threads=engine.threads_per_actor),
+        batch_size=job.files_per_part,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=num_gpus,
-        num_cpus=cpus_per_actor,
+        num_cpus=engine.cpus_per_actor,
         zero_copy_batch=True,
     )
     for batch in written.iter_batches(batch_format="numpy", batch_size=None):

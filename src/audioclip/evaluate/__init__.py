@@ -8,7 +8,7 @@
   computed once per (checkpoint, dataset, modality) and cached on disk.
 - :func:`run_zeroshot`, :func:`run_supervised`, :func:`run_querying` -> :class:`Report`;
   :func:`format_report` / :func:`write_outputs`: table, JSON, CSV, plots.
-- :mod:`audioclip.evaluate.metrics`: the metrics and their exact definitions.
+- :mod:`audioclip.metrics`: the metrics and their exact definitions (shared with training).
 - ``audioclip evaluate`` (:mod:`audioclip.cli.evaluate`) runs them from the command line.
 
 See docs/reproduction.md for the commands that regenerate the paper's tables.
@@ -30,17 +30,17 @@ _EXPORTS = {
     "load_eval_set": "datasets",
     "read_imagenet": "datasets",
     "EmbeddingStore": "embed",
-    "Embeddings": "embed",
+    "ItemEmbeddings": "embed",
     "Encoder": "embed",
     "embed_items": "embed",
     "load_encoder": "embed",
     "format_report": "report",
     "write_outputs": "report",
-    "Report": "tasks",
-    "RunOptions": "tasks",
-    "run_querying": "tasks",
-    "run_supervised": "tasks",
-    "run_zeroshot": "tasks",
+    "Report": "protocols",
+    "RunOptions": "protocols",
+    "run_querying": "protocols",
+    "run_supervised": "protocols",
+    "run_zeroshot": "protocols",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -48,9 +48,9 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .conventions import AudioConventions, conventions_for
     from .datasets import EvalItem, EvalSet, load_eval_set, read_imagenet
-    from .embed import EmbeddingStore, Embeddings, Encoder, embed_items, load_encoder
+    from .embed import EmbeddingStore, Encoder, ItemEmbeddings, embed_items, load_encoder
+    from .protocols import Report, RunOptions, run_querying, run_supervised, run_zeroshot
     from .report import format_report, write_outputs
-    from .tasks import Report, RunOptions, run_querying, run_supervised, run_zeroshot
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

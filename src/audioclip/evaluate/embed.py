@@ -23,13 +23,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..inference import autocast, decoding_workers, die_with_parent
+from ..inference import Modality, autocast
+from ..media.workers import decoding_workers, die_with_parent
 from ..io import atomic_write, write_text_atomic
 from ..prompts import text_classifier
 from ..media import MediaError, load_audio, load_image, load_video_frames
@@ -37,7 +39,10 @@ from ..media.sniff import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .conventions import AudioConventions
 from .datasets import EvalItem
 
-__all__ = ["EmbeddingStore", "Embeddings", "Encoder", "default_store_dir", "embed_items", "load_encoder"]
+__all__ = ["EmbeddingStore", "Encoder", "ItemEmbeddings", "default_store_dir", "embed_items", "load_encoder"]
+
+#: an AudioCLIP model, or a standalone ESResNeXt-fbsp audio classifier
+EncoderKind = Literal["audioclip", "classifier"]
 
 
 # -- the model ------------------------------------------------------------------
@@ -53,7 +58,7 @@ class Encoder:
     """
 
     model: torch.nn.Module
-    kind: str
+    kind: EncoderKind
     checkpoint: str
     checkpoint_id: str
     device: torch.device
@@ -228,10 +233,10 @@ def _as_list(batch):
 
 
 @dataclass
-class Embeddings:
+class ItemEmbeddings:
     """Vectors of ``items`` for one modality, in the items' order; failed rows are NaN and ``ok`` False."""
 
-    modality: str
+    modality: Modality
     vectors: np.ndarray
     ok: np.ndarray
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
@@ -251,7 +256,7 @@ def embed_items(
     workers: int = 0,
     flush_every: int = 2048,
     progress: bool = True,
-) -> Embeddings:
+) -> ItemEmbeddings:
     """Embed the ``modality`` ("audio" or "image") of every item that has one; reuse cached vectors.
 
     Items without that modality get ``ok=False`` and no failure entry; files
@@ -272,7 +277,7 @@ def embed_items(
     found = [cache.get(k) if k is not None else None for k in ids]
     dim = next((v.shape[0] for v in found if v is not None), None)
     todo = [i for i in range(n) if ids[i] is not None and found[i] is None]
-    result = Embeddings(modality, np.zeros((0, 0), np.float32), np.zeros(n, bool),
+    result = ItemEmbeddings(modality, np.zeros((0, 0), np.float32), np.zeros(n, bool),
                         cached=sum(v is not None for v in found))
     new: dict[int, np.ndarray] = {}
 
@@ -335,7 +340,7 @@ def _by_shape(entries: list[tuple[int, torch.Tensor]]) -> list[list[tuple[int, t
     return list(groups.values())
 
 
-def _encode_isolating(encoder: Encoder, modality: str, group, result: Embeddings, items):
+def _encode_isolating(encoder: Encoder, modality: str, group, result: ItemEmbeddings, items):
     """Encode a same-shape group; if the model refuses the batch, find the item(s) it refuses."""
     try:
         vectors = encoder.encode(modality, torch.stack([x for _, x in group]))

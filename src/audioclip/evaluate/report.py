@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write, write_text_atomic
-from .tasks import Report
+from .protocols import Report
 
 __all__ = ["CSV_COLUMNS", "format_report", "report_dict", "write_outputs"]
 
@@ -209,7 +209,7 @@ def _json_default(x):
 
 
 def _plots(report: Report, out: Path) -> list[Path]:
-    from .metrics import RECALL_LEVELS
+    from ..metrics import RECALL_LEVELS
     from .plots import plot_confusion, plot_per_class, plot_pr_curves
 
     data = report.dataset

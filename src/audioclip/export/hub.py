@@ -56,12 +56,12 @@ def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoin
         "kind": "esresnext", "num_classes": model.fc.out_features,
         "audio_cfg": {**model.config.__dict__, "layers": list(model.config.layers)},
     }
-    from ..factory import check_model_config, list_models
+    from ..factory import HUB_CONFIG, HUB_WEIGHTS, check_model_config, list_models
 
     # A bundled architecture's name, or none: a loader never takes the name for a file to open, and the
     # full config below is what loads (checked now, as a loader will check it).
     architecture = info.get("architecture") if info.get("architecture") in list_models() else None
-    check_model_config(model_cfg, f"{out / 'config.json'} model_cfg")
+    check_model_config(model_cfg, f"{out / HUB_CONFIG} model_cfg")
     config = {
         "library": "audioclip",
         "architecture": architecture,
@@ -70,8 +70,8 @@ def export_hub_folder(model: nn.Module, out_dir: str | os.PathLike, *, checkpoin
         "checkpoint": checkpoint_id,
         "audioclip_version": package_version(),
     }
-    paths = {"weights": save_state_dict(model.state_dict(), out / "model.safetensors")}
-    paths["config"] = write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    paths = {"weights": save_state_dict(model.state_dict(), out / HUB_WEIGHTS)}
+    paths["config"] = write_text_atomic(out / HUB_CONFIG, json.dumps(config, indent=2) + "\n")
     paths["card"] = write_text_atomic(out / "README.md", model_card(config))
     return paths
 

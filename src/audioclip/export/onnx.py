@@ -394,9 +394,9 @@ class OnnxAudioCLIP:
 
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """As :meth:`AudioCLIP.encode_audio`: ``(batch, channels, samples)`` or ``(batch, samples)``."""
-        from ..model.audioclip import _check_audio
+        from ..model.audioclip import check_audio_input
 
-        audio = _check_audio(audio, torch.device("cpu"))
+        audio = check_audio_input(audio, torch.device("cpu"))
         return self._run("audio", "waveform", audio.contiguous().numpy())
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -408,10 +408,10 @@ class OnnxAudioCLIP:
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
     def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
-        from ..model.audioclip import _join_labels
+        from ..model.audioclip import check_text_input
 
         if not isinstance(text, torch.Tensor):
-            text = tokenize(_join_labels(text), context_length=self.context_length)
+            text = tokenize(check_text_input(text), context_length=self.context_length)
         out = self._run("text", "input_ids", text.to(torch.int64).cpu().contiguous().numpy())
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 

@@ -123,8 +123,8 @@ class Index:
             checkpoint, _ = self._model_spec()
             meta = self.meta
             named = next((w for n, w in checkpoints.REGISTRY.items() if n.lower() == str(checkpoint).lower()), None)
-            if named is not None and meta and checkpoints.checkpoint_id("", named) != meta["checkpoint"]:
-                raise self._other_checkpoint(checkpoints.checkpoint_id("", named))  # before any download
+            if named is not None and meta and checkpoints.file_checkpoint_id("", named) != meta["checkpoint"]:
+                raise self._other_checkpoint(checkpoints.file_checkpoint_id("", named))  # before any download
             try:
                 built = None
                 if (meta and self._model is None and str(checkpoint) == meta.get("checkpoint_source")
@@ -140,7 +140,7 @@ class Index:
                 else:
                     path, weights = checkpoints.resolve(checkpoint, cache_dir=self._cache_dir,
                                                         offline=self._offline)
-                    model_id = checkpoints.checkpoint_id(path, weights)  # hashes the file (a regular one only)
+                    model_id = checkpoints.file_checkpoint_id(path, weights)  # hashes the file (a regular one only)
                     self._source = weights.name if weights is not None else str(Path(path).resolve())
             except checkpoints.CheckpointError as err:
                 if self._checkpoint is None and self.meta:

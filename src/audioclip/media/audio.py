@@ -23,6 +23,7 @@ import soundfile
 import soxr
 import torch
 
+from .demux import decoded_packets
 from .errors import MediaError, check_file
 from .limits import MediaLimits
 from .sniff import VIDEO_EXTENSIONS, sniff_content
@@ -301,11 +302,7 @@ def _ffmpeg_blocks(path: Path, sample_rate: int, max_duration: float | None, lim
         resampler = None
         chunks, pending, total, limit, rate, size = [], 0, 0, None, None, None
         try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError:
-                    continue  # a corrupt packet: skip it, as ffmpeg itself does
+            for frames in decoded_packets(container, stream):
                 for frame in frames:
                     if resampler is None:
                         rate = frame.sample_rate
@@ -327,7 +324,7 @@ def _ffmpeg_blocks(path: Path, sample_rate: int, max_duration: float | None, lim
                 if limit is not None and total >= limit:
                     break
         except av.FFmpegError:
-            pass  # the container breaks off (truncated): keep what decoded so far
+            pass  # the resampler fails on what the container holds: keep what decoded so far
         if resampler is not None:
             chunks.extend(_frames_first(out) for out in resampler.resample(None))
         if chunks:

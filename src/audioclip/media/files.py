@@ -1,5 +1,6 @@
-"""What needs no model: finding media files (:func:`expand_paths`) and how they are decoded
-(:class:`DecodeOptions`); both re-exported by :mod:`audioclip.inference`.
+"""What needs no model: finding media files (:func:`expand_paths`), splitting them between
+processes (:func:`shard_files`) and how they are decoded (:class:`DecodeOptions`); all
+re-exported by :mod:`audioclip.inference`.
 
 Kept apart from the model code so that what only lists files (an ``index``
 run with nothing to embed) does not import it (open_clip, torchvision: seconds).
@@ -7,9 +8,10 @@ run with nothing to embed) does not import it (open_clip, torchvision: seconds).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from .limits import MediaLimits
 from .sniff import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..util import is_uri
 
-__all__ = ["MEDIA_EXTENSIONS", "DecodeOptions", "expand_paths", "resolve_paths"]
+__all__ = ["MEDIA_EXTENSIONS", "DecodeOptions", "expand_paths", "resolve_paths", "shard", "shard_files"]
 
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
@@ -81,3 +83,38 @@ class DecodeOptions:
     video_frames: str = "central"  # or "all": the ten equally spaced frames
     sample_rate: int = 44100
     limits: MediaLimits = field(default_factory=MediaLimits)  # per-file bounds, checked from headers
+
+
+# -- sharding: N processes split one input list -------------------------------
+
+
+def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
+    """The paths of shard ``index`` (0-based) of ``count``.
+
+    Assignment hashes each path, so it depends neither on the order of the
+    input nor on the other paths: N processes given the same inputs split
+    them without overlap or gap.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index + 1}/{count} does not exist")
+    return [p for p in paths if _stable_hash(p) % count == index]
+
+
+def shard_files(paths: Sequence[str], index: int, count: int) -> list[str]:
+    """The files of shard ``index`` of ``count``, as resolved paths, from ``paths`` as the inputs name them.
+
+    Each file is assigned by the first of its names (in sorted order), so the
+    shards are the same on machines whose links and mounts differ, and a file
+    with two names (a link beside it) is in one shard only. Every machine must
+    be given the inputs spelled the same (``data/`` and ``/abs/data`` hash
+    apart).
+    """
+    first: dict[str, str] = {}
+    for name in sorted(paths):
+        first.setdefault(name if is_uri(name) else os.path.realpath(name), name)
+    keep = set(shard(list(first.values()), index, count))
+    return [resolved for resolved, name in first.items() if name in keep]
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")

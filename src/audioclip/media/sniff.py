@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "sniff_modality", "sniff_content"]
+__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "FileModality", "sniff_modality", "sniff_content"]
+
+#: what a media file holds, as far as its name or first bytes tell
+FileModality = Literal["audio", "image", "video"]
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .aifc .au .snd .caf"
@@ -24,7 +28,7 @@ _AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A "}  # ISO-BMFF brands used for
 _IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"}
 
 
-def sniff_modality(path: str | os.PathLike) -> str | None:
+def sniff_modality(path: str | os.PathLike) -> FileModality | None:
     """``"audio"``, ``"image"``, ``"video"`` or None (unknown, or not a readable file).
 
     The extension decides when it is a known one (so an audio-only ``.mp4`` counts
@@ -43,7 +47,7 @@ def sniff_modality(path: str | os.PathLike) -> str | None:
     return sniff_content(path)
 
 
-def sniff_content(path: str | os.PathLike) -> str | None:
+def sniff_content(path: str | os.PathLike) -> FileModality | None:
     """Like :func:`sniff_modality` but from the first bytes only, whatever the name."""
     try:
         # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; only
@@ -62,7 +66,7 @@ def sniff_content(path: str | os.PathLike) -> str | None:
     return _modality_of_bytes(head)
 
 
-def _modality_of_bytes(head: bytes) -> str | None:
+def _modality_of_bytes(head: bytes) -> FileModality | None:
     riff_kind = head[8:12] if head[:4] in (b"RIFF", b"RF64", b"BW64") else b""
     if riff_kind == b"WAVE":
         return "audio"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .demux import decoded_packets
 from .errors import MediaError, check_file
 from .image import clip_preprocess, input_size
 from .limits import MediaLimits
@@ -179,11 +180,7 @@ def _pictures_at(path: Path, times: list[float], limits: MediaLimits):
     decoded = 0
     with container:
         try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError:
-                    continue  # a corrupt packet: skip it, as ffmpeg itself does
+            for frames in decoded_packets(container, stream):
                 for frame in frames:
                     if decoded >= limits.max_video_frames:
                         raise MediaError(path, limits.check_video(None, decoded + 1))
@@ -196,7 +193,7 @@ def _pictures_at(path: Path, times: list[float], limits: MediaLimits):
                         return pictures
                     previous = current
         except av.FFmpegError:
-            pass  # the container breaks off (truncated): use the frames so far
+            pass  # a frame fails to convert: use the frames so far
     if previous is None:
         raise MediaError(path, "no decodable video frames")
     while len(pictures) < len(times):

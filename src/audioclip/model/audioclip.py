@@ -106,7 +106,7 @@ class AudioCLIP(CLIP):
         the projection (stereo is not the embedding of a down-mix). Clips
         shorter than one analysis window (1654 samples) are zero-padded to it.
         """
-        return self.audio(_check_audio(audio, self.device))
+        return self.audio(check_audio_input(audio, self.device))
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """CLIP-normalised images ``(batch, 3, size, size)`` -> ``(batch, embed_dim)``, not normalised by default."""
@@ -133,7 +133,7 @@ class AudioCLIP(CLIP):
         if not isinstance(text, torch.Tensor):
             from .tokenizer import tokenize
 
-            text = tokenize(_join_labels(text), context_length=self.context_length)
+            text = tokenize(check_text_input(text), context_length=self.context_length)
         elif text.dim() != 2 or text.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"encode_text: token ids must be an integer (batch, {self.context_length}) tensor")
         if text.shape[0] == 0:
@@ -211,7 +211,8 @@ def contrastive_loss(logits: Sequence[torch.Tensor], sample_weights: torch.Tenso
     return total / math.factorial(len(logits))
 
 
-def _join_labels(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+def check_text_input(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+    """Validate a text batch and return one string per row (a row's list of labels joined with ``", "``)."""
     if isinstance(text, str):
         return [text]
     joined = []
@@ -227,7 +228,7 @@ def _join_labels(text: str | Sequence[str] | Sequence[Sequence[str]]) -> list[st
     return joined
 
 
-def _check_audio(audio: torch.Tensor, device: torch.device) -> torch.Tensor:
+def check_audio_input(audio: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Validate a waveform batch and return it as float32 ``(batch, channels, samples)`` on ``device``."""
     if not isinstance(audio, torch.Tensor):
         raise TypeError(f"encode_audio: expected a torch.Tensor, got {type(audio).__name__}")

@@ -14,14 +14,19 @@ import copy
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from ..io import FileReadError, read_bytes_bounded
 from ..errors import AudioclipError
 
-__all__ = ["DEFAULTS", "ConfigError", "apply_overrides", "list_configs", "load_config", "merge"]
+__all__ = ["DEFAULTS", "ConfigError", "Loss", "ModelKind", "apply_overrides", "list_configs", "load_config", "merge"]
+
+#: ``model.kind``: AudioCLIP, or the standalone ESResNeXt-fbsp audio classifier
+ModelKind = Literal["audioclip", "esresnext"]
+#: ``task.loss``: see :mod:`audioclip.train.objectives`
+Loss = Literal["contrastive", "prompt_ce", "classify"]
 
 _PACKAGE = "audioclip.train.configs"
 
@@ -229,9 +234,9 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
 def check(config: dict) -> None:
     """Reject values that cannot work, naming the key."""
     m, t, tr = config["model"], config["task"], config["train"]
-    if m["kind"] not in ("audioclip", "esresnext"):
+    if m["kind"] not in get_args(ModelKind):
         raise ConfigError(f"model.kind must be audioclip or esresnext, got {m['kind']!r}")
-    if t["loss"] not in ("contrastive", "prompt_ce", "classify"):
+    if t["loss"] not in get_args(Loss):
         raise ConfigError(f"task.loss must be contrastive, prompt_ce or classify, got {t['loss']!r}")
     if m["kind"] == "esresnext" and t["loss"] != "classify":
         raise ConfigError("model.kind esresnext trains with task.loss: classify")

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from ..data import read_dataset
+from ..metrics import mean_std
 from .distributed import Dist
 from .engine import Trainer, output_dir
 
@@ -24,16 +25,6 @@ def dataset_folds(cfg: dict) -> list[int]:
     return folds
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def format_table(rows: list[dict]) -> str:
     """Per-fold results and their mean ± sample standard deviation, as a text table."""
     metric = next((r["metric"] for r in rows if r.get("metric")), "score")
@@ -41,8 +32,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         val = "-" if r.get("val") is None or math.isnan(r["val"]) else f"{r['val']:.4f}"
         lines.append(f"{r['test_fold']!s:>6}  {r['best_epoch']!s:>10}  {val:>14}  {r['test']:>14.4f}")
-    vm, vs = _mean_std([r.get("val") for r in rows])
-    tm, ts = _mean_std([r["test"] for r in rows])
+    vm, vs = mean_std([r.get("val") for r in rows])
+    tm, ts = mean_std([r["test"] for r in rows])
     lines.append(f"{'mean':>6}  {'':>10}  {f'{vm:.4f} ± {vs:.4f}':>14}  {f'{tm:.4f} ± {ts:.4f}':>14}")
     if any(r.get("selected_on_test") for r in rows):
         lines.append("(epochs selected on the test folds: optimistic, as in the original protocol)")

@@ -24,7 +24,7 @@ from ..data import (
     read_manifest,
     split_index,
 )
-from ..inference import die_with_parent
+from ..media.workers import die_with_parent
 from ..model import load_model_config
 from .distributed import Dist
 

@@ -6,7 +6,7 @@ by validation score, the test score of that epoch, and the exported weights.
 The same code runs on a CPU, one GPU, several GPUs and several nodes; the
 global batch size is split over the processes, and a DDP run computes the
 same updates as a single process with that batch size (see
-:mod:`audioclip.train.tasks` and :mod:`audioclip.data.sampling`).
+:mod:`audioclip.train.objectives` and :mod:`audioclip.data.sampling`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .data_setup import TrainData, build_data, make_loader
 from .distributed import Dist, setup_distributed
 from .logs import RunLog
-from .metrics import score
-from .tasks import TrainTask, class_text_features, eval_scores
+from ..metrics import score
+from .objectives import TrainTask, class_text_features, eval_scores
 
 __all__ = ["Trainer", "output_dir"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import AudioCache, ValidationSpec, read_dataset, split_index, write_shards
-from ..inference import decoding_workers, die_with_parent
+from ..media.workers import decoding_workers, die_with_parent
 from ..io import atomic_path, write_text_atomic
 from ..media import CLIP_MEAN, CLIP_STD, MediaError, load_audio, load_video_frames
 from ..media.sniff import VIDEO_EXTENSIONS

@@ -7,13 +7,15 @@ test lists. Nothing here reads audio samples.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..media.sniff import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -22,7 +24,10 @@ __all__ = [
     "DatasetIndex",
     "Splits",
     "ValidationSpec",
+    "MetadataClips",
+    "clips_from_metadata",
     "find_media",
+    "read_metadata",
     "split_index",
 ]
 
@@ -86,6 +91,10 @@ class DatasetIndex:
         return text
 
 
+#: how the validation set is made (see :class:`ValidationSpec`)
+ValidationKind = Literal["fraction", "fold", "test", "none"]
+
+
 @dataclass(frozen=True)
 class ValidationSpec:
     """How the validation set (used to pick the best epoch) is made.
@@ -101,13 +110,13 @@ class ValidationSpec:
     - ``"none"``: no validation; the last epoch is kept.
     """
 
-    kind: str = "fraction"
+    kind: ValidationKind = "fraction"
     fraction: float = 0.1
     fold: int | None = None
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("fraction", "fold", "test", "none"):
+        if self.kind not in get_args(ValidationKind):
             raise ValueError(f"validation kind must be fraction, fold, test or none; got {self.kind!r}")
         if self.kind == "fraction" and not 0.0 < self.fraction < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.fraction}")
@@ -275,6 +284,71 @@ class find_media:  # noqa: N801 (used like a function with a per-folder memory)
             return folder / name
         other = entry.by_stem.get(os.path.splitext(name)[0])
         return folder / other if other is not None else None
+
+
+def read_metadata(path: Path, columns: set[str], dataset: str, official: str) -> list[dict[str, str]]:
+    """The rows of ``dataset``'s metadata CSV (``official``: its name as distributed), checked for ``columns``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset}: no metadata file {path} (expected the official {official})")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not columns <= set(rows[0]):
+        raise ValueError(f"{path}: expected columns {sorted(columns)}")
+    return rows
+
+
+@dataclass
+class MetadataClips:
+    """What :func:`clips_from_metadata` found: the clips, every class's label text, the absent files."""
+
+    clips: list[Clip]
+    names: dict[int, str]
+    missing: list[str]
+
+
+def clips_from_metadata(
+    rows: Iterable[dict[str, str]],
+    *,
+    file: str,
+    target: str,
+    label: str,
+    folder: Callable[[dict[str, str]], Path],
+    group: Callable[[dict[str, str]], str],
+    keep: Callable[[dict[str, str]], bool] = lambda row: True,
+) -> MetadataClips:
+    """One single-label :class:`Clip` per metadata row (ESC-50, UrbanSound8K).
+
+    The columns ``file``, ``target`` and ``label`` give the file name, the
+    class index and its label text (underscores as spaces); ``folder(row)``
+    the folder the file is in, ``group(row)`` its source recording. Every
+    row names its class, also one that ``keep(row)`` leaves out; a row whose
+    file is absent (under any audio extension) is listed in ``missing``.
+    """
+    names: dict[int, str] = {}
+    clips, missing = [], []
+    find = find_media()
+    for row in rows:
+        index = int(row[target])
+        text = row[label].replace("_", " ").strip()
+        names.setdefault(index, text)
+        if not keep(row):
+            continue
+        where = folder(row)
+        path = find(where, row[file])
+        if path is None:
+            missing.append(str(where / row[file]))
+            continue
+        clips.append(
+            Clip(
+                path=str(path),
+                labels=(text,),
+                targets=(index,),
+                fold=int(row["fold"]),
+                group=group(row),
+                key=Path(row[file]).stem,
+            )
+        )
+    return MetadataClips(clips, names, missing)
 
 
 def relabel(clips: Iterable[Clip], keep: Sequence[int]) -> tuple[list[Clip], dict[int, int]]:

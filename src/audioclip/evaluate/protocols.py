@@ -13,27 +13,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from .conventions import AudioConventions
-from .datasets import EvalSet
-from .embed import EmbeddingStore, Embeddings, Encoder, embed_items
-from .metrics import (
+from ..metrics import (
     RECALL_LEVELS,
     accuracy,
     confusion_matrix,
     mean_average_precision,
+    mean_std,
     per_class_accuracy,
     retrieval_metrics,
 )
+from .conventions import AudioConventions
+from .datasets import EvalSet
+from .embed import EmbeddingStore, Encoder, ItemEmbeddings, embed_items
 from .paper import PaperValue, paper_value
 
 __all__ = ["PAIRS", "TASKS", "Report", "RunOptions", "run_querying", "run_supervised", "run_zeroshot"]
 
-TASKS = ("zeroshot", "supervised", "querying")
-PAIRS = ("text-image", "text-audio", "audio-image", "image-audio", "audio-audio")
+#: the paper's three evaluations
+Task = Literal["zeroshot", "supervised", "querying"]
+#: a query modality and a target modality
+Pair = Literal["text-image", "text-audio", "audio-image", "image-audio", "audio-audio"]
+#: which targets count as relevant to a query: the same label set, or one sharing a label
+Relevance = Literal["exact", "overlap"]
+TASKS: tuple[Task, ...] = get_args(Task)
+PAIRS: tuple[Pair, ...] = get_args(Pair)
+RELEVANCE: tuple[Relevance, ...] = get_args(Relevance)
 
 
 @dataclass
@@ -85,7 +94,7 @@ class Report:
                 seen.setdefault(path, reason)
         return list(seen.items())
 
-    def note_embeddings(self, emb: Embeddings, key: str | None = None) -> None:
+    def note_embeddings(self, emb: ItemEmbeddings, key: str | None = None) -> None:
         info = self.embedding.setdefault(key or emb.modality, {"computed": 0, "cached": 0, "failures": []})
         info["computed"] += emb.computed
         info["cached"] += emb.cached
@@ -104,7 +113,7 @@ def _clean(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _embed(encoder, data: EvalSet, modality, conventions, options: RunOptions, items=None) -> Embeddings:
+def _embed(encoder, data: EvalSet, modality, conventions, options: RunOptions, items=None) -> ItemEmbeddings:
     return embed_items(encoder, data.items if items is None else items, modality, set_identity=data.identity(),
                        conventions=conventions, store=options.store, batch_size=options.batch_size,
                        workers=options.workers, progress=options.progress)
@@ -126,15 +135,6 @@ def _multi_hot(data: EvalSet, rows: np.ndarray) -> np.ndarray:
     for r, i in enumerate(rows):
         hot[r, list(data.items[i].targets)] = 1
     return hot
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-    return mean, std
 
 
 # -- zero-shot ------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def _score_classification(report: Report, data: EvalSet, modality: str, scores: 
                 acc = accuracy(scores[sel], targets[sel])
                 per_fold.append(acc)
                 report.add(modality, "accuracy", acc, fold=fold, n=int(sel.sum()))
-        mean, std = _mean_std(per_fold)
+        mean, std = mean_std(per_fold)
         report.add(modality, "accuracy", mean, fold="mean", n=len(per_fold), std=_clean(std))
 
 
@@ -280,7 +280,7 @@ def run_supervised(
         report.per_class["audio"] = {"metric": "accuracy", "values": _listed(per_class_accuracy(matrix)),
                                      "counts": matrix.sum(axis=1).tolist()}
     if todo != [None]:
-        mean, std = _mean_std(per_fold)
+        mean, std = mean_std(per_fold)
         report.add("audio", "mAP" if data.multilabel else "accuracy", mean, fold="mean", n=len(per_fold),
                    std=_clean(std))
     report.details["checkpoint_kind"] = first.kind
@@ -303,7 +303,7 @@ def run_querying(
     *,
     pairs: Sequence[str] | None = None,
     templates: Sequence[str] = ("{}",),
-    relevance: str = "exact",
+    relevance: Relevance = "exact",
     keep_paired: bool = False,
     conventions: AudioConventions | None = None,
     options: RunOptions | None = None,
@@ -323,7 +323,7 @@ def run_querying(
     """
     if encoder.kind != "audioclip":
         raise ValueError("querying needs an AudioCLIP checkpoint")
-    if relevance not in ("exact", "overlap"):
+    if relevance not in RELEVANCE:
         raise ValueError(f"relevance must be 'exact' or 'overlap', got {relevance!r}")
     options = options or RunOptions()
     have = set(data.modalities) | {"text"}
@@ -338,7 +338,7 @@ def run_querying(
         chosen = [p for p in PAIRS if set(_parse_pair(p)) <= have]
     report = Report("querying", data, encoder.checkpoint, encoder.checkpoint_id, conventions, list(templates))
     report.details.update(relevance=relevance, keep_paired=keep_paired, averaging="label-set macro")
-    emb: dict[str, Embeddings] = {}
+    emb: dict[str, ItemEmbeddings] = {}
     for pair in chosen:
         for m in _parse_pair(pair):
             if m != "text" and m not in emb:
@@ -404,7 +404,7 @@ def _rank_queries(q_vec, t_vec, q_sets, q_items, t_sets, t_items, num_classes, r
 
 
 def _concat(parts):
-    from .metrics import RetrievalScores
+    from ..metrics import RetrievalScores
 
     return RetrievalScores(
         parts[0].k,

@@ -1,5 +1,8 @@
 """Scores: accuracy, confusion matrix, multi-label mAP (torchmetrics) and per-query retrieval metrics.
 
+One module for the numbers of both training (model selection, :func:`score`)
+and evaluation (the reported tables), so the two never disagree.
+
 Classification
     ``accuracy``: share of items whose highest score is their class (top-1;
     torchmetrics ``multiclass_accuracy``, micro average; a tie for the highest
@@ -43,7 +46,9 @@ against torchmetrics (on positive scores), scikit-learn's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,10 +58,15 @@ __all__ = [
     "accuracy",
     "confusion_matrix",
     "mean_average_precision",
+    "mean_std",
     "per_class_accuracy",
     "retrieval_metrics",
     "retrieval_metrics_torchmetrics",
+    "score",
 ]
+
+#: the name of the one score a training run selects its best epoch by
+ScoreName = Literal["accuracy", "mAP"]
 
 RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
@@ -116,6 +126,24 @@ def mean_average_precision(scores, multi_hot) -> tuple[float, np.ndarray]:
                                       average=None, thresholds=None)
     per_class[have.numpy()] = ap.numpy()
     return float(np.mean(per_class[have.numpy()])), per_class
+
+
+def score(scores, targets, multilabel: bool) -> tuple[ScoreName, float]:
+    """(metric name, value): ``mAP`` of multi-hot ``targets`` for multi-label data, else top-1 ``accuracy``."""
+    if multilabel:
+        return "mAP", mean_average_precision(scores, targets)[0]
+    return "accuracy", accuracy(scores, targets)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation of the values that are not None or NaN (NaN when too few)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 # -- retrieval ---------------------------------------------------------------------------
