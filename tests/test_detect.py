@@ -261,3 +261,23 @@ def test_query_scores_give_one_query_over_time(tiny_model, recording):
     vectors = torch.cat([e for _, e, _ in column_embeddings(tiny_model, stream_audio(recording))])
     text = text_classifier(tiny_model, ["a dog barking"])
     np.testing.assert_allclose(timeline.scores[:, 0], ((1 + vectors @ text.T) / 2)[:, 0].numpy(), atol=1e-6)
+
+
+def test_a_fitted_head_scores_with_its_probabilities_and_leaves_out_its_background_class(tiny_model, recording):
+    import torch
+
+    import audioclip
+    from audioclip.heads import Head
+
+    dim = tiny_model.embed_dim
+    weight = torch.randn(3, dim, generator=torch.Generator().manual_seed(0))
+    head = Head(labels=["dog", "background", "rain"], weight=weight, bias=torch.zeros(3), background="background",
+                threshold=0.4)
+    found = audioclip.detect(tiny_model, recording, head=head)
+    assert found.settings["labels"] == ["dog", "rain"] and found.settings["threshold"] == 0.4
+    frames = found.files[0].frames
+    assert frames.scores.shape[1] == 2
+    # the scores are the head's class probabilities (softmax over all three classes), background column dropped
+    assert float(frames.scores.max()) <= 1.0 and float(frames.scores.sum(axis=1).max()) <= 1.0 + 1e-6
+    untrained = Head(labels=["dog", "rain"], weight=weight[[0, 2]], bias=torch.zeros(2))
+    assert audioclip.detect(tiny_model, recording, head=untrained).settings["threshold"] == 0.5

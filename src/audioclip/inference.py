@@ -408,10 +408,12 @@ def zero_shot(
 
 def classify(
     model: AudioCLIP,
-    labels: Sequence[str],
+    labels: Sequence[str] | None = None,
     audio: torch.Tensor | Sequence[str | os.PathLike] | None = None,
     image: torch.Tensor | Sequence[str | os.PathLike] | None = None,
     template: str | Sequence[str] = "{}",
+    *,
+    head=None,
 ) -> torch.Tensor:
     """Zero-shot label probabilities ``(batch, len(labels))``; rows sum to 1.
 
@@ -419,13 +421,22 @@ def classify(
     or a list of file paths (long files are windowed and pooled); ``image``
     is an image batch or a list of paths. Either or both (paired row by row).
     Raises ``MediaError`` for a file that cannot be read.
+
+    ``head`` (a folder written by ``audioclip fit``, or a loaded
+    :class:`audioclip.heads.Head`) instead of ``labels``: the head's
+    probabilities ``(batch, len(head.labels))`` for ``audio``; a head fitted on
+    another checkpoint's embeddings is refused.
     """
+    if head is not None:
+        return _classify_with_head(model, head, labels, audio, image)
+    if labels is None:
+        raise ValueError("classify needs labels (zero-shot) or a head")
     audio_vectors = _vectors(model, audio, "audio")
     image_vectors = _vectors(model, image, "image")
     return zero_shot(model, text_classifier(model, labels, template), audio_vectors, image_vectors)
 
 
-def _vectors(model: AudioCLIP, given, modality: Modality) -> torch.Tensor | None:
+def _vectors(model: AudioCLIP, given, modality: Modality, options: DecodeOptions | None = None) -> torch.Tensor | None:
     if given is None:
         return None
     if isinstance(given, torch.Tensor):
@@ -435,7 +446,7 @@ def _vectors(model: AudioCLIP, given, modality: Modality) -> torch.Tensor | None
     if isinstance(given, (str, os.PathLike)):
         given = [given]
     vectors = []
-    for result in embed_files(model, [str(p) for p in given]):
+    for result in embed_files(model, [str(p) for p in given], options=options):
         if not result.ok:
             raise MediaError(result.path, result.error)
         vector = result.pooled(modality)
@@ -443,3 +454,34 @@ def _vectors(model: AudioCLIP, given, modality: Modality) -> torch.Tensor | None
             raise MediaError(result.path, f"has no {modality} to classify")
         vectors.append(vector)
     return torch.stack(vectors)
+
+
+def load_head_for(model: AudioCLIP, head):
+    """``head`` (a folder or a :class:`audioclip.heads.Head`) checked against ``model``'s checkpoint."""
+    from .factory import checkpoint_id
+    from .heads import Head, load_head
+
+    if not isinstance(head, Head):
+        head = load_head(head)
+    try:
+        ident = checkpoint_id(model)
+    except ValueError:  # not made by create_model (an ONNX export): its own id, if it has one
+        ident = getattr(model, "checkpoint_id", None)
+    head.check_checkpoint(ident if isinstance(ident, str) else None)
+    return head
+
+
+def _classify_with_head(model: AudioCLIP, head, labels, audio, image) -> torch.Tensor:
+    if labels is not None:
+        raise ValueError("classify takes labels (zero-shot) or a head, not both")
+    if image is not None or audio is None:
+        raise ValueError("a head classifies audio: give audio=")
+    head = load_head_for(model, head)
+    return head.probabilities(_vectors(model, audio, "audio", options=head_decode_options(model, head)))
+
+
+def head_decode_options(model: AudioCLIP, head) -> DecodeOptions:
+    """How files are cut for ``head``: the window, hop and down-mixing of the embeddings it was fitted on."""
+    info = head.info
+    return DecodeOptions(window=float(info.get("window_s", 5.0)), hop=info.get("hop_s"),
+                         mono=bool(info.get("mono", False)), image_size=model.visual.image_size)

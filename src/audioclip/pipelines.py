@@ -15,6 +15,8 @@ for CLAP there moves over by changing the model name):
 - ``"zero-shot-image-classification"``: ``clf(image, candidate_labels=[...],
   hypothesis_template="This is a photo of {}.")``; ``image`` is a path, a PIL
   image, or a list of these.
+- ``"audio-classification"`` with ``head=HEAD_DIR`` (written by ``audioclip
+  fit``): ``clf(audio, top_k=None)``, the head's classes ranked.
 - ``"feature-extraction"``: ``fx(inputs, modality=None)`` gives each input's
   L2-normalised embedding as a list of floats (``return_tensors=True``: a
   tensor); a path is sniffed (audio, image, video's sound), a waveform or dict
@@ -43,23 +45,30 @@ from .prompts import check_template
 
 __all__ = ["PIPELINE_TASKS", "pipeline"]
 
-PIPELINE_TASKS = ("zero-shot-audio-classification", "zero-shot-image-classification", "feature-extraction")
+PIPELINE_TASKS = ("zero-shot-audio-classification", "zero-shot-image-classification", "feature-extraction",
+                  "audio-classification")
 
 #: what ``modality=`` of feature extraction may say (``None``: sniffed from the input)
 FeatureModality = Literal["audio", "image", "text"]
 
 
 def pipeline(task: str, model: str | os.PathLike | torch.nn.Module = "full", *, device: str | None = None,
-             audio_mode: str | None = "default", **model_kwargs) -> _Pipeline:
+             audio_mode: str | None = "default", head=None, **model_kwargs) -> _Pipeline:
     """A callable for ``task`` (one of :data:`PIPELINE_TASKS`) around ``model``.
 
     ``model`` is a name or path for :func:`audioclip.create_model` (with
     ``device``, ``audio_mode`` and ``model_kwargs``), or a model already built.
+    ``"audio-classification"`` takes ``head``: a folder written by ``audioclip fit``.
     """
     if task not in PIPELINE_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PIPELINE_TASKS)}")
+    if (task == "audio-classification") != (head is not None):
+        raise ValueError("the audio-classification task takes a head (a folder written by 'audioclip fit'), "
+                         "and only it does")
     if not isinstance(model, torch.nn.Module) and not hasattr(model, "encode_audio"):
         model = create_model(model, device=device or "auto", audio_mode=audio_mode, **model_kwargs)
+    if head is not None:
+        return _AudioClassification(task, model, head)
     cls = {"zero-shot-audio-classification": _ZeroShotAudio, "zero-shot-image-classification": _ZeroShotImage,
            "feature-extraction": _FeatureExtraction}[task]
     return cls(task, model)
@@ -148,6 +157,27 @@ class _ZeroShotAudio(_ZeroShot):
 
     def _tensor(self, item: Any) -> torch.Tensor:
         return _waveform(item)
+
+
+class _AudioClassification(_Pipeline):
+    """``clf(audio, top_k=None)``: the head's classes ranked, ``[{"score", "label"}]``, as transformers'
+    audio-classification pipeline (``top_k``: how many; default all)."""
+
+    def __init__(self, task: str, model, head):
+        from .inference import load_head_for
+
+        super().__init__(task, model)
+        self.head = load_head_for(model, head)
+
+    def __call__(self, audio, top_k: int | None = None):
+        batch = _is_batch(audio)
+        items = list(audio) if batch else [audio]
+        results = []
+        for item in items:
+            given = [os.fspath(item)] if _is_path(item) else _waveform(item)
+            ranked = _ranked(classify(self.model, audio=given, head=self.head), self.head.labels)
+            results += [r[:top_k] if top_k else r for r in ranked]
+        return results if batch else results[0]
 
 
 def _image_tensor(item: Any, size: int) -> torch.Tensor:

@@ -14,6 +14,7 @@
 - :mod:`.index`: ``index``, ``search``; :mod:`.serve`: ``serve``;
 - :mod:`.export`: ``convert`` (.pt <-> .safetensors), ``export hub|onnx``;
 - :mod:`.evaluate`: ``evaluate``;
+- :mod:`.detect`: ``detect``; :mod:`.fit`: ``fit``;
 - :mod:`.train`: ``train``, ``prepare``.
 
 The command line is the top layer: it imports the rest of the package, nothing
@@ -27,7 +28,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import checkpoints, classify, detect, embed, evaluate, export, index, serve, similarity, train
+from . import checkpoints, classify, detect, embed, evaluate, export, fit, index, serve, similarity, train
 from .checks import require_extra
 from .options import ArgumentParser
 from .report import EXIT_USAGE, run, usage_line
@@ -48,6 +49,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     index.register_search,
     serve.register_serve,
     evaluate.register_evaluate,
+    fit.register_fit,
     train.register_train,
     train.register_prepare,
 ]

@@ -35,8 +35,22 @@ def _templates(args: argparse.Namespace) -> list[str]:
     return read_templates(args.templates_file) if args.templates_file else check_templates([args.template])
 
 
+def _load_head(args: argparse.Namespace):
+    """``--head HEAD_DIR``, read before the model loads (a bad folder is a usage error)."""
+    from audioclip.heads import HeadError, load_head
+
+    try:
+        return load_head(args.head)
+    except HeadError as err:
+        raise UsageError(str(err)) from None
+
+
 def _run_classify(args: argparse.Namespace) -> int:
-    labels, templates = _labels(args), _templates(args)
+    head = _load_head(args) if args.head else None
+    if head is not None:  # files are cut as the head's embeddings were
+        args.window, args.hop = float(head.info.get("window_s", 5.0)), head.info.get("hop_s")
+        args.mono = bool(head.info.get("mono", False))
+    labels, templates = (head.labels, ["{}"]) if head else (_labels(args), _templates(args))
     check_inputs(args.files)
     check_model_options(args)
 
@@ -47,7 +61,16 @@ def _run_classify(args: argparse.Namespace) -> int:
     from audioclip.inference import text_classifier, zero_shot
 
     model = load_model(args)
-    classes = text_classifier(model, labels, templates)
+    if head is not None:
+        from audioclip.heads import HeadMismatchError
+        from audioclip.inference import load_head_for
+
+        try:
+            head = load_head_for(model, head)
+        except HeadMismatchError as err:  # fitted on another checkpoint: one line naming both
+            raise UsageError(str(err)) from None
+    else:
+        classes = text_classifier(model, labels, templates)
 
     done = failed = 0
     for result in embed_paths(args, model, paths):
@@ -56,17 +79,29 @@ def _run_classify(args: argparse.Namespace) -> int:
             failed += 1
             continue
         audio, image = result.pooled("audio"), result.pooled("image")
-        probs = zero_shot(model, classes,
-                          audio=None if audio is None else audio[None],
-                          image=None if image is None else image[None])[0]
+        decision = None
+        if head is not None:
+            if audio is None:
+                error(args, f"{result.path}: has no sound for the head to classify")
+                failed += 1
+                continue
+            image = None
+            probs = head.probabilities(audio[None])
+            decision = head.decide(probs)[0]
+            probs = probs[0]
+        else:
+            probs = zero_shot(model, classes,
+                              audio=None if audio is None else audio[None],
+                              image=None if image is None else image[None])[0]
         top = probs.topk(min(args.top_k, len(labels)))
         ranked = [(labels[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
         used = "+".join(m for m, v in (("audio", audio), ("image", image)) if v is not None)
         if args.json:
-            print(json.dumps({"path": result.path, "modality": used,
-                              "labels": [{"label": label, "probability": p} for label, p in ranked]}), flush=True)
+            line = {"path": result.path, "modality": used,
+                    "labels": [{"label": label, "probability": p} for label, p in ranked]}
+            print(json.dumps(line if decision is None else {**line, "decision": decision}), flush=True)
         else:
-            print(f"{result.path} ({used})")
+            print(f"{result.path} ({used})" + ("" if decision is None else f": {decision}"))
             for label, p in ranked:
                 print(f"  {p:7.2%}  {label}")
             sys.stdout.flush()
@@ -84,6 +119,9 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
     labels = parser.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", help="comma-separated labels, e.g. 'dog,rain,siren'")
     labels.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
+    labels.add_argument("--head", metavar="HEAD_DIR",
+                        help="a head written by 'audioclip fit' instead of labels (audio only, cut into the head's "
+                        "windows; the decision is 'none' when no class passes the head's threshold)")
     templates = parser.add_mutually_exclusive_group()
     templates.add_argument("--template", default="{}",
                            help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")

@@ -65,10 +65,27 @@ def _run_export(args: argparse.Namespace) -> int:
     out = check_output_dir(args.output, overwrite=args.overwrite,
                            markers=("config.json", "model.safetensors") if args.format == "hub"
                            else ("*.onnx", "audioclip-onnx.json"))
+    head = None
+    if args.head is not None:
+        if args.format != "onnx":
+            raise UsageError("--head goes with export onnx")
+        from audioclip.heads import HeadError, load_head
+
+        try:
+            head = load_head(args.head)
+        except HeadError as err:
+            raise UsageError(str(err)) from None
     from audioclip import factory
 
     model = factory.create_model(args.checkpoint, device="cpu", cache_dir=args.cache_dir, offline=args.offline,
                                  progress=not args.quiet)
+    if head is not None:
+        from audioclip.heads import HeadMismatchError
+
+        try:
+            head.check_checkpoint(factory.checkpoint_id(model))
+        except HeadMismatchError as err:
+            raise UsageError(str(err)) from None
     if args.format == "hub":
         from audioclip.export.hub import export_hub_folder
 
@@ -80,7 +97,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from audioclip.export.onnx import export_onnx
 
     with _exporters_hushed(quiet=args.quiet):
-        export_onnx(model, out, checkpoint_id=factory.checkpoint_id(model),
+        export_onnx(model, out, checkpoint_id=factory.checkpoint_id(model), head=head,
                     progress=None if args.quiet else (lambda message: note(args, message)))
     note(args, f"wrote audio.onnx, image.onnx, text.onnx into {out} (each checked in ONNX Runtime)")
     return EXIT_OK
@@ -120,5 +137,7 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(parser, precision=False, audio_mode=False)
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write into")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+    parser.add_argument("--head", metavar="HEAD_DIR",
+                        help="onnx: a head from 'audioclip fit'; audio.onnx then also outputs its class probabilities")
     add_logging_options(parser)
     set_command(parser, _run_export)

@@ -80,16 +80,25 @@ def head_scorer(head) -> tuple[list[str], Scorer, Any]:
     ``(N, C)`` in [0, 1]: the object itself when callable, else its ``scores`` or ``predict``;
     or a tuple ``(labels, threshold, function)``.
     """
+    keep = None
     if isinstance(head, tuple) and len(head) == 3:
         labels, threshold, fn = head
     else:
         labels, threshold = getattr(head, "labels", None), getattr(head, "threshold", None)
-        fn = head if callable(head) else getattr(head, "scores", None) or getattr(head, "predict", None)
+        # audioclip.heads.Head: class probabilities; its predict() gives decisions (names), not scores
+        fn = head if callable(head) else getattr(head, "probabilities", None) or getattr(head, "scores", None)
+        background = getattr(head, "background", None)
+        if labels is not None and background in labels:  # "none of these" is no event: its column is left out
+            keep = [i for i, label in enumerate(labels) if label != background]
+            labels = [labels[i] for i in keep]
+        if threshold is not None and np.ndim(threshold) == 0 and float(threshold) <= 0:
+            threshold = None  # a head without a calibrated threshold: detect's own default applies
     if labels is None or fn is None:
         raise TypeError("a head needs labels and a function from embeddings to scores")
 
     def scorer(embeddings: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(fn(embeddings), dtype=np.float32))
+        scores = torch.as_tensor(np.asarray(fn(embeddings), dtype=np.float32))
+        return scores if keep is None else scores[:, keep]
 
     return list(labels), scorer, threshold
 

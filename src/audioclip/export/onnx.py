@@ -72,6 +72,19 @@ class _Audio(nn.Module):
         return self.head(waveform)
 
 
+class _AudioWithHead(nn.Module):
+    """The audio graph with a fitted head: ``(embedding, probabilities)`` (:meth:`audioclip.heads.Head.as_module`)."""
+
+    def __init__(self, head: ESResNeXtFbsp, classifier: nn.Module):
+        super().__init__()
+        self.head = head
+        self.classifier = classifier
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.head(waveform)
+        return embedding, self.classifier(embedding)
+
+
 class _Image(nn.Module):
     def __init__(self, model: AudioCLIP):
         super().__init__()
@@ -127,12 +140,14 @@ def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, dims:
     # Name the output "embedding"; a value inside may already carry that name (the
     # text head's token embedding), so it is renamed first.
     graph_ir = onnx_program.model.graph
-    output = graph_ir.outputs[0]
+    outputs = list(graph_ir.outputs)
+    names = ["embedding", "probabilities"][:len(outputs)]  # a head's class probabilities second
     for node in graph_ir:
         for value in node.outputs:
-            if value.name == "embedding" and value is not output:
-                value.name = "embedding_inner"
-    output.name = "embedding"
+            if value.name in names and value not in outputs:
+                value.name = f"{value.name}_inner"
+    for value, name in zip(outputs, names):
+        value.name = name
     # onnxscript's optimizer (constant folding, dead code, redundant casts and
     # reshapes); onnxslim recurses without end on the text head's graph
     folding = logging.getLogger("onnxscript.optimizer._constant_folding")
@@ -146,8 +161,14 @@ def _export_one(module: nn.Module, example: torch.Tensor, input_name: str, dims:
         onnx.save(graph, os.fspath(tmp))
 
 
-def _compare(session, name: str, feed: torch.Tensor, expected: torch.Tensor, what: str) -> float:
-    got = torch.from_numpy(session.run(["embedding"], {name: feed.numpy()})[0])
+def _compare(session, name: str, feed: torch.Tensor, expected: torch.Tensor, what: str, output: str = "embedding",
+             absolute: bool = False) -> float:
+    got = torch.from_numpy(session.run([output], {name: feed.numpy()})[0])
+    if absolute:  # probabilities: within 1e-4 each, whatever the largest
+        error = (got - expected).abs().max().item()
+        if got.shape != expected.shape or not error <= 1e-4:
+            raise OnnxExportError(f"{what}: ONNX Runtime's {output} differ from PyTorch's by {error:.3g}")
+        return error
     scale = expected.abs().max().item()
     error = (got - expected).abs().max().item() / (scale or 1.0)
     if got.shape != expected.shape or not error <= 1e-4:
@@ -157,7 +178,7 @@ def _compare(session, name: str, feed: torch.Tensor, expected: torch.Tensor, wha
 
 
 def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: str | None = None,
-                progress=None) -> dict[str, Path]:
+                progress=None, head=None) -> dict[str, Path]:
     """Write ``audio.onnx``, ``image.onnx``, ``text.onnx`` and their metadata into ``out_dir``.
 
     Each graph is run in ONNX Runtime on the export's example inputs and on a
@@ -165,10 +186,20 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
     of its largest magnitude, or :class:`OnnxExportError` is raised. Files are
     written atomically; returns ``{"audio": path, "image": path, "text": path,
     "meta": path}``. ``progress(message)`` is called before each step.
+
+    ``head`` (a :class:`audioclip.heads.Head` fitted on this checkpoint, or its folder): the audio graph also
+    outputs ``probabilities`` ``(batch, classes)``, checked against PyTorch to 1e-4; its labels, threshold and
+    background class are in the metadata under ``"head"``.
     """
     import onnxruntime as ort
 
     _check_exportable(model)
+    fitted_head = None
+    if head is not None:
+        from ..heads import Head, load_head
+
+        fitted_head = head if isinstance(head, Head) else load_head(head)
+        fitted_head.check_checkpoint(checkpoint_id)
     say = progress or (lambda message: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +214,11 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
     head.trunk_chunk_frames = None
     if True:
         examples = _examples(model)
-        modules = {"audio": _Audio(head), "image": _Image(model), "text": _Text(model)}
+        classifier = None
+        if fitted_head is not None:
+            classifier = fitted_head.as_module().eval()
+        modules = {"audio": _Audio(head) if classifier is None else _AudioWithHead(head, classifier),
+                   "image": _Image(model), "text": _Text(model)}
         inputs = {"audio": ("waveform", (0, 1, 2)), "image": ("pixel_values", (0,)), "text": ("input_ids", (0,))}
         g = torch.Generator().manual_seed(1)
         size = model.visual.image_size
@@ -201,7 +236,11 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
             session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
             with torch.no_grad():
                 for feed in (examples[modality], others[modality]):
-                    _compare(session, name, feed, module(feed), path.name)
+                    expected = module(feed)
+                    if isinstance(expected, tuple):
+                        _compare(session, name, feed, expected[1], path.name, "probabilities", absolute=True)
+                        expected = expected[0]
+                    _compare(session, name, feed, expected, path.name)
             paths[modality] = path
 
     info = getattr(model, "pretrained_cfg", {}) or {}
@@ -217,6 +256,10 @@ def export_onnx(model: AudioCLIP, out_dir: str | os.PathLike, *, checkpoint_id: 
         "files": ONNX_FILES,
         "sha256": {modality: _file_sha256(paths[modality], modality) for modality in ONNX_FILES},
     }
+    if fitted_head is not None:
+        meta["head"] = {"labels": fitted_head.labels, "background": fitted_head.background,
+                        "threshold": fitted_head.threshold, "activation": fitted_head.activation,
+                        "checkpoint": fitted_head.checkpoint}
     paths["meta"] = out / META_FILE
     write_text_atomic(paths["meta"], json.dumps(meta, indent=2) + "\n")
     return paths
