@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import detect, evaluate, export, index, inference, train
+from . import detect, evaluate, export, index, inference, listen, train
 from .options import EXIT_USAGE, ArgumentParser, run, usage_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -33,6 +33,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     inference.register_embed,
     inference.register_similarity,
     detect.register_detect,
+    listen.register_listen,
     export.register_convert,
     export.register_export,
     index.register_index,
