@@ -314,3 +314,11 @@ def test_the_microphone_without_sounddevice_names_the_extra(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert 'pip install "audioclip[live]"' in result.stderr
+
+
+def test_a_file_source_that_is_no_sound_is_refused_before_the_model_loads(tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not a sound\n")
+    result = _cli("listen", bad, "--labels", "dog", "--checkpoint", "AudioCLIP-tiny")
+    assert result.returncode == 2 and "cannot be opened" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # no "random weights" warning: no model was made

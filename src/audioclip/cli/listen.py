@@ -105,6 +105,13 @@ def _listen(args, labels, templates, head, stack) -> int:
 
     source = open_source(args.source, fmt=args.pcm_format, rate=args.rate, channels=args.channels, mono=args.mono,
                          realtime=args.realtime, retry=args.retry, device_name=args.device_name)
+    if hasattr(source, "probe") and not source.network:  # a local file that is no sound: before the model loads
+        from audioclip.live.sources import SourceError
+
+        try:
+            source.probe()
+        except SourceError as err:
+            raise UsageError(str(err)) from None
     model = load_model(args)
     if head is not None:
         try:
@@ -154,7 +161,7 @@ def _listen(args, labels, templates, head, stack) -> int:
             listener.stop()
 
     def on_drop(skipped: int, total: int) -> None:
-        stderr_line(f"listen: inference fell behind: {skipped} window(s) dropped ({total} so far)")
+        stderr_line(f"inference fell behind: {skipped} window(s) dropped ({total} so far)")
 
     # a recording read from a regular file (not paced) waits for the model instead of being dropped
     drop = not (args.no_drop or (getattr(source, "regular_file", False) and not args.realtime))

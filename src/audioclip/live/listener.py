@@ -304,4 +304,4 @@ def json_line(stream, obj) -> None:
 
 
 def stderr_line(text: str) -> None:
-    print(f"audioclip: {text}", file=sys.stderr, flush=True)
+    print(f"audioclip listen: {text}", file=sys.stderr, flush=True)

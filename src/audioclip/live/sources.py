@@ -198,6 +198,10 @@ class AVSource:
         self.network = is_uri(url) and not url.startswith("file:")
         self.regular_file = not self.network and os.path.isfile(url)
 
+    def probe(self) -> None:
+        """Open the source once and close it (a local file: before the model loads); raises SourceError."""
+        self._open().close()
+
     def _open(self):
         import av
 
@@ -226,7 +230,7 @@ class AVSource:
                     raise SourceError(f"{self.url}: {_reason(err)}") from None
             attempt += 1
             wait = min(60.0, 2.0 ** (attempt - 1))
-            print(f"audioclip: {self.url}: stream lost; retry {attempt}/{self.retry} in {wait:g} s",
+            print(f"audioclip listen: {self.url}: stream lost; retry {attempt}/{self.retry} in {wait:g} s",
                   file=sys.stderr, flush=True)
             self.sleep(wait)
 
