@@ -245,3 +245,19 @@ def test_a_head_for_another_checkpoint_is_refused(recording):
     head.checkpoint = "some-other-weights@0000"
     with pytest.raises(ValueError, match="fitted on checkpoint"):
         audioclip.detect(model, recording, head=head)
+
+
+def test_query_scores_give_one_query_over_time(tiny_model, recording):
+    from audioclip.detection import query_scores
+    from audioclip.inference import text_classifier
+
+    timeline = query_scores(tiny_model, recording, "a dog barking")
+    assert timeline.labels == ["a dog barking"] and timeline.scores.shape[1] == 1
+    assert timeline.cell_end[-1] == pytest.approx(13.3)
+    # the score is (1 + cosine) / 2 of the query's text and each column's audio embedding
+    from audioclip.detection.scores import column_embeddings
+    from audioclip.media import stream_audio
+
+    vectors = torch.cat([e for _, e, _ in column_embeddings(tiny_model, stream_audio(recording))])
+    text = text_classifier(tiny_model, ["a dog barking"])
+    np.testing.assert_allclose(timeline.scores[:, 0], ((1 + vectors @ text.T) / 2)[:, 0].numpy(), atol=1e-6)

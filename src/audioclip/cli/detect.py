@@ -35,6 +35,8 @@ __all__ = ["register_detect"]
 
 METHODS = ("columns", "windows")  # audioclip.detection.METHODS, spelled out: building the parser imports no torch
 FORMATS = ("csv", "parquet", "jsonl", "raven", "audacity")
+#: audio modes whose head keeps the feature map before pooling (ESResNeXtFbsp and its subclasses)
+COLUMN_AUDIO_MODES = ("default", "plain", "spectrum64")
 #: the shortest hop of --method windows
 MIN_HOP = 0.1
 
@@ -68,6 +70,9 @@ def _check(args: argparse.Namespace) -> None:
                              "would never be scored")
         if args.hop < MIN_HOP:
             raise UsageError(f"--hop {args.hop:g}: the shortest hop is {MIN_HOP:g} s")
+    if args.method == "columns" and args.audio_mode not in COLUMN_AUDIO_MODES:
+        raise UsageError(f"--audio-mode {args.audio_mode}: --method columns reads the trunk's feature map, which "
+                         f"the {', '.join(COLUMN_AUDIO_MODES)} modes keep; use one of them or --method windows")
     if args.threshold_low is not None and args.threshold is not None and args.threshold_low > args.threshold:
         raise UsageError(f"--threshold-low {args.threshold_low:g} is above --threshold {args.threshold:g}")
     from audioclip.detection.writers import FRAME_FORMATS, format_for
@@ -132,7 +137,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: an Audacity label track is for one recording; {len(paths)} were given "
                          "(give --per-file and a folder)")
 
-    from audioclip.detection import (PostProcessing, _check_head_checkpoint, detection_settings, head_scorer,
+    from audioclip.detection import (PostProcessing, _check_head_checkpoint, _tuple, detection_settings, head_scorer,
                                      zero_shot_scorer)
     from audioclip.detection.job import DetectJob
     from audioclip.media.files import DecodeOptions
@@ -147,7 +152,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     else:
         scorer, calibrated = zero_shot_scorer(model, labels, templates), None
     threshold = args.threshold if args.threshold is not None else (calibrated if calibrated is not None else 0.5)
-    post = PostProcessing(threshold=threshold if isinstance(threshold, float) else tuple(threshold),
+    post = PostProcessing(threshold=_tuple(threshold),
                           threshold_low=args.threshold_low, median_filter_s=args.median_filter,
                           min_duration_s=args.min_duration, merge_gap_s=args.merge_gap, top_k=args.top_k)
     settings = detection_settings(model, labels, method=args.method, window=args.window, hop=args.hop,
@@ -202,7 +207,8 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
     time.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default: 16)")
     events = parser.add_argument_group("from scores to events")
     events.add_argument("--threshold", type=_unit, default=None,
-                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, else 0.5)")
+                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, "
+                        "else 0.5)")
     events.add_argument("--threshold-low", type=_unit, default=None,
                         help="hysteresis: an active stretch goes on while the score stays at or above this")
     events.add_argument("--median-filter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
@@ -226,7 +232,7 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
                      help="also write the scores: one row per time step and label (.parquet, .csv or .jsonl)")
     out.add_argument("--plot", metavar="DIR", help="one picture per recording: spectrogram, scores and events")
     out.add_argument("--plot-format", choices=("png", "svg"), default="png", help="picture format (default: png)")
-    add_model_options(parser)
+    add_model_options(parser, precision=False)  # float32: scores are compared with classify's
     _add_limit_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_detect, quick_exit=True)

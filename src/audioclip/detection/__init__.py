@@ -56,7 +56,8 @@ class Detection:
         return [(f.path, f.error) for f in self.files if not f.ok]
 
     def frames_table(self):
-        """The frame scores as a ``pyarrow.Table``: ``path, start_s, end_s, label, score``, one row per time step and label."""
+        """The frame scores as a ``pyarrow.Table``: ``path, start_s, end_s, label, score``, one row per time step
+        and label."""
         from .writers import frames_table
 
         return frames_table([f.frames for f in self.files if f.ok])
@@ -246,6 +247,8 @@ def _checkpoint_of(model) -> str | None:
 
 
 def _tuple(value):
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return tuple(float(v) for v in value)
+    """A threshold as PostProcessing keeps it: None, one float, or a tuple of floats (one per label)."""
+    if value is None:
+        return None
+    values = np.asarray(value, dtype=float)
+    return float(values) if values.ndim == 0 else tuple(values.tolist())
