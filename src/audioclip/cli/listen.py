@@ -281,6 +281,6 @@ def register_listen(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--frames", metavar="FILE|-",
                      help="stream every window's scores as JSON lines (start_s, end_s, label, score, emitted_s, "
                      "compute_s, dropped); '-': on standard output instead of the events")
-    add_model_options(parser)
+    add_model_options(parser, precision=False)  # float32: the scores are detect's
     add_logging_options(parser)
     set_command(parser, _run_listen, quick_exit=True)
