@@ -322,3 +322,20 @@ def test_a_file_source_that_is_no_sound_is_refused_before_the_model_loads(tmp_pa
     result = _cli("listen", bad, "--labels", "dog", "--checkpoint", "AudioCLIP-tiny")
     assert result.returncode == 2 and "cannot be opened" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # no "random weights" warning: no model was made
+
+
+def test_audio_waiting_when_listening_begins_counts_from_when_it_was_sent():
+    """A pipe that filled while the model loaded: 2 s of audio are there at once, then it comes at real time."""
+    def source():
+        began = time.monotonic()
+        for i in range(40):
+            wait = began + (i - 20) * 0.1 - time.monotonic()  # the first 20 pieces are waiting already
+            if wait > 0:
+                time.sleep(wait)
+            yield np.zeros((1, 4410), np.float32)
+
+    frames = []
+    embed, scorer = _loud_scorer()
+    Listener(source(), embed, scorer, ["loud", "quiet"], window=1.0, hop=0.5, on_frame=frames.extend).run()
+    latency = [f["emitted_s"] - f["end_s"] for f in frames]
+    assert latency and min(latency) >= 0  # no score before its audio was sent

@@ -15,7 +15,9 @@ memory stays flat. With ``drop=False`` (a recording read faster than it plays) t
 thread waits for room instead, and every window is scored.
 
 Times are seconds since listening began (the first sample) and wall-clock times: the wall
-time of the first sample plus the seconds.
+time of the first sample plus the seconds. For a live source (``drop=True``) the first sample's
+time is the earliest that the arrivals allow: sample ``s`` cannot arrive before ``s`` seconds
+after the first, so audio waiting in a pipe when listening began moves the start back.
 """
 
 from __future__ import annotations
@@ -152,6 +154,13 @@ class Listener:
             block = first
             while block is not None and not self._stop.is_set():
                 ring.write(block, block_until_room=not self.drop)
+                if self.drop:
+                    # A live source delivers sample s no earlier than s after the first: audio that was already
+                    # waiting when listening began (a pipe filled while the model loaded) moves the start back.
+                    behind = self.t0 - (self.clock() - ring.written / SAMPLE_RATE)
+                    if behind > 0:
+                        self.t0 -= behind
+                        self.wall0 -= behind
                 block = next(blocks, None)
             ring.close()
         except BaseException as err:  # noqa: BLE001 - handed to the inference thread, which reports it
