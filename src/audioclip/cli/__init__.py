@@ -28,7 +28,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import checkpoints, classify, detect, embed, evaluate, export, fit, index, serve, similarity, train
+from . import checkpoints, classify, detect, embed, evaluate, export, fit, index, listen, serve, similarity, train
 from .checks import require_extra
 from .options import ArgumentParser
 from .report import EXIT_USAGE, run, usage_line
@@ -43,6 +43,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     embed.register_embed,
     similarity.register_similarity,
     detect.register_detect,
+    listen.register_listen,
     export.register_convert,
     export.register_export,
     index.register_index,
