@@ -63,21 +63,27 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"{args.source}: is a folder; listen takes one source")
     if args.realtime and args.source in ("mic", "-"):
         raise UsageError("--realtime paces a file; a microphone and standard input run at their own pace")
-    if args.output:
+    if getattr(args, "output", None):
         args.log_format = _log_format(args.output, args.format)
         if os.path.isdir(args.output):
             raise UsageError(f"-o {args.output}: is a folder")
-    elif args.format:
+    elif getattr(args, "format", None):
         raise UsageError("--log-format goes with -o FILE")
-    if args.frames and args.frames != "-" and os.path.isdir(args.frames):
+    if getattr(args, "frames", None) and args.frames != "-" and os.path.isdir(args.frames):
         raise UsageError(f"--frames {args.frames}: is a folder")
 
 
-def _run_listen(args: argparse.Namespace) -> int:
+def check_listening(args: argparse.Namespace):
+    """The labels, templates and head of the listening options, all checked (before the model loads)."""
     labels = _labels(args) if args.head is None else None
     templates = _templates(args) if args.head is None else None
     _check(args)
     head = _head(args) if args.head is not None else None
+    return labels, templates, head
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    labels, templates, head = check_listening(args)
     check_model_options(args)
 
     from contextlib import ExitStack
@@ -90,10 +96,9 @@ def _run_listen(args: argparse.Namespace) -> int:
         return _listen(args, labels, templates, head, stack)
 
 
-def _listen(args, labels, templates, head, stack) -> int:
-    from audioclip.detection import PostProcessing, _check_head_checkpoint, head_scorer, zero_shot_scorer
-    from audioclip.live.listener import EventLog, Listener, json_line, stderr_line
-    from audioclip.live.sources import StdinSource, open_source
+def open_checked_source(args: argparse.Namespace):
+    """The source of the listening options, opened; a local file that is no sound is a usage error."""
+    from audioclip.live.sources import open_source
 
     source = open_source(args.source, fmt=args.pcm_format, rate=args.rate, channels=args.channels, mono=args.mono,
                          realtime=args.realtime, retry=args.retry, device_name=args.device_name)
@@ -104,7 +109,15 @@ def _listen(args, labels, templates, head, stack) -> int:
             source.probe()
         except SourceError as err:
             raise UsageError(str(err)) from None
-    model = load_model(args)
+    return source
+
+
+def make_listener(args: argparse.Namespace, model, source, labels, templates, head, **callbacks):
+    """A :class:`~audioclip.live.listener.Listener` of ``source`` with the listening options' windows, scores and
+    post-processing; ``callbacks``: its ``on_event``, ``on_frame``, ``on_drop``. Returns it and its labels."""
+    from audioclip.detection import PostProcessing, _check_head_checkpoint, head_scorer, zero_shot_scorer
+    from audioclip.live.listener import Listener
+
     if head is not None:
         try:
             _check_head_checkpoint(model, head)
@@ -117,6 +130,19 @@ def _listen(args, labels, templates, head, stack) -> int:
     post = PostProcessing(threshold=threshold if isinstance(threshold, float) else tuple(threshold),
                           threshold_low=args.threshold_low, median_filter_s=args.median_filter,
                           min_duration_s=args.min_duration, merge_gap_s=args.merge_gap, top_k=args.top_k)
+    # a recording read from a regular file (not paced) waits for the model instead of being dropped
+    drop = not (args.no_drop or (getattr(source, "regular_file", False) and not args.realtime))
+    listener = Listener.from_model(model, source, scorer, labels, window=args.window, hop=args.hop, postprocess=post,
+                                   emit=args.emit, drop=drop, batch_size=args.batch_size, **callbacks)
+    return listener, labels
+
+
+def _listen(args, labels, templates, head, stack) -> int:
+    from audioclip.live.listener import EventLog, json_line, stderr_line
+
+    source = open_checked_source(args)
+    model = load_model(args)
+    listener = None
 
     log = None
     if args.output:
@@ -155,11 +181,8 @@ def _listen(args, labels, templates, head, stack) -> int:
     def on_drop(skipped: int, total: int) -> None:
         stderr_line(f"inference fell behind: {skipped} window(s) dropped ({total} so far)")
 
-    # a recording read from a regular file (not paced) waits for the model instead of being dropped
-    drop = not (args.no_drop or (getattr(source, "regular_file", False) and not args.realtime))
-    listener = Listener.from_model(model, source, scorer, labels, window=args.window, hop=args.hop, postprocess=post,
-                                   emit=args.emit, drop=drop, batch_size=args.batch_size, on_event=on_event,
-                                   on_frame=on_frame, on_drop=on_drop)
+    listener, labels = make_listener(args, model, source, labels, templates, head, on_event=on_event,
+                                     on_frame=on_frame, on_drop=on_drop)
     args.on_interrupt = "the events so far are in the log" if log is not None else None
     try:
         report = listener.run()
@@ -214,17 +237,8 @@ def _retries(text: str) -> int:
     return value
 
 
-def register_listen(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "listen", help="sound events live, from a microphone, standard input or a stream",
-        description="Listen to a source and report events as they happen: one JSON line per event on standard "
-        "output (label, start and end as wall-clock ISO 8601 and seconds since listening began, peak score). "
-        "Windows, scores and post-processing are those of 'detect --method windows'. When the model is slower "
-        "than the audio, the oldest pending windows are dropped and counted, never queued. See "
-        "docs/listening.md.", epilog=STATUS_EPILOG + " 130: interrupted (Ctrl-C), the log flushed.")
-    parser.add_argument("source", metavar="SOURCE",
-                        help="'mic' (the default input device), '-' (raw PCM or WAV on standard input) or a file or "
-                        "URL that FFmpeg opens (RTSP, HTTP, Icecast)")
+def add_listening_options(parser: argparse.ArgumentParser) -> None:
+    """What ``listen`` and ``serve --listen`` share: labels or a head, the source's format, windows, events."""
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--labels", help="comma-separated labels, e.g. 'dog barking,siren'")
     what.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
@@ -265,6 +279,20 @@ def register_listen(subparsers: argparse._SubParsersAction) -> None:
     events.add_argument("--top-k", type=positive_int, default=None, help="only the k best labels may be active")
     events.add_argument("--emit", choices=("end", "onset"), default="end",
                         help="end (default): an event is reported when it ends; onset: also when it starts")
+
+
+def register_listen(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "listen", help="sound events live, from a microphone, standard input or a stream",
+        description="Listen to a source and report events as they happen: one JSON line per event on standard "
+        "output (label, start and end as wall-clock ISO 8601 and seconds since listening began, peak score). "
+        "Windows, scores and post-processing are those of 'detect --method windows'. When the model is slower "
+        "than the audio, the oldest pending windows are dropped and counted, never queued. See "
+        "docs/listening.md.", epilog=STATUS_EPILOG + " 130: interrupted (Ctrl-C), the log flushed.")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="'mic' (the default input device), '-' (raw PCM or WAV on standard input) or a file or "
+                        "URL that FFmpeg opens (RTSP, HTTP, Icecast)")
+    add_listening_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="LOG",
                      help="also append each event to this log, flushed to disk line by line: .jsonl, .csv or "

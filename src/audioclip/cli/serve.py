@@ -12,6 +12,7 @@ from .index import (
     check_index_model_options,
     open_index,
 )
+from .live_page import add_live_options, check_live, start_live
 from .options import add_logging_options, port, positive_float, positive_int, set_command
 from .report import EXIT_NOTHING_DONE, UsageError, error
 
@@ -28,6 +29,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.max_connections_per_client > args.max_connections:
         raise UsageError(f"--max-connections-per-client ({args.max_connections_per_client}) cannot be more than "
                          f"--max-connections ({args.max_connections})")
+    live = check_live(args)  # --listen: the source opened, the labels or head read
     sock = _listen(args)  # before the index is opened and the model loaded: a bad address fails at once
     if sock is None:
         return EXIT_NOTHING_DONE
@@ -36,6 +38,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     try:
         index = open_index(args)
+        if live is not None:
+            live, stop_listening = start_live(args, live, index.model)  # the index's model, loaded now
     except BaseException:  # an index that cannot be used (report.run: one line, 1), a checkpoint that cannot load
         sock.close()  # the port is free again
         raise
@@ -43,9 +47,13 @@ def _run_serve(args: argparse.Namespace) -> int:
                               max_connections_per_client=args.max_connections_per_client,
                               client_rate=args.max_requests_per_client,
                               client_burst=max(1, round(_BURST_SECONDS * args.max_requests_per_client)))
-    return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6),
-                 quiet=args.quiet, allowed_hosts=args.allowed_host or (),
-                 max_query_seconds=args.max_query_seconds, limits=limits, sock=sock)
+    try:
+        return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6),
+                     quiet=args.quiet, allowed_hosts=args.allowed_host or (),
+                     max_query_seconds=args.max_query_seconds, limits=limits, sock=sock, live=live)
+    finally:
+        if live is not None:
+            stop_listening()
 
 
 _BURST_SECONDS = 5  # a client may make this many seconds' worth of --max-requests-per-client at once
@@ -136,5 +144,6 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
                         metavar="RATE", help=f"requests a second one client address may make on average, after "
                         f"a burst of {_BURST_SECONDS} seconds' worth; past it, 429 (default: 20)")
     add_index_model_options(parser)
+    add_live_options(parser)
     add_logging_options(parser)
     set_command(parser, _run_serve, extras=INDEX_EXTRAS)

@@ -22,6 +22,8 @@ Routes (everything else is 404; every answer but the page's files is JSON):
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file, a thumbnail, a waveform;
   only ever a file the index recorded, and only while it is as recorded (``served_files.py``).
 - ``GET /api/stats``. ``HEAD`` is answered wherever ``GET`` is.
+- ``GET /api/live``: with ``serve --listen``, a live source's scores and events as server-sent events
+  (``live_feed.py``); 404 without.
 
 Every request must name an expected host in its ``Host`` header (403 otherwise; ``hosts.py``), which
 defeats DNS-rebinding pages. Connections (``httpd.py``): HTTP/1.1 parsed by h11, framing checked,
@@ -89,7 +91,7 @@ from .web import (
 
 __all__ = ["ConnectionLimits", "SearchServer", "allowed_host_names", "make_server", "serve"]
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+STATIC = {"app.js": "text/javascript; charset=utf-8", "live.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
 MAX_UPLOADS = 2  # uploads decoded and embedded at once; more get 503
 MAX_RECEIVING = 8  # upload bodies being received at once; more get 503
@@ -132,6 +134,7 @@ class _Site:
         self.receiving_bytes = 0
         self.turns = SearchesFirst()  # text searches go before an upload's next batch
         self._options: DecodeOptions | None = None
+        self.live = None  # a LiveFeed (live_feed.py) with ``serve --listen``
 
     def routes(self) -> list[Route]:
         return [
@@ -142,6 +145,7 @@ class _Site:
             Route("/api/search", self.search_text, methods=["GET"]),
             Route("/api/search", self.search_upload, methods=["POST"]),
             Route("/api/stats", self.stats, methods=["GET"]),
+            *(self.live.routes() if self.live is not None else []),  # GET /api/live (live_feed.py)
             Route("/{what:str}/{ident:str}", self.files.answer, methods=["GET"]),
         ]
 
@@ -405,7 +409,7 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
                 max_query_seconds: float = MAX_QUERY_SECONDS, decode_timeout: float = DECODE_TIMEOUT,
                 limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH,
                 max_receiving: int = MAX_RECEIVING, max_receiving_bytes: int | None = None,
-                max_decoded_bytes: int | None = None, sock: socket.socket | None = None) -> SearchServer:
+                max_decoded_bytes: int | None = None, sock: socket.socket | None = None, live=None) -> SearchServer:
     """A server for ``index``, bound but not yet serving (``serve_forever`` or ``start``). ``port=0`` picks a free one.
 
     ``sock``: a socket already listening (:func:`~audioclip.index.hosts.listen`) to serve on instead of binding
@@ -413,7 +417,8 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
 
     ``max_uploads`` uploads are decoded and embedded at a time; ``max_receiving`` bodies are received at a time,
     of at most ``max_receiving_bytes`` in all (default: 4 x ``max_upload``); an upload decodes to at most
-    ``max_decoded_bytes`` (default: :func:`~audioclip.index.uploads.decoded_bound`). Raises ``OSError`` when the
+    ``max_decoded_bytes`` (default: :func:`~audioclip.index.uploads.decoded_bound`). ``live``: a
+    :class:`~audioclip.index.live_feed.LiveFeed` streamed at ``GET /api/live`` (404 without). Raises ``OSError`` when the
     address cannot be used, ``ValueError`` for a bad ``allowed_hosts`` name.
     """
     limits = limits or ConnectionLimits()
@@ -422,6 +427,7 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
                  decode_timeout=decode_timeout, limits=limits, upload_batch=upload_batch,
                  max_receiving=max_receiving, max_receiving_bytes=max_receiving_bytes,
                  max_decoded_bytes=max_decoded_bytes)
+    site.live = live
     app = build_app(site, allowed)
     server = SearchServer(site, app, sock if sock is not None else listen(host, port), limits, quiet)
     threading.Thread(target=start_worker_pool, daemon=True).start()  # so that the first upload need not wait
@@ -467,4 +473,6 @@ def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upload: i
     except KeyboardInterrupt:
         print("audioclip: stopped", file=sys.stderr)
     finally:
+        if options.get("live") is not None:
+            options["live"].close()  # its streams end now, not at the graceful shutdown's deadline
         server.shutdown()
