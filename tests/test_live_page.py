@@ -240,6 +240,7 @@ def test_the_live_timeline_in_a_real_browser(index, tmp_path):
             assert int(timeline.get_attribute("data-frames")) >= 2
             assert page.locator("#live-timeline rect.live-event").count() >= 1
             assert page.locator("#live-timeline text", has_text="dog barking").count() == 1
+            assert page.locator("#live h2").text_content() == "Listening to street.wav"  # no folder of the server
             assert page.locator("#live-events li").first.text_content().startswith(("dog barking: ", "rain: "))
             page.wait_for_selector("#live-status:has-text('the source ended')", timeout=30_000)
             page.screenshot(path=str(tmp_path / "live.png"))

@@ -8,6 +8,7 @@ thread of its own with the index's model; what it reports goes to a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -52,6 +53,23 @@ def check_live(args: argparse.Namespace) -> LivePlan | None:
     return LivePlan(open_checked_source(args), labels, templates, head)
 
 
+def shown_source(name: str) -> str:
+    """What the page says is listened to: never a folder of this machine, nor a URL's password or query."""
+    from urllib.parse import urlsplit
+
+    from audioclip.util import is_uri
+
+    if name in ("mic", "-"):
+        return {"mic": "the microphone", "-": "standard input"}[name]
+    if is_uri(name):
+        url = urlsplit(name)
+        host = url.hostname or ""
+        if url.port:
+            host = f"{host}:{url.port}"
+        return f"{url.scheme}://{host}/{url.path.rstrip('/').rsplit('/', 1)[-1]}" if host else url.scheme
+    return os.path.basename(name.rstrip("/\\")) or name
+
+
 def start_live(args: argparse.Namespace, plan: LivePlan, model):
     """Start listening on a thread with ``model``; returns the feed to hand the server, and a ``stop()``."""
     from audioclip.index.live_feed import LiveFeed
@@ -78,7 +96,7 @@ def start_live(args: argparse.Namespace, plan: LivePlan, model):
 
     listener, labels = make_listener(args, model, plan.source, plan.labels, plan.templates, plan.head,
                                      on_event=on_event, on_frame=on_frame, on_drop=on_drop)
-    feed = LiveFeed({"source": args.listen, "labels": list(labels), "window": args.window, "hop": args.hop})
+    feed = LiveFeed({"source": shown_source(args.listen), "labels": list(labels), "window": args.window, "hop": args.hop})
 
     def run() -> None:
         try:
@@ -86,7 +104,7 @@ def start_live(args: argparse.Namespace, plan: LivePlan, model):
         except Exception as err:  # noqa: BLE001 - the page and stderr say why; the search page goes on
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             print(f"audioclip: error: --listen {args.listen}: {message}", file=sys.stderr)
-            feed.publish("status", {"state": "error", "message": message})
+            feed.publish("status", {"state": "error", "message": "the source failed; see the server's log"})
             return
         print(f"audioclip: --listen {args.listen}: the source ended after {report.seconds:.1f} s: {report.windows} "
               f"window(s) scored, {report.dropped} dropped, {report.events} event(s)", file=sys.stderr)

@@ -88,7 +88,8 @@
     // time marks every 5 s
     for (let t = Math.ceil(begin / 5) * 5; t <= end; t += 5) {
       node("line", { x1: x(t), x2: x(t), y1: 0, y2: height - 16, stroke: "#e3e7eb" }, svg);
-      node("text", { x: x(t), y: height - 4, "font-size": 11, fill: "#68737d", "text-anchor": "middle" }, svg)
+      node("text", { x: x(t), y: height - 4, "font-size": 11, fill: "#68737d",
+                      "text-anchor": x(t) > WIDTH - 20 ? "end" : "middle" }, svg)
         .textContent = `${t.toFixed(0)} s`;
     }
     labels.forEach((label, i) => {
