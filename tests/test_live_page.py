@@ -154,6 +154,9 @@ def test_live_pages_are_capped_and_without_listen_there_is_no_live_address(index
         assert next_message(response)["event"] == "hello"
         other, refused = open_stream(server.port)
         assert refused.status == 503 and "too many live pages" in json.loads(refused.read())["error"]
+        other.request("HEAD", "/api/live")  # the head alone: answered at once, the stream not started
+        head = other.getresponse()
+        assert head.status == 200 and head.headers["Content-Type"].startswith("text/event-stream") and not head.read()
         other.close()
         conn.close()
     finally:
@@ -182,6 +185,20 @@ def test_listening_options_without_listen_are_a_usage_error(index):
                              "--labels", "dog"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "error: --labels goes with --listen SOURCE" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--listen", "missing.wav", "--labels", "dog"], "missing.wav: no such file"),
+    (["--listen", "{wav}"], "no labels"),
+    (["--listen", "{wav}", "--labels", "dog", "--hop", "3"], "--hop 3 is longer than --window 2"),
+])
+def test_a_bad_listen_is_a_usage_error_before_the_model_loads(index, tmp_path, extra, message):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros((SR, 1), np.float32), SR)
+    args = [a.replace("{wav}", str(wav)) for a in extra]
+    result = subprocess.run([sys.executable, "-m", "audioclip", "serve", "--db", str(index.db), "--port", "1", *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 # -- the page in a real browser ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ import threading
 from collections import deque
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .web import Refused
@@ -119,7 +119,10 @@ class LiveFeed:
     def routes(self) -> list[Route]:
         return [Route("/api/live", self.stream, methods=["GET"])]
 
-    async def stream(self, request: Request) -> StreamingResponse:
+    async def stream(self, request: Request) -> Response:
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request is not None and request.method == "HEAD":  # the head only: a stream would never end
+            return Response(headers=headers, media_type="text/event-stream")
         if self.closed:
             raise Refused(503, "the server is stopping")
         if len(self._clients) >= self.max_clients:
@@ -131,7 +134,6 @@ class LiveFeed:
             for seq, message in self._backlog:
                 client.offer(seq, message)
         self._clients.add(client)
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(self._messages(client), media_type="text/event-stream", headers=headers)
 
     async def _messages(self, client: _Client):
