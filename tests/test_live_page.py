@@ -10,7 +10,6 @@ import asyncio
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
