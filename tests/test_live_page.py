@@ -145,6 +145,22 @@ def test_a_slow_page_loses_its_oldest_messages_counted_and_stalls_nobody():
     assert [json.loads(m.decode().split("data: ")[1])["i"] for m in slow_messages[2:]] == list(range(total - 5, total))
 
 
+def test_a_late_page_gets_the_recent_past_and_misses_nothing_it_is_told_of():
+    feed = LiveFeed({"labels": ["dog"]}, queue_size=4, backlog=10)
+    for i in range(12):  # before any page: into the backlog only (the last 10 kept)
+        feed.publish("frame", {"i": i})
+
+    async def main():
+        late = (await feed.stream(None)).body_iterator
+        got = [await late.__anext__() for _ in range(1 + 4)]  # hello, the newest 4 (what fits its queue)
+        feed.close()
+        return got + [m async for m in late]
+
+    messages = asyncio.run(main())
+    assert b"event: hello" in messages[0] and not any(b"event: dropped" in m for m in messages)
+    assert [json.loads(m.decode().split("data: ")[1])["i"] for m in messages[1:]] == [8, 9, 10, 11]
+
+
 def test_live_pages_are_capped_and_without_listen_there_is_no_live_address(index):
     feed = LiveFeed({"labels": ["dog"]}, max_clients=1)
     server = serving(index, live=feed)

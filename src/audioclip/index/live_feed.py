@@ -11,7 +11,7 @@ page reads too slowly (a slow network, a background tab) its oldest messages are
 and counted, and the page is told how many (``event: dropped``) before its next message.
 The listener and the other pages never wait for it. At most ``max_clients`` pages stream
 at once (503 beyond). A page that connects late first gets the last ``backlog`` messages,
-so that it shows the recent past at once.
+so that it shows the recent past at once (those that fit its queue).
 
 The stream (``text/event-stream``) carries ``event: hello`` (what is listened to: the
 source's name, labels, window and hop) first, then ``frame``, ``event``, ``status`` and
@@ -66,7 +66,7 @@ class LiveFeed:
     """
 
     def __init__(self, info: dict | None = None, *, max_clients: int = 8, queue_size: int = 512,
-                 backlog: int = 2000, ping_s: float = 15.0):
+                 backlog: int = 500, ping_s: float = 15.0):
         self.info = dict(info or {})
         self.max_clients, self.queue_size, self.ping_s = max_clients, queue_size, ping_s
         self._lock = threading.Lock()  # guards the backlog, the sequence numbers and the loop
@@ -131,7 +131,7 @@ class LiveFeed:
         client = _Client(self.queue_size)
         with self._lock:
             self._loop = asyncio.get_running_loop()
-            for seq, message in self._backlog:
+            for seq, message in list(self._backlog)[-self.queue_size:]:  # what fits: none counted as dropped
                 client.offer(seq, message)
         self._clients.add(client)
         return StreamingResponse(self._messages(client), media_type="text/event-stream", headers=headers)
