@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("faiss", reason="the ANN index needs faiss-cpu (pip install 'audioclip[index]')")
 
 from audioclip.index.ann import AnnIndex, ann_lists  # noqa: E402
-from audioclip.index.store import LanceStore, file_id_of, row_schema  # noqa: E402
+from audioclip.index.lance import LanceStore  # noqa: E402
+from audioclip.index.records import file_id_of, row_schema  # noqa: E402
 
 DIM = 16
 
@@ -34,8 +35,8 @@ def make_rows(paths: list[str], rng: np.random.Generator, windows: int = 2, sour
                 unit(centres[rng.integers(8)] + 0.5 * rng.standard_normal(DIM) / 4)
             image = source == "image"
             rows.append(dict(file_id=file_id_of(path), path=path, source=source, modality="image" if image else "audio",
-                             kind="image" if image else "window", start=None if image else 5.0 * w,
-                             end=None if image else 5.0 * w + 5, duration=None if image else 5.0 * windows,
+                             kind="image" if image else "window", start_s=None if image else 5.0 * w,
+                             end_s=None if image else 5.0 * w + 5, duration=None if image else 5.0 * windows,
                              size=1, mtime_ns=1, hash=path, vector=np.asarray(vector).tolist()))
     return pa.Table.from_pylist(rows, schema=row_schema(DIM))
 
@@ -47,11 +48,11 @@ def brute_force(store: LanceStore, query: np.ndarray, limit: int, sources=None) 
     matrix = table["vector"].combine_chunks().values.to_numpy().reshape(-1, DIM)
     scores = matrix @ query
     order = np.argsort(-scores, kind="stable")[:limit]
-    return [(table["file_id"][int(i)].as_py(), table["start"][int(i)].as_py(), float(scores[i])) for i in order]
+    return [(table["file_id"][int(i)].as_py(), table["start_s"][int(i)].as_py(), float(scores[i])) for i in order]
 
 
 def keys(found: pa.Table) -> list[tuple[int, float]]:
-    return list(zip(found["file_id"].to_pylist(), found["start"].to_pylist()))
+    return list(zip(found["file_id"].to_pylist(), found["start_s"].to_pylist()))
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ def test_a_first_index_run_that_fails_leaves_no_empty_folder(library, tmp_path):
 
 def _rows(db) -> dict:
     """Every row of the index, by (path, kind, start): the identity columns and the vector."""
-    from audioclip.index.stores import open_store
+    from audioclip.index.db import open_store
 
     store = open_store(str(db))
     table = store.rows([r.file_id for r in store.files().values()]).to_pylist()

@@ -28,8 +28,8 @@ from PIL import Image
 from audioclip import AudioCLIP, create_model, save_model
 from audioclip.index import Index, IndexStoreError, LanceStore, QueryError, merge_windows
 from audioclip.index.search import rank
-from audioclip.index.store import file_id_of, row_schema
-from audioclip.index.stores import open_store
+from audioclip.index.records import file_id_of, row_schema
+from audioclip.index.db import open_store
 
 SR = 44100
 TINY = dict(config="AudioCLIP-tiny", device="cpu")
@@ -106,8 +106,8 @@ def rows_per_file(db, pending: int = 0) -> Counter:
 
 
 def assert_no_duplicates(db) -> None:
-    data = all_rows(db).select(["file_id", "kind", "start"]).to_pylist()
-    keys = Counter((r["file_id"], r["kind"], r["start"]) for r in data)
+    data = all_rows(db).select(["file_id", "kind", "start_s"]).to_pylist()
+    keys = Counter((r["file_id"], r["kind"], r["start_s"]) for r in data)
     assert max(keys.values(), default=1) == 1, [k for k, n in keys.items() if n > 1]
 
 
@@ -168,7 +168,7 @@ def test_search_reports_the_matching_window_range(db):
             image = start is None
             rows.append(dict(file_id=file_id_of(path), path=path, source="image" if image else "audio",
                              modality="image" if image else "audio", kind="image" if image else "window",
-                             start=start, end=end, duration=None if image else 25.0, size=1, mtime_ns=1,
+                             start_s=start, end_s=end, duration=None if image else 25.0, size=1, mtime_ns=1,
                              hash=path, vector=near(score).tolist()))
     store.add(pa.Table.from_pylist(rows, schema=row_schema(dim)))
 
@@ -807,7 +807,7 @@ def test_a_no_op_index_command_loads_no_model_and_hashes_no_checkpoint(checkpoin
 _KILL_AT = r'''
 import os, signal, sys
 from audioclip import cli, factory, io
-from audioclip.index.store import LanceStore
+from audioclip.index.lance import LanceStore
 
 point = sys.argv[1]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)

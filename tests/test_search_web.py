@@ -68,7 +68,7 @@ def steer(index: Index, path: str, query: np.ndarray, best_start: float) -> None
     rows = index.store.rows([record.file_id])
     dim = len(query)
     far = -query  # cosine -1
-    vectors = [query if row["start"] == best_start else far for row in rows.to_pylist()]
+    vectors = [query if row["start_s"] == best_start else far for row in rows.to_pylist()]
     rows = rows.set_column(rows.schema.get_field_index("vector"), "vector",
                            pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(vectors).astype(np.float32)), dim))
     index.store.delete_files([record.file_id])

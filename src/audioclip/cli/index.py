@@ -98,7 +98,7 @@ def _check_tri_modal(name: str) -> None:
 
 
 def _check_db_exists(args: argparse.Namespace) -> None:
-    from audioclip.index.stores import store_exists
+    from audioclip.index.db import store_exists
 
     _check_db_spec(args)
     if not store_exists(args.db):

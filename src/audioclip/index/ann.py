@@ -9,7 +9,7 @@ laid out for speed, in the folder ``ann/`` of the index:
   vectors: every candidate's score is the exact cosine (no quantisation, no
   re-ranking step needed), and scanning every list is the exact search.
 - ``g{G}.rows.npy``: for each vector (its FAISS id is its position), the row's
-  ``file_id``, ``start``, ``kind`` and ``source``.
+  ``file_id``, ``start_s`` (as ``start``), ``kind`` and ``source``.
 - ``state.json``: which generation is current, the table version it was built
   from, and the *dirty* files: files written since (added, replaced or
   deleted). Their vectors in the index are ignored, and their current rows are
@@ -24,11 +24,10 @@ replacing ``state.json``; a crash before that leaves the previous generation in
 use, and its stray files are deleted by the next build. Readers re-read the
 state when the file changes (one ``stat`` per query).
 
-Training: spherical k-means on a sample (``SAMPLE_PER_LIST`` vectors per list),
-with the assignments computed by torch matrix products in bfloat16 where the
-CPU does those faster than float32 (ties aside, the same lists; the scores
-that rank results are always float32). About 4·sqrt(n) lists of ~250 vectors;
-a query scans the ``nprobe`` lists whose centroids are nearest.
+Training: FAISS's spherical k-means (``faiss.Kmeans``) on a sample
+(``SAMPLE_PER_LIST`` vectors per list); FAISS then puts every vector in the
+list of its nearest centroid. About 4·sqrt(n) lists of ~250 vectors; a query
+scans the ``nprobe`` lists whose centroids are nearest.
 """
 
 from __future__ import annotations
@@ -47,14 +46,15 @@ import numpy as np
 import pyarrow as pa
 
 from ..io import FileReadError, atomic_write, check_regular_file, read_text_bounded
+from .records import ROW_KINDS as KINDS
+from .records import SOURCES
 
-__all__ = ["AnnIndex", "AnnIndexWarning", "ann_lists"]
+__all__ = ["AnnIndex", "AnnIndexWarning", "ann_lists", "train_lists"]
 
-KINDS = ("window", "image", "frame")
-SOURCES = ("audio", "image", "video")
+# The field names are part of the file format: "start" is the row's ``start_s``.
 ROW_DTYPE = np.dtype([("file_id", "<i8"), ("start", "<f8"), ("kind", "i1"), ("source", "i1")])
 SAMPLE_PER_LIST = 16  # k-means training vectors per list
-KMEANS_ITERATIONS = 8
+KMEANS_ITERATIONS = 8  # FAISS's default is 25; past 8 the lists barely change (docs/performance.md)
 BUILD_MEMORY_BYTES = 1 << 32  # vectors held in memory while building (4 GiB: 10^6 at 1024-d); more: shards
 SHARD_ROWS = 65_536  # the least vectors per shard
 def _in_memory_bytes() -> int:
@@ -243,7 +243,7 @@ class AnnIndex:
     def build(self, scan: Callable[[], Iterable[pa.RecordBatch]], rows: int, dim: int, table_version: int,
               take: Callable[[np.ndarray], pa.Table] | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-        """Build a new generation from ``scan()`` (batches with ``file_id, source, kind, start, vector``;
+        """Build a new generation from ``scan()`` (batches with ``file_id, source, kind, start_s, vector``;
         ``rows`` of them), publish it and delete the old one. ``take(offsets)`` reads the training sample
         (rows at those positions of the scan, with a ``vector`` column); without it, a first scan does.
         """
@@ -252,6 +252,17 @@ class AnnIndex:
         final = log or (lambda message: None)
         say = final if rows >= 100_000 else (lambda message: None)  # steps of a long build only
         started = time.perf_counter()
+        # A search process runs FAISS on one thread (``_load``); a build uses every core, then puts that back.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(_cores())
+        try:
+            return self._build(scan, rows, dim, table_version, take, final, say, started)
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def _build(self, scan, rows, dim, table_version, take, final, say, started) -> dict:
+        import faiss
+
         self.folder.mkdir(parents=True, exist_ok=True)
         before = self.state() or {}
         generation = int(before.get("generation", 0)) + 1
@@ -261,12 +272,12 @@ class AnnIndex:
         nlist = ann_lists(rows)
 
         # 1. spherical k-means on a random sample
-        rng = np.random.default_rng(0)
         if nlist > 1:
-            wanted = np.sort(rng.choice(rows, min(rows, nlist * SAMPLE_PER_LIST), replace=False))
+            wanted = np.sort(np.random.default_rng(0).choice(rows, min(rows, nlist * SAMPLE_PER_LIST),
+                                                             replace=False))
             sample = self._sample(scan, take, wanted, dim)
             say(f"ANN index: read a sample of {len(sample):,} vectors in {time.perf_counter() - started:.1f} s")
-            centroids = spherical_kmeans(sample, nlist, KMEANS_ITERATIONS, rng)
+            centroids = train_lists(sample, nlist)
             del sample
         else:
             centroids = np.zeros((1, dim), np.float32)
@@ -291,9 +302,7 @@ class AnnIndex:
         try:
             for batch in scan():
                 vectors = _vectors(batch, dim)
-                lists = assign(centroids, vectors) if nlist > 1 else np.zeros(len(vectors), np.int64)
-                ids = np.arange(position, position + len(vectors), dtype=np.int64)
-                shard.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+                shard.add_with_ids(vectors, np.arange(position, position + len(vectors), dtype=np.int64))
                 meta_parts.append(_row_meta(batch))
                 position += len(vectors)
                 if shard.ntotal >= shard_rows:
@@ -439,7 +448,7 @@ class AnnIndex:
     def search(self, query: np.ndarray, limit: int, sources: Sequence[str] | None, exact: bool, nprobe: int,
                table_version: Callable[[], int], read_rows: Callable[[list[int]], pa.Table], max_dirty_rows: int
                ) -> pa.Table | None:
-        """The best ``limit`` rows (``file_id, kind, start, score``), or None when the sidecar cannot answer
+        """The best ``limit`` rows (``file_id, kind, start_s, score``), or None when the sidecar cannot answer
         (none, unreadable, or more dirty rows than ``max_dirty_rows``): the caller then scans the store."""
         import faiss
 
@@ -494,16 +503,16 @@ class AnnIndex:
             d_scores = d_scores[keep]
             d_table = dirty_table.filter(pa.array(keep))
             file_ids = np.concatenate([file_ids, d_table["file_id"].to_numpy()])
-            d_starts = d_table["start"].to_numpy(zero_copy_only=False)
+            d_starts = d_table["start_s"].to_numpy(zero_copy_only=False)
             starts = np.concatenate([starts, np.nan_to_num(d_starts, nan=0.0)])
-            starts_mask = np.concatenate([starts_mask, d_table["start"].is_null().to_numpy(zero_copy_only=False)])
+            starts_mask = np.concatenate([starts_mask, d_table["start_s"].is_null().to_numpy(zero_copy_only=False)])
             kinds = np.concatenate([kinds, np.asarray(d_table["kind"].to_pylist(), dtype=object)])
             scores = np.concatenate([scores, d_scores.astype(np.float32)])
         order = np.lexsort((np.arange(len(scores)), -scores))[:limit]
         start_values = pa.array(starts[order], pa.float64(), mask=starts_mask[order])
         return pa.table({"file_id": pa.array(file_ids[order], pa.int64()),
                          "kind": pa.array(kinds[order].tolist(), pa.string()),
-                         "start": start_values,
+                         "start_s": start_values,
                          "score": pa.array(scores[order], pa.float32())})
 
     def _dirty_rows(self, state: dict, table_version: int, read_rows, max_rows: int):
@@ -518,7 +527,7 @@ class AnnIndex:
             total += part.num_rows
             if total > max_rows:
                 return None
-            parts.append(part.select(["file_id", "source", "kind", "start", "vector"]))
+            parts.append(part.select(["file_id", "source", "kind", "start_s", "vector"]))
         if parts:
             table = pa.concat_tables(parts)
             dim = table.schema.field("vector").type.list_size
@@ -526,7 +535,7 @@ class AnnIndex:
                 np.zeros((0, dim), np.float32)
         else:
             table = pa.table({"file_id": pa.array([], pa.int64()), "source": pa.array([], pa.string()),
-                              "kind": pa.array([], pa.string()), "start": pa.array([], pa.float64())})
+                              "kind": pa.array([], pa.string()), "start_s": pa.array([], pa.float64())})
             matrix = np.zeros((0, 1), np.float32)
         value = (table, matrix)
         self._dirty_cache = (key, value)
@@ -540,62 +549,24 @@ class AnnIndex:
                 "built": state.get("built"), "build_seconds": state.get("build_seconds")}
 
 
-# -- k-means and assignment -------------------------------------------------------------------------
-
-_MATMUL_DTYPE = None
+# -- training -------------------------------------------------------------------------------------------
 
 
-def _matmul_dtype():
-    """bfloat16 where this CPU multiplies it faster than float32 (AVX512-BF16, AMX), else float32."""
-    global _MATMUL_DTYPE
-    if _MATMUL_DTYPE is None:
-        import torch
+def train_lists(sample: np.ndarray, lists: int) -> np.ndarray:
+    """``lists`` unit centroids of the unit vectors ``sample`` (n, d): FAISS's spherical k-means, seeded."""
+    import faiss
 
-        a, b = torch.randn(2048, 1024), torch.randn(1024, 1024)
-        timings = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            x, y = a.to(dtype), b.to(dtype)
-            x @ y
-            t = time.perf_counter()
-            for _ in range(3):
-                x @ y
-            timings[dtype] = time.perf_counter() - t
-        _MATMUL_DTYPE = torch.bfloat16 if timings[torch.bfloat16] * 1.3 < timings[torch.float32] else torch.float32
-    return _MATMUL_DTYPE
+    kmeans = faiss.Kmeans(sample.shape[1], lists, niter=KMEANS_ITERATIONS, spherical=True, seed=0,
+                          min_points_per_centroid=1, max_points_per_centroid=max(SAMPLE_PER_LIST, 256))
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def assign(centroids: np.ndarray, vectors: np.ndarray, batch: int = 16384) -> np.ndarray:
-    """The nearest centroid (largest inner product) of each vector."""
-    import torch
-
-    dtype = _matmul_dtype()
-    c = torch.from_numpy(np.require(centroids, np.float32, ["C", "W"])).to(dtype).T.contiguous()
-    out = np.empty(len(vectors), np.int64)
-    with torch.inference_mode():
-        for s in range(0, len(vectors), batch):
-            x = torch.from_numpy(np.require(vectors[s: s + batch], np.float32, ["C", "W"])).to(dtype)
-            out[s: s + batch] = (x @ c).argmax(1).numpy()
-    return out
-
-
-def spherical_kmeans(sample: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` unit centroids of unit vectors (cosine k-means); empty clusters re-seeded from the sample."""
-    import torch
-
-    if len(sample) <= k:
-        extra = sample[rng.integers(0, len(sample), k - len(sample))] if len(sample) else np.zeros((k, 1))
-        return np.ascontiguousarray(np.concatenate([sample, extra]).astype(np.float32))
-    centroids = sample[rng.choice(len(sample), k, replace=False)].copy()
-    data = torch.from_numpy(sample)
-    for _ in range(iterations):
-        labels = torch.from_numpy(assign(centroids, sample))
-        sums = torch.zeros(k, sample.shape[1]).index_add_(0, labels, data).numpy()
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        empty = np.flatnonzero(norms[:, 0] == 0)
-        centroids = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
-        if len(empty):
-            centroids[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]
-    return np.ascontiguousarray(centroids)
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
@@ -619,7 +590,8 @@ def _codes(column, names: tuple[str, ...]) -> np.ndarray:
 def _row_meta(batch) -> np.ndarray:
     meta = np.zeros(batch.num_rows, ROW_DTYPE)
     meta["file_id"] = batch.column(batch.schema.get_field_index("file_id")).to_numpy()
-    start = batch.column(batch.schema.get_field_index("start"))
+    names = batch.schema.names
+    start = batch.column(names.index("start_s" if "start_s" in names else "start"))  # an older table's name
     meta["start"] = np.nan_to_num(start.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
     meta["kind"] = _codes(batch.column(batch.schema.get_field_index("kind")), KINDS)
     meta["source"] = _codes(batch.column(batch.schema.get_field_index("source")), SOURCES)

@@ -16,8 +16,10 @@ import numpy as np
 from ..io import LockedError, exclusive_lock
 from .indexing import IndexReport, Progress, update_index
 from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
-from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
-from .stores import open_store
+from .base import IndexStoreError, VectorStore
+from .db import open_store
+from .lance import LanceStore
+from .records import FileRecord
 from ..errors import AudioclipError
 
 if TYPE_CHECKING:
@@ -521,7 +523,7 @@ class Index:
 
 
 def _first_line(err: BaseException) -> str:
-    from .store import lance_message
+    from .lance import lance_message
 
     return lance_message(err)
 

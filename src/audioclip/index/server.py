@@ -89,7 +89,7 @@ from .hosts import host_name, listen, request_host_name
 from .httpd import ClientRateLimit, ConnectionLimits, FramingGuard, protocol_class
 from .pictures import PictureCache, render_thumbnail, render_waveform
 from .search import SOURCES
-from .store import IndexStoreError
+from .base import IndexStoreError
 from .uploads import (
     QUERY_BATCH,
     SearchesFirst,
