@@ -179,6 +179,32 @@ def test_dropped_below_the_threshold(store):
     assert list(store.ann.folder.glob("g*")) == []
 
 
+def test_a_table_with_start_and_end_columns_builds_and_searches_as_one_written_now(tmp_path):
+    """A table written before the columns were named ``start_s``/``end_s``: the same answers, in those names."""
+    rng = np.random.default_rng(0)
+    rows = make_rows([f"/lib/a{i:04d}.wav" for i in range(1100)], rng)
+    stores = {}
+    for name, table in (("new", rows), ("old", rows.rename_columns([{"start_s": "start", "end_s": "end"}.get(n, n)
+                                                                   for n in rows.schema.names]))):
+        stores[name] = LanceStore(tmp_path / name, create=True)
+        stores[name].write_meta({"checkpoint": "test", "dim": DIM})
+        stores[name].ANN_MIN_ROWS = 1000
+        stores[name]._db.create_table("media", data=table)
+        stores[name].optimize()
+        assert stores[name].ann.state()["vectors"] == 2200
+    assert "start" in stores["old"]._table("media").schema.names
+    for query in unit(rng.standard_normal((3, DIM))):
+        for exact in (True, False):
+            old, new = (stores[n].search(query, 20, exact=exact) for n in ("old", "new"))
+            assert old.equals(new) and old.column_names == ["file_id", "kind", "start_s", "score"]
+            assert any(old["start_s"].to_pylist())
+    late = make_rows(["/lib/late.wav"], rng, vectors=np.stack([query, query]))  # a write since the build
+    stores["old"].add(late)
+    found = stores["old"].search(query, 2)
+    assert found["file_id"].to_pylist() == [file_id_of("/lib/late.wav")] * 2
+    assert sorted(found["start_s"].to_pylist()) == [0.0, 5.0]
+
+
 # -- special and tampered sidecar files: never a hang, never a raw error; the exact scan instead -------------------
 
 

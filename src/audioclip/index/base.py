@@ -7,20 +7,27 @@ database can replace LanceDB without touching indexing or search (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import AudioclipError
+from ..io import LockedError, exclusive_lock
 from .records import FailureRecord, FileRecord
 
-__all__ = ["IndexStoreError", "VectorStore", "checked_meta"]
+__all__ = ["IndexLockedError", "IndexStoreError", "VectorStore", "checked_meta", "writer_lock"]
 
 
 class IndexStoreError(AudioclipError, ValueError):
     """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
+
+
+class IndexLockedError(LockedError, IndexStoreError):  # LockedError first: its __init__ keeps ``holder``
+    """Another job is writing the index (``holder`` names it): the command line exits 2."""
 
 
 @runtime_checkable
@@ -88,3 +95,27 @@ def checked_meta(meta, where) -> dict:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a string")
     return meta
+
+
+@contextlib.contextmanager
+def writer_lock(store: VectorStore, db: str) -> Iterator[None]:
+    """One writer of ``store`` at a time: an advisory lock on its ``lock_file`` (released if the holder is
+    killed); a store without one (a shared server) has its own concurrency rules (docs/search.md, "Other
+    stores"). :class:`IndexLockedError` naming ``db`` and the holder if another job holds it."""
+    lock_file = getattr(store, "lock_file", None)
+    if lock_file is None and getattr(store, "path", None) is not None:
+        lock_file = Path(store.path) / ".writer.lock"
+    if lock_file is None:
+        yield
+        return
+    try:
+        lock = exclusive_lock(lock_file)
+        lock.__enter__()
+    except LockedError as err:
+        raise IndexLockedError(f"{db}: another indexing job is writing to this index now "
+                               f"({err.holder or 'its lock is held'}); wait for it to finish "
+                               "(searching meanwhile is fine)", err.holder) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)  # releases the lock (a killed job's goes with its process)

@@ -23,6 +23,7 @@ lock.
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing
 import os
 import time
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from ..inference import FileResult
     from ..media.files import DecodeOptions
 
-__all__ = ["EmbeddedFile", "EmbeddedVector", "IndexReport", "apply_plan", "embedded_files", "update_index"]
+__all__ = ["EmbeddedFile", "EmbeddedVector", "IndexReport", "apply_plan", "column_matrix", "embedded_files",
+           "timestamp_ns", "update_index"]
 
 REUSE_BATCH = 256  # files whose vectors are copied per pair of commits (bounds the rows held in memory)
 
@@ -116,6 +118,22 @@ def embedded_files(table: pa.Table, matrix: np.ndarray) -> dict[str, EmbeddedFil
         entry.embeddings.append(EmbeddedVector(columns["modality"][i], "window" if kind == "pooled" else kind,
                                                columns["start_s"][i], columns["end_s"][i], matrix[i]))
     return files
+
+
+def column_matrix(table) -> np.ndarray:
+    rows = table["embedding"].to_pylist()
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+
+def timestamp_ns(text: str | None) -> int | None:
+    """An ISO-8601 time (an output's ``created``, to the second) as nanoseconds, rounded up to the next second."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (int(when.timestamp()) + 1) * 1_000_000_000
 
 
 # A progress callback gets (event, path, detail): detail is the reason of a failure.

@@ -477,9 +477,6 @@ class LanceStore:
                 break
         return total
 
-    def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-
 
 def _records(data: pa.Table) -> dict[str, FileRecord]:
     ids = data["file_id"].to_numpy()

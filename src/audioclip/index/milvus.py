@@ -55,6 +55,7 @@ _BATCH = 1000  # rows per insert request (about 4 MB of 1024-d vectors)
 _TEXT = 4096
 _DUMMY = "_v"  # Milvus collections need a vector field; the bookkeeping ones get a 2-d one
 _MARKER_LATER = [name for name, _ in LATER_FIELDS]  # nullable INT64 fields of a new ``files`` collection
+_ROW_NUMBERS = ("start_s", "end_s", "duration")  # nullable DOUBLE fields of a new ``rows`` collection
 
 
 def is_milvus(db: str) -> bool:
@@ -167,7 +168,7 @@ class MilvusStore:
             schema.add_field("path", DataType.VARCHAR, max_length=_TEXT)
             for text in ("source", "modality", "kind"):
                 schema.add_field(text, DataType.VARCHAR, max_length=16)
-            for number in ("start_s", "end_s", "duration"):
+            for number in _ROW_NUMBERS:
                 schema.add_field(number, DataType.DOUBLE, nullable=True)
             schema.add_field("size", DataType.INT64)
             schema.add_field("mtime_ns", DataType.INT64)
