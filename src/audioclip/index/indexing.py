@@ -120,7 +120,8 @@ def embedded_files(table: pa.Table, matrix: np.ndarray) -> dict[str, EmbeddedFil
     return files
 
 
-def column_matrix(table) -> np.ndarray:
+def column_matrix(table: pa.Table) -> np.ndarray:
+    """The vectors of an embed output read without its own reader (its ``embedding`` column), one per row."""
     rows = table["embedding"].to_pylist()
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
 
