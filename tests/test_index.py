@@ -1245,11 +1245,11 @@ def test_index_metadata_naming_a_fifo_as_its_checkpoint_never_hangs(checkpoint, 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_a_config_named_by_index_metadata_is_read_bounded(tmp_path):
     """The picture size is read from the index's config name without the model: a FIFO there never hangs."""
-    from audioclip.index.api import _architecture_image_size
+    from audioclip.index.weights import architecture_image_size
     from test_hostile import run_with_deadline
 
     os.mkfifo(tmp_path / "config.json")
-    assert run_with_deadline(lambda: _architecture_image_size(str(tmp_path / "config.json")), 60) is None
+    assert run_with_deadline(lambda: architecture_image_size(str(tmp_path / "config.json")), 60) is None
     (tmp_path / "ok.json").write_text(json.dumps({"vision_cfg": {"image_size": 96}}))
-    assert _architecture_image_size(str(tmp_path / "ok.json")) == 96
-    assert _architecture_image_size("AudioCLIP-tiny") == 64
+    assert architecture_image_size(str(tmp_path / "ok.json")) == 96
+    assert architecture_image_size("AudioCLIP-tiny") == 64

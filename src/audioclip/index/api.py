@@ -242,6 +242,9 @@ class Index:
 
     # -- writing -----------------------------------------------------------------------
 
+    def _writer(self):
+        return writer_lock(self.store, self.db)  # one writer at a time
+
     def add(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int = 16,
             workers: int = 0, flush_every: int = 32, retry_failed: bool = False, prune: bool = False,
             window: float | None = None, hop: float | None = None, mono: bool | None = None,
@@ -263,7 +266,7 @@ class Index:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [os.path.expanduser(os.fspath(p)) for p in paths]
-        with writer_lock(self.store, self.db):
+        with self._writer():
             meta = self.meta
             self.model_id  # checked before anything is written: an index never mixes checkpoints
             if meta is None:
@@ -329,7 +332,7 @@ class Index:
         given = {"window": settings.get("window_s"), "mono": settings.get("mono"),
                  "video_frames": settings.get("video_frames"),
                  "hop": None if settings.get("hop_s") in (None, settings.get("window_s")) else settings["hop_s"]}
-        with writer_lock(self.store, self.db):
+        with self._writer():
             meta = self.meta
             if meta and meta["checkpoint"] != made_with:
                 raise self._other_output(made_with)
@@ -410,7 +413,7 @@ class Index:
         # Resolved like the paths the index stores, and as given: an older index stored them unresolved.
         targets = set(given) | {os.path.realpath(p) for p in given}
         prefixes = tuple(os.path.join(t, "") for t in targets)
-        with writer_lock(self.store, self.db):
+        with self._writer():
             gone = [r for p, r in self.store.files().items() if p in targets or p.startswith(prefixes)]
             self.store.delete_files([r.file_id for r in gone])
             return [r.path for r in gone]
