@@ -468,8 +468,9 @@ def train_lists(sample: np.ndarray, lists: int) -> np.ndarray:
     """``lists`` unit centroids of the unit vectors ``sample`` (n, d): FAISS's spherical k-means, seeded."""
     import faiss
 
+    # The sample is drawn already (SAMPLE_PER_LIST per list): FAISS neither warns of its size nor subsamples it.
     kmeans = faiss.Kmeans(sample.shape[1], lists, niter=KMEANS_ITERATIONS, spherical=True, seed=0,
-                          min_points_per_centroid=1, max_points_per_centroid=max(SAMPLE_PER_LIST, 256))
+                          min_points_per_centroid=1, max_points_per_centroid=SAMPLE_PER_LIST)
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
