@@ -27,7 +27,7 @@ store's rows is the ANN build, measured in this process. A Markdown table goes
 to stdout, with ratios against the FAISS flat scan of the same run;
 ``--json PATH`` writes one object per setting.
 
-    python benchmarks/bench_index.py --sizes 1e6 --data clustered --json out.json   # ~6 min here
+    python benchmarks/bench_index.py --sizes 1e6 --data clustered --json out.json   # ~9 min here
     python benchmarks/bench_index.py --sizes 1e4 1e5 --data random clustered         # ~2 min
     python benchmarks/bench_index.py --smoke   # every step at 3,000 vectors, a few seconds: checks the script runs
 
