@@ -58,10 +58,6 @@ from .hosts import allowed_host_names, listen
 from .httpd import AnswerTracker, ClientRateLimit, ConnectionLimits, FramingGuard, run_guarded
 from .pictures import PictureCache
 from .served_files import IndexedFiles
-# names this module had before indexed files were served from served_files.py (tests use them)
-from .served_files import FOLDER_FLAGS  # noqa: F401
-from .served_files import open_indexed as _open_indexed  # noqa: F401
-from .served_files import parse_range as _parse_range  # noqa: F401
 from .uploads import (
     QUERY_BATCH,
     SearchesFirst,
