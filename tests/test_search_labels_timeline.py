@@ -115,6 +115,9 @@ def test_a_label_keeps_only_the_sounds_the_head_gives_it(site):
     assert names(search(port, label="cat")[1]) == ["short.flac"]
     assert names(search(port, label="cat", modality="audio")[1]) == ["short.flac"]
     assert names(search(port, label="any")[1]) == names(search(port)[1])
+    by_name = {r["name"]: r for r in search(port)[1]["results"]}  # where the page asks for a recording's timeline
+    assert by_name["long.wav"]["timeline"] == f"/api/timeline?id={site['ids']['long.wav']}"
+    assert by_name["red.png"]["timeline"] is None
     # paging: one per page, the second page of "any sound" is the cat
     first, second = search(port, k=1)[1], search(port, k=1, offset=1)[1]
     assert names(first) == ["long.wav"] and first["more"] is True and names(second) == ["red.png"]
@@ -282,7 +285,10 @@ def test_label_filter_and_timeline_in_a_real_browser(site, tmp_path):
             assert first.locator(".name").text_content() == "long.wav"
             assert page.locator("li.hit.image .timeline-button").count() == 0  # a picture has no timeline
             first.locator(".timeline-button").click()
-            page.wait_for_selector("li.hit >> nth=0 >> svg.timeline-plot", timeout=60_000)
+            page.wait_for_function("() => document.querySelector('li.hit .timeline svg, li.hit .timeline .error')",
+                                   timeout=60_000)
+            assert first.locator(".timeline .error").count() == 0, first.locator(".timeline").inner_text()
+            assert first.locator("svg.timeline-plot").is_visible()
             assert first.locator("svg .event").count() == len(expected["events"])
             assert first.locator(".timeline-note").text_content().startswith(f"{len(expected['events'])} event")
             points = first.locator("svg polyline").get_attribute("points").split()

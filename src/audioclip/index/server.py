@@ -207,6 +207,7 @@ class _Site:
             item = {"rank": rank, **hit.to_dict(), "name": os.path.basename(hit.path), "media": f"/media/{hit.id}"}
             item["thumb"] = f"/thumb/{hit.id}" if hit.source == "image" else None
             item["wave"] = f"/wave/{hit.id}" if hit.source != "image" and hit.duration else None
+            item["timeline"] = f"/api/timeline?id={hit.id}" if hit.source != "image" and hit.duration else None
             results.append(item)
         more = len(ranked) > offset + k and offset + k <= MAX_OFFSET
         return json_answer(200, {"query": described, "results": results, "empty_index": empty, "offset": offset,

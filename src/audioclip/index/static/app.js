@@ -109,10 +109,11 @@ function timelineButton(hit, media, box) {
     button.disabled = true;
     box.hidden = false;
     box.replaceChildren(el("div", "timeline-note", "drawing the timeline…"));
-    const params = new URLSearchParams({ id: String(hit.id), q: text });
+    // the address the server gave (ids are 64-bit: a JavaScript number would round them)
+    const params = new URLSearchParams({ q: text });
     if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
     try {
-      drawTimeline(box, await answerOf(await fetch(`/api/timeline?${params}`)), media);
+      drawTimeline(box, await answerOf(await fetch(`${hit.timeline}&${params}`)), media);
     } catch (err) {
       box.replaceChildren(el("div", "timeline-note error", err.message));
       button.disabled = false;
@@ -165,7 +166,7 @@ function card(hit, best) {
     const media = player(hit);
     if (hit.wave) info.appendChild(waveform(hit, media));
     info.appendChild(media);
-    if (currentText && hit.duration) { // a timeline of the text query over this recording, on demand
+    if (currentText && hit.timeline) { // a timeline of the text query over this recording, on demand
       const box = el("div", "timeline");
       box.hidden = true;
       meta.appendChild(timelineButton(hit, media, box));
