@@ -124,6 +124,29 @@ def test_a_label_keeps_only_the_sounds_the_head_gives_it(site):
     assert names(search(port, label="cat", k=1)[1]) == ["short.flac"] and search(port, label="cat", k=1)[1]["more"] is False
 
 
+def post(port: int, data: bytes, **params):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/api/search?" + urllib.parse.urlencode(params), body=data,
+                     headers={"X-Audioclip": "1", "Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_uploads_are_filtered_by_label_too(site):
+    data = (site["media"] / "long.wav").read_bytes()
+    everything = post(site["port"], data, kind="audio", name="q.wav", modality="audio")[1]
+    dog = post(site["port"], data, kind="audio", name="q.wav", label="dog")
+    cat = post(site["port"], data, kind="audio", name="q.wav", label="cat")
+    assert dog[0] == cat[0] == 200 and dog[1]["query"] == {"audio": "q.wav", "label": "dog"}
+    # every sound gets one of the two labels (the head's threshold is 0): the two lists split the sounds
+    assert sorted(names(dog[1]) + names(cat[1])) == sorted(names(everything))
+    status, answer = post(site["port"], data, kind="audio", name="q.wav", label="bird")
+    assert status == 400 and "unknown label" in answer["error"]
+
+
 @pytest.mark.parametrize("params, message", [
     ({"label": "bird"}, "unknown label 'bird'"),
     ({"label": "noise"}, "unknown label 'noise'"),  # the background class is never a decision
