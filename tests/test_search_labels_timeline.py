@@ -121,7 +121,8 @@ def test_a_label_keeps_only_the_sounds_the_head_gives_it(site):
     # paging: one per page, the second page of "any sound" is the cat
     first, second = search(port, k=1)[1], search(port, k=1, offset=1)[1]
     assert names(first) == ["long.wav"] and first["more"] is True and names(second) == ["red.png"]
-    assert names(search(port, label="cat", k=1)[1]) == ["short.flac"] and search(port, label="cat", k=1)[1]["more"] is False
+    cat_page = search(port, label="cat", k=1)[1]
+    assert names(cat_page) == ["short.flac"] and cat_page["more"] is False
 
 
 def post(port: int, data: bytes, **params):
@@ -323,6 +324,8 @@ def test_label_filter_and_timeline_in_a_real_browser(site, tmp_path):
             page.wait_for_function("() => document.querySelector('li.hit audio').currentTime >= 11.5", timeout=30_000)
             assert audio.evaluate("a => a.currentTime") == pytest.approx(0.8 * expected["duration"], abs=0.6)
             audio.evaluate("a => a.pause()")
+            if os.environ.get("AUDIOCLIP_SCREENSHOT_TIMELINE"):
+                first.screenshot(path=os.environ["AUDIOCLIP_SCREENSHOT_TIMELINE"])
             assert errors == []
         finally:
             browser.close()

@@ -170,8 +170,8 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=_bounded(positive_float, MAX_UPLOAD_MB), default=20.0, metavar="MB",
                         help=f"largest query upload, at most {MAX_UPLOAD_MB:g} (default: 20 MB)")
     parser.add_argument("--max-query-seconds", type=_bounded(positive_float, MAX_QUERY_SECONDS), default=600.0,
-                        metavar="SECONDS", help="longest uploaded recording or video searched with, and longest indexed "
-                        "recording the page draws a timeline of, at most "
+                        metavar="SECONDS", help="longest uploaded recording or video searched with, and "
+                        "longest indexed recording the page draws a timeline of, at most "
                         f"{MAX_QUERY_SECONDS:g} (default: 600)")
     parser.add_argument("--max-connections", type=_bounded(positive_int, 65536), default=64, metavar="N",
                         help="open connections in all; past it, requests are answered 503 at once (default: 64)")

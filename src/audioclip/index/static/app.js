@@ -72,18 +72,21 @@ function svgEl(tag, attrs) {
 }
 
 function drawTimeline(box, answer, media) {
-  // The text's score over time (0 at the bottom, 1 at the top), the events shaded, the threshold dashed.
-  // A click plays the sound from that moment.
+  // The text's score over time, the events shaded, the threshold dashed. The height spans the scores and the
+  // threshold (cosines differ by little: on a 0-1 scale the curve would look flat). A click plays from there.
   const duration = answer.duration || 1;
+  const low = Math.min(answer.threshold, ...answer.score);
+  const high = Math.max(answer.threshold, ...answer.score);
+  const pad = Math.max(1e-3, 0.08 * (high - low));
   const x = (t) => (1000 * t / duration).toFixed(1);
-  const y = (score) => (100 * (1 - score)).toFixed(1);
+  const y = (score) => (100 * (high + pad - score) / (high - low + 2 * pad)).toFixed(1);
   const svg = svgEl("svg", { class: "timeline-plot", viewBox: "0 0 1000 100", preserveAspectRatio: "none",
-    role: "img", "aria-label": `score of “${answer.query}” over time` });
+    role: "img", "aria-label": `score of \u201C${answer.query}\u201D over time` });
   for (const event of answer.events) {
     const rect = svgEl("rect", { class: "event", x: x(event.start), y: 0, height: 100,
       width: Math.max(2, 1000 * (event.end - event.start) / duration).toFixed(1) });
     const title = svgEl("title", {});
-    title.textContent = `${clock(event.start)} – ${clock(event.end)} · peak ${event.score.toFixed(3)}`;
+    title.textContent = `${clock(event.start)} \u2013 ${clock(event.end)} \u00B7 peak ${event.score.toFixed(3)}`;
     rect.appendChild(title);
     svg.appendChild(rect);
   }
@@ -97,18 +100,19 @@ function drawTimeline(box, answer, media) {
   });
   const n = answer.events.length;
   box.replaceChildren(svg, el("div", "timeline-note",
-    `${n} event${n === 1 ? "" : "s"} above ${answer.threshold} · click to play from there`));
+    `${n} event${n === 1 ? "" : "s"} above ${answer.threshold} (scores ${low.toFixed(3)}\u2013${high.toFixed(3)})`
+    + " \u00b7 click to play from there"));
 }
 
 function timelineButton(hit, media, box) {
   const button = el("button", "timeline-button", "timeline");
   button.type = "button";
-  button.title = `the score of “${currentText}” over the whole recording`;
+  button.title = `the score of \u201C${currentText}\u201D over the whole recording`;
   const text = currentText;
   button.addEventListener("click", async () => {
     button.disabled = true;
     box.hidden = false;
-    box.replaceChildren(el("div", "timeline-note", "drawing the timeline…"));
+    box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
     // the address the server gave (ids are 64-bit: a JavaScript number would round them)
     const params = new URLSearchParams({ q: text });
     if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
