@@ -67,7 +67,7 @@ def site(tmp_path_factory):
     index = Index.open(root / "db", checkpoint=checkpoint, config="AudioCLIP-tiny", device="cpu")
     index.add(media)
     q = index.embed_query(QUERY)
-    set_vectors(index, str(media / "long.wav"), lambda row: q if row["start"] == 5.0 else -q)
+    set_vectors(index, str(media / "long.wav"), lambda row: q if row["start_s"] == 5.0 else -q)
     set_vectors(index, str(media / "short.flac"), lambda row: -q)
     # logits 10 q.x, -10 q.x, 0: the query's own vector is "dog", its opposite "cat"
     head = Head(["dog", "cat", "noise"], torch.from_numpy(np.stack([10 * q, -10 * q, 0 * q])), torch.zeros(3),
