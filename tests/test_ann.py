@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("faiss", reason="the ANN index needs faiss-cpu (pip install 'audioclip[index]')")
 
 from audioclip.index.ann import AnnIndex, ann_lists  # noqa: E402
-from audioclip.index.store import LanceStore, file_id_of, row_schema  # noqa: E402
+from audioclip.index.lance import LanceStore  # noqa: E402
+from audioclip.index.records import file_id_of, row_schema  # noqa: E402
 
 DIM = 16
 
@@ -34,8 +35,8 @@ def make_rows(paths: list[str], rng: np.random.Generator, windows: int = 2, sour
                 unit(centres[rng.integers(8)] + 0.5 * rng.standard_normal(DIM) / 4)
             image = source == "image"
             rows.append(dict(file_id=file_id_of(path), path=path, source=source, modality="image" if image else "audio",
-                             kind="image" if image else "window", start=None if image else 5.0 * w,
-                             end=None if image else 5.0 * w + 5, duration=None if image else 5.0 * windows,
+                             kind="image" if image else "window", start_s=None if image else 5.0 * w,
+                             end_s=None if image else 5.0 * w + 5, duration=None if image else 5.0 * windows,
                              size=1, mtime_ns=1, hash=path, vector=np.asarray(vector).tolist()))
     return pa.Table.from_pylist(rows, schema=row_schema(DIM))
 
@@ -47,11 +48,11 @@ def brute_force(store: LanceStore, query: np.ndarray, limit: int, sources=None) 
     matrix = table["vector"].combine_chunks().values.to_numpy().reshape(-1, DIM)
     scores = matrix @ query
     order = np.argsort(-scores, kind="stable")[:limit]
-    return [(table["file_id"][int(i)].as_py(), table["start"][int(i)].as_py(), float(scores[i])) for i in order]
+    return [(table["file_id"][int(i)].as_py(), table["start_s"][int(i)].as_py(), float(scores[i])) for i in order]
 
 
 def keys(found: pa.Table) -> list[tuple[int, float]]:
-    return list(zip(found["file_id"].to_pylist(), found["start"].to_pylist()))
+    return list(zip(found["file_id"].to_pylist(), found["start_s"].to_pylist()))
 
 
 @pytest.fixture
@@ -176,6 +177,32 @@ def test_dropped_below_the_threshold(store):
     store.optimize()
     assert store.count_rows() < store.ANN_MIN_ROWS and not store.ann.exists()
     assert list(store.ann.folder.glob("g*")) == []
+
+
+def test_a_table_with_start_and_end_columns_builds_and_searches_as_one_written_now(tmp_path):
+    """A table written before the columns were named ``start_s``/``end_s``: the same answers, in those names."""
+    rng = np.random.default_rng(0)
+    rows = make_rows([f"/lib/a{i:04d}.wav" for i in range(1100)], rng)
+    stores = {}
+    for name, table in (("new", rows), ("old", rows.rename_columns([{"start_s": "start", "end_s": "end"}.get(n, n)
+                                                                   for n in rows.schema.names]))):
+        stores[name] = LanceStore(tmp_path / name, create=True)
+        stores[name].write_meta({"checkpoint": "test", "dim": DIM})
+        stores[name].ANN_MIN_ROWS = 1000
+        stores[name]._db.create_table("media", data=table)
+        stores[name].optimize()
+        assert stores[name].ann.state()["vectors"] == 2200
+    assert "start" in stores["old"]._table("media").schema.names
+    for query in unit(rng.standard_normal((3, DIM))):
+        for exact in (True, False):
+            old, new = (stores[n].search(query, 20, exact=exact) for n in ("old", "new"))
+            assert old.equals(new) and old.column_names == ["file_id", "kind", "start_s", "score"]
+            assert any(old["start_s"].to_pylist())
+    late = make_rows(["/lib/late.wav"], rng, vectors=np.stack([query, query]))  # a write since the build
+    stores["old"].add(late)
+    found = stores["old"].search(query, 2)
+    assert found["file_id"].to_pylist() == [file_id_of("/lib/late.wav")] * 2
+    assert sorted(found["start_s"].to_pylist()) == [0.0, 5.0]
 
 
 # -- special and tampered sidecar files: never a hang, never a raw error; the exact scan instead -------------------

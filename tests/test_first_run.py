@@ -189,12 +189,12 @@ def test_a_first_index_run_that_fails_leaves_no_empty_folder(library, tmp_path):
 
 
 def _rows(db) -> dict:
-    """Every row of the index, by (path, kind, start): the identity columns and the vector."""
-    from audioclip.index.stores import open_store
+    """Every row of the index, by (path, kind, start_s): the identity columns and the vector."""
+    from audioclip.index.db import open_store
 
     store = open_store(str(db))
     table = store.rows([r.file_id for r in store.files().values()]).to_pylist()
-    return {(r["path"], r["kind"], r["start"]): r for r in table}
+    return {(r["path"], r["kind"], r["start_s"]): r for r in table}
 
 
 @pytest.fixture(scope="module")

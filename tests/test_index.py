@@ -28,8 +28,8 @@ from PIL import Image
 from audioclip import AudioCLIP, create_model, save_model
 from audioclip.index import Index, IndexStoreError, LanceStore, QueryError, merge_windows
 from audioclip.index.search import rank
-from audioclip.index.store import file_id_of, row_schema
-from audioclip.index.stores import open_store
+from audioclip.index.records import file_id_of, row_schema
+from audioclip.index.db import open_store
 
 SR = 44100
 TINY = dict(config="AudioCLIP-tiny", device="cpu")
@@ -106,8 +106,8 @@ def rows_per_file(db, pending: int = 0) -> Counter:
 
 
 def assert_no_duplicates(db) -> None:
-    data = all_rows(db).select(["file_id", "kind", "start"]).to_pylist()
-    keys = Counter((r["file_id"], r["kind"], r["start"]) for r in data)
+    data = all_rows(db).select(["file_id", "kind", "start_s"]).to_pylist()
+    keys = Counter((r["file_id"], r["kind"], r["start_s"]) for r in data)
     assert max(keys.values(), default=1) == 1, [k for k, n in keys.items() if n > 1]
 
 
@@ -168,7 +168,7 @@ def test_search_reports_the_matching_window_range(db):
             image = start is None
             rows.append(dict(file_id=file_id_of(path), path=path, source="image" if image else "audio",
                              modality="image" if image else "audio", kind="image" if image else "window",
-                             start=start, end=end, duration=None if image else 25.0, size=1, mtime_ns=1,
+                             start_s=start, end_s=end, duration=None if image else 25.0, size=1, mtime_ns=1,
                              hash=path, vector=near(score).tolist()))
     store.add(pa.Table.from_pylist(rows, schema=row_schema(dim)))
 
@@ -647,12 +647,14 @@ def test_a_replaced_file_with_the_same_size_and_mtime_is_hashed_not_trusted(chec
 
 
 def _older_index(db, old_db, rename=lambda p: p, meta_drop=("image_size", "paths")) -> None:
-    """A copy of the index ``db`` as an older version wrote it: no dev/inode columns, metadata without the
-    keys added since, and paths as ``rename`` makes them (unresolved ones)."""
+    """A copy of the index ``db`` as an older version wrote it: no dev/inode columns, ``start``/``end`` for
+    ``start_s``/``end_s``, metadata without the keys added since, and paths as ``rename`` makes them
+    (unresolved ones)."""
     import json
 
     store = open_store(db)
     rows = store.rows([r.file_id for r in store.files().values()]).drop_columns(["dev", "inode"])
+    rows = rows.rename_columns([{"start_s": "start", "end_s": "end"}.get(n, n) for n in rows.schema.names])
     paths = [rename(p) for p in rows["path"].to_pylist()]
     rows = rows.set_column(rows.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
     rows = rows.set_column(rows.schema.get_field_index("file_id"), "file_id",
@@ -688,6 +690,61 @@ def test_an_index_without_dev_and_inode_columns_opens_searches_and_updates(check
     assert [os.path.basename(p) for p in index.add(library).added] == ["new.wav"]
     assert len(model_loads) == 1 and len(rows_per_file(old_db)) == 5
     assert_no_duplicates(old_db)
+
+
+def windows_of(db) -> list[tuple]:
+    rows = all_rows(db)
+    return sorted(zip(*(rows[n].to_pylist() for n in ("path", "kind", "start_s", "end_s"))),
+                  key=lambda r: (r[0], r[1], r[2] or 0.0))
+
+
+def test_an_index_with_start_and_end_columns_reads_and_writes_them(checkpoint, library, tmp_path, tiny):
+    """An index written before its columns were named ``start_s``/``end_s`` keeps ``start``/``end`` on disk,
+    and reads, searches and grows as one written now."""
+    new = open_index(tmp_path / "new", checkpoint, tiny)
+    new.add(library)
+    old_db = tmp_path / "old"
+    _older_index(tmp_path / "new", old_db)
+    assert {"start", "end"} <= set(LanceStore(old_db)._table("media").schema.names)
+
+    index = open_index(old_db, checkpoint, tiny)
+    assert windows_of(old_db) == windows_of(tmp_path / "new")
+    assert any(start for _, kind, start, _ in windows_of(old_db) if kind == "window")  # a long file's later windows
+    for query in ("a dog", "rain"):
+        assert [h.to_dict() for h in index.search(query, k=10)] == [h.to_dict() for h in new.search(query, k=10)]
+
+    sf.write(library / "sounds" / "new.wav", noise(7.0, 11), SR)
+    assert [os.path.basename(p) for p in index.add(library).added] == ["new.wav"]
+    new.add(library)
+    names = LanceStore(old_db)._table("media").schema.names
+    assert {"start", "end"} <= set(names) and not {"start_s", "end_s"} & set(names)
+    assert windows_of(old_db) == windows_of(tmp_path / "new")
+    assert_no_duplicates(old_db)
+
+
+def test_an_older_milvus_collection_with_start_and_end_fields_keeps_working(checkpoint, library, tmp_path, tiny,
+                                                                           monkeypatch):
+    pytest.importorskip("milvus_lite", reason="Milvus Lite is not installed (pip install 'audioclip[milvus]')")
+    from audioclip.index import milvus
+
+    db = f"milvus:{tmp_path / 'old.db'}"
+    with monkeypatch.context() as patch:  # the rows collection as it was made before start_s/end_s
+        patch.setattr(milvus, "_ROW_NUMBERS", ("start", "end", "duration"))
+        index = open_index(db, checkpoint, tiny)
+        (library / "sounds" / "long.flac").unlink()
+        index.add(library)
+        index.store.close()
+    index = open_index(db, checkpoint, tiny)
+    fields = {f["name"] for f in index.store.client.describe_collection(index.store._names["rows"])["fields"]}
+    assert {"start", "end"} <= fields and "start_s" not in fields
+    sf.write(library / "sounds" / "long.flac", noise(12.0, 2, 22050), 22050)
+    assert [os.path.basename(p) for p in index.add(library).added] == ["long.flac"]
+    long = [(start, end) for path, _, start, end in windows_of(db) if path.endswith("long.flac")]
+    assert len(long) > 1 and long[0][0] == 0.0 and all(0 <= s < e <= 12.0 for s, e in long), long
+    hits = index.search(vector=np.ones(64, np.float32) / 8, k=10)
+    assert len(hits) == 4 and all(h.start is not None for h in hits if h.modality == "audio")
+    assert_no_duplicates(db)
+    index.store.close()
 
 
 def test_an_index_of_unresolved_paths_moves_them_without_embedding(checkpoint, library, tmp_path, tiny,
@@ -809,7 +866,7 @@ def test_a_no_op_index_command_loads_no_model_and_hashes_no_checkpoint(checkpoin
 _KILL_AT = r'''
 import os, signal, sys
 from audioclip import cli, factory, io
-from audioclip.index.store import LanceStore
+from audioclip.index.lance import LanceStore
 
 point = sys.argv[1]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -1190,11 +1247,11 @@ def test_index_metadata_naming_a_fifo_as_its_checkpoint_never_hangs(checkpoint, 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_a_config_named_by_index_metadata_is_read_bounded(tmp_path):
     """The picture size is read from the index's config name without the model: a FIFO there never hangs."""
-    from audioclip.index.api import _architecture_image_size
+    from audioclip.index.weights import architecture_image_size
     from test_hostile import run_with_deadline
 
     os.mkfifo(tmp_path / "config.json")
-    assert run_with_deadline(lambda: _architecture_image_size(str(tmp_path / "config.json")), 60) is None
+    assert run_with_deadline(lambda: architecture_image_size(str(tmp_path / "config.json")), 60) is None
     (tmp_path / "ok.json").write_text(json.dumps({"vision_cfg": {"image_size": 96}}))
-    assert _architecture_image_size(str(tmp_path / "ok.json")) == 96
-    assert _architecture_image_size("AudioCLIP-tiny") == 64
+    assert architecture_image_size(str(tmp_path / "ok.json")) == 96
+    assert architecture_image_size("AudioCLIP-tiny") == 64

@@ -267,7 +267,7 @@ def test_evaluation_reports_and_plots(tmp_path, umask):
 
 
 def test_index_metadata(tmp_path, umask):
-    from audioclip.index.store import LanceStore
+    from audioclip.index.lance import LanceStore
 
     store = LanceStore(tmp_path / "lib.lance", create=True)
     store.write_meta({"checkpoint": "ckpt@0", "dim": 8})

@@ -23,7 +23,8 @@ from PIL import Image
 
 from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
-from audioclip.index.server import _parse_range, make_server
+from audioclip.index.served_files import parse_range as _parse_range
+from audioclip.index.server import make_server
 
 SR = 44100
 CHROMIUM = "/usr/bin/chromium"
@@ -68,7 +69,7 @@ def steer(index: Index, path: str, query: np.ndarray, best_start: float) -> None
     rows = index.store.rows([record.file_id])
     dim = len(query)
     far = -query  # cosine -1
-    vectors = [query if row["start"] == best_start else far for row in rows.to_pylist()]
+    vectors = [query if row["start_s"] == best_start else far for row in rows.to_pylist()]
     rows = rows.set_column(rows.schema.get_field_index("vector"), "vector",
                            pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(vectors).astype(np.float32)), dim))
     index.store.delete_files([record.file_id])

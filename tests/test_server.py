@@ -557,7 +557,7 @@ def test_bodies_in_flight_are_capped_in_number_and_bytes(served):
 
 def test_uploads_past_the_decoding_cap_get_503_busy(served, monkeypatch):
     """Slots are taken by uploads being decoded or embedded: past max_uploads, 503 "busy" at once."""
-    from audioclip.index import server as serving
+    from audioclip.index import served_files as serving
 
     release = threading.Event()
     decode = serving.decode_upload
@@ -990,7 +990,7 @@ def test_the_decode_worker_has_a_file_size_limit_as_a_backstop(tmp_path):
 
 
 def test_folders_on_the_way_are_opened_as_paths_not_for_reading():
-    from audioclip.index import server as serving
+    from audioclip.index import served_files as serving
 
     if sys.platform.startswith("linux"):
         assert serving.FOLDER_FLAGS & os.O_PATH and serving.FOLDER_FLAGS & os.O_DIRECTORY
@@ -1000,7 +1000,7 @@ _OPEN_AS_NOBODY = """
 import os, sys, types
 record = types.SimpleNamespace(**{k: (int(v) if k != "path" else v) for k, v in
                                   (a.split("=", 1) for a in sys.argv[1:])})
-from audioclip.index.server import _open_indexed
+from audioclip.index.served_files import open_indexed as _open_indexed
 os.setgid(65534)
 os.setgroups([])
 os.setuid(65534)
@@ -1021,7 +1021,7 @@ def test_an_indexed_file_under_a_traversable_unreadable_folder_is_served(tmp_pat
     import subprocess
     import types
 
-    from audioclip.index.server import _open_indexed
+    from audioclip.index.served_files import open_indexed as _open_indexed
 
     base = tempfile.mkdtemp(prefix="audioclip-0711-", dir="/tmp")  # /tmp: traversable by every user
     try:
@@ -1077,7 +1077,7 @@ def test_a_stalled_body_gets_408_when_wait_for_raises_asyncio_timeout_error(serv
     import asyncio
     import types
 
-    from audioclip.index import server as serving
+    from audioclip.index import served_files as serving
 
     class Py310TimeoutError(Exception):
         pass

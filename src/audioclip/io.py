@@ -474,11 +474,13 @@ def _fsync_file(tmp: str | os.PathLike) -> None:
 
 def _publish(tmp: str | os.PathLike, path: Path) -> None:
     os.replace(tmp, path)
-    # The rename itself lives in the folder: sync it so that a crash cannot undo
-    # it. Not every system can open a folder (Windows cannot); the rename is
-    # still atomic there, only its durability is up to the OS.
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Sync ``folder`` so that a rename in it survives a crash (where a folder can be opened: not on Windows)."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:

@@ -100,8 +100,10 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(json.dumps(result.report, default=str))
     else:
         print(format_summary(result.report))
-    note(args, f"head written to {result.folder} ({len(result.head.labels)} classes; embedded {result.embedded} "
-         f"clip(s), {result.reused} reused; fitting took {result.seconds_fitting:.1f} s)")
+    vectors = (f"vectors from {args.embeddings}" if args.embeddings else
+               f"embedded {result.embedded} clip(s), {result.reused} reused")
+    note(args, f"head written to {result.folder} ({len(result.head.labels)} classes; {vectors}; "
+         f"fitting took {result.seconds_fitting:.1f} s)")
     return EXIT_SOME_FAILED if result.problems else EXIT_OK
 
 

@@ -89,7 +89,7 @@ def _check_tri_modal(name: str) -> None:
 
 def check_db_exists(args: argparse.Namespace) -> None:
     """``--db`` names an index that exists (a usage error otherwise, saying how to build one)."""
-    from audioclip.index.stores import store_exists
+    from audioclip.index.db import store_exists
 
     _check_db_spec(args)
     if not store_exists(args.db):

@@ -75,10 +75,12 @@ def _check(args: argparse.Namespace) -> None:
 
 def check_listening(args: argparse.Namespace):
     """The labels, templates and head of the listening options, all checked (before the model loads)."""
-    labels = _labels(args) if args.head is None else None
-    templates = _templates(args) if args.head is None else None
+    # serve --listen: --head is also the page's label filter; --labels, if given, are what is listened for
+    use_head = args.head is not None and not (args.labels or args.labels_file)
+    labels = _labels(args) if not use_head else None
+    templates = _templates(args) if not use_head else None
     _check(args)
-    head = _head(args) if args.head is not None else None
+    head = _head(args) if use_head else None
     return labels, templates, head
 
 
@@ -237,12 +239,15 @@ def _retries(text: str) -> int:
     return value
 
 
-def add_listening_options(parser: argparse.ArgumentParser) -> None:
-    """What ``listen`` and ``serve --listen`` share: labels or a head, the source's format, windows, events."""
+def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) -> None:
+    """What ``listen`` and ``serve --listen`` share: labels or a head, the source's format, windows, events.
+
+    ``head=False``: the command has its own ``--head`` (``serve``'s), which the listener then uses too."""
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--labels", help="comma-separated labels, e.g. 'dog barking,siren'")
     what.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
-    what.add_argument("--head", metavar="DIR", help="a head fitted with 'audioclip fit' (its labels and threshold)")
+    if head:
+        what.add_argument("--head", metavar="DIR", help="a head fitted with 'audioclip fit' (its labels and threshold)")
     templates = parser.add_mutually_exclusive_group()
     templates.add_argument("--template", default="{}", help="prompt with one {} for the label (default: {})")
     templates.add_argument("--templates-file", metavar="FILE", help="one prompt template per line, averaged")

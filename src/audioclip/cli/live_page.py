@@ -19,7 +19,7 @@ from .report import UsageError
 __all__ = ["LivePlan", "add_live_options", "check_live", "start_live"]
 
 #: listening options that mean nothing without --listen (their defaults are None)
-_LISTEN_ONLY = ("labels", "labels_file", "head", "threshold", "threshold_low", "top_k", "templates_file")
+_LISTEN_ONLY = ("labels", "labels_file", "threshold", "threshold_low", "top_k", "templates_file")
 
 
 @dataclass
@@ -37,8 +37,8 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--listen", metavar="SOURCE",
                        help="also listen to SOURCE ('mic', '-' or a file or URL FFmpeg opens, as 'audioclip listen') "
                        "and show its scores and events on the page, as they happen; the options below are "
-                       "listen's")
-    add_listening_options(parser)
+                       "listen's; without --labels, the listener uses --head")
+    add_listening_options(parser, head=False)
 
 
 def check_live(args: argparse.Namespace) -> LivePlan | None:

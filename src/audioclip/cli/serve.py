@@ -29,7 +29,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.max_connections_per_client > args.max_connections:
         raise UsageError(f"--max-connections-per-client ({args.max_connections_per_client}) cannot be more than "
                          f"--max-connections ({args.max_connections})")
-    live = check_live(args)  # --listen: the source opened, the labels or head read
+    head = _load_head(args) if args.head else None  # a usage error, before the port is taken
+    live = check_live(args)  # --listen: the source opened, the labels (or --head) read
     sock = _listen(args)  # before the index is opened and the model loaded: a bad address fails at once
     if sock is None:
         return EXIT_NOTHING_DONE
@@ -38,6 +39,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     try:
         index = open_index(args)
+        if head is not None:
+            _check_head(head, index, args.db)
         if live is not None:
             live, stop_listening = start_live(args, live, index.model)  # the index's model, loaded now
     except BaseException:  # an index that cannot be used (report.run: one line, 1), a checkpoint that cannot load
@@ -50,10 +53,54 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         return serve(index, host=args.host, port=args.port, max_upload=int(args.max_upload_mb * 1e6),
                      quiet=args.quiet, allowed_hosts=args.allowed_host or (),
-                     max_query_seconds=args.max_query_seconds, limits=limits, sock=sock, live=live)
+                     max_query_seconds=args.max_query_seconds, limits=limits, sock=sock, head=head,
+                     timeline=timeline_scores, live=live)
     finally:
         if live is not None:
             stop_listening()
+
+
+def _load_head(args: argparse.Namespace):
+    """``--head HEAD_DIR``, read before the index opens (a bad folder is a usage error)."""
+    from audioclip.heads import HeadError, load_head
+
+    try:
+        return load_head(args.head)
+    except HeadError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_head(head, index, db: str) -> None:
+    """The head was fitted on the index's checkpoint, for vectors of its size (a usage error otherwise)."""
+    from audioclip.heads import HeadMismatchError
+
+    meta = index.meta or {}
+    try:
+        head.check_checkpoint(meta.get("checkpoint"), what=f"the index {db}'s")
+    except HeadMismatchError as err:
+        raise UsageError(str(err)) from None
+    if meta.get("dim") is not None and int(meta["dim"]) != head.dim:
+        raise UsageError(f"head {head.folder} takes {head.dim}-d vectors; the index {db} holds {meta['dim']}-d ones")
+
+
+def timeline_scores(model, path: str, text: str, threshold: float) -> dict:
+    """The page's timeline of ``text`` in the recording ``path`` (``/api/timeline``, ``index/timeline.py``).
+
+    Scores by the ``columns`` method (:func:`audioclip.detection.query_scores`: ``(1 + cosine) / 2`` per 0.41 s),
+    events where they pass ``threshold`` (:func:`~audioclip.detection.postprocess.events_from_scores`).
+    ``start``/``end`` are the seconds each score stands for, consecutive.
+    """
+    from audioclip.detection import query_scores
+    from audioclip.detection.postprocess import PostProcessing, events_from_scores
+
+    found = query_scores(model, path, text, method="columns")
+    events = events_from_scores(found.scores, found.cell_start, found.cell_end, found.labels,
+                                PostProcessing(threshold=threshold))
+    rounded = lambda values: [round(float(v), 4) for v in values]  # noqa: E731
+    return {"duration": round(found.duration_s, 4), "start": rounded(found.cell_start), "end": rounded(found.cell_end),
+            "score": rounded(found.scores[:, 0]),
+            "events": [{"start": round(e["start_s"], 4), "end": round(e["end_s"], 4), "score": round(e["score"], 4)}
+                       for e in events]}
 
 
 _BURST_SECONDS = 5  # a client may make this many seconds' worth of --max-requests-per-client at once
@@ -131,7 +178,8 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=_bounded(positive_float, MAX_UPLOAD_MB), default=20.0, metavar="MB",
                         help=f"largest query upload, at most {MAX_UPLOAD_MB:g} (default: 20 MB)")
     parser.add_argument("--max-query-seconds", type=_bounded(positive_float, MAX_QUERY_SECONDS), default=600.0,
-                        metavar="SECONDS", help="longest uploaded recording or video searched with, at most "
+                        metavar="SECONDS", help="longest uploaded recording or video searched with, and "
+                        "longest indexed recording the page draws a timeline of, at most "
                         f"{MAX_QUERY_SECONDS:g} (default: 600)")
     parser.add_argument("--max-connections", type=_bounded(positive_int, 65536), default=64, metavar="N",
                         help="open connections in all; past it, requests are answered 503 at once (default: 64)")
@@ -143,6 +191,9 @@ def register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-requests-per-client", type=_bounded(positive_float, 1e6), default=20.0,
                         metavar="RATE", help=f"requests a second one client address may make on average, after "
                         f"a burst of {_BURST_SECONDS} seconds' worth; past it, 429 (default: 20)")
+    parser.add_argument("--head", metavar="HEAD_DIR",
+                        help="a head written by 'audioclip fit' on the index's checkpoint: the page then filters "
+                        "sound results by the head's label for them (a head of another checkpoint is a usage error)")
     add_index_model_options(parser)
     add_live_options(parser)
     add_logging_options(parser)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AudioclipError
-from ..io import FileReadError, read_bytes_bounded, read_text_bounded, write_bytes_atomic
+from ..io import FileReadError, fsync_folder, read_bytes_bounded, read_text_bounded, write_bytes_atomic
 
 __all__ = ["HEAD_FORMAT", "HEAD_JSON", "HEAD_WEIGHTS", "NONE_LABEL", "Head", "HeadError", "HeadMismatchError",
            "is_head_dir", "load_head", "replace_folder"]
@@ -313,7 +313,7 @@ def replace_folder(folder: str | os.PathLike, files: Mapping[str, bytes], *, car
             os.rename(folder, old)
             os.rename(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(parent)
+        fsync_folder(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -353,16 +353,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot; two renames instead
         return False
     raise OSError(err, os.strerror(err), os.fspath(b))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,9 +1,11 @@
 """Search a media library by text, sound or picture.
 
 - :class:`Index`: build (incrementally) and query an index of audio, image and video files.
-- :class:`VectorStore`: the storage interface; :class:`LanceStore` implements it with LanceDB (and a FAISS
-  index beside the table, ``ann.py``), :class:`MilvusStore` with Milvus or Milvus Lite; :func:`open_store`
-  picks one from a ``--db`` value.
+- :class:`VectorStore`: the storage interface (``base.py``); :class:`LanceStore` implements it with LanceDB
+  (``lance.py``, and a FAISS index beside the table, ``ann.py``), :class:`MilvusStore` with Milvus or Milvus
+  Lite (``milvus.py``); :func:`open_store` picks one from a ``--db`` value (``db.py``). What the rows and
+  file records hold: ``records.py``.
+- Indexing: ``plan.py`` decides what a run does (a pure plan), ``indexing.py`` does it.
 - ``audioclip index``, ``audioclip search``, ``audioclip serve``: see :mod:`audioclip.cli.index`.
 
 See ``docs/search.md``. Names are imported on first use, so that the store can be used
@@ -22,12 +24,12 @@ _EXPORTS = {
     "IndexReport": "audioclip.index.indexing",
     "SearchHit": "audioclip.index.search",
     "merge_windows": "audioclip.index.search",
-    "FileRecord": "audioclip.index.store",
-    "IndexStoreError": "audioclip.index.store",
-    "LanceStore": "audioclip.index.store",
+    "FileRecord": "audioclip.index.records",
+    "IndexStoreError": "audioclip.index.base",
+    "LanceStore": "audioclip.index.lance",
     "MilvusStore": "audioclip.index.milvus",
-    "VectorStore": "audioclip.index.store",
-    "open_store": "audioclip.index.stores",
+    "VectorStore": "audioclip.index.base",
+    "open_store": "audioclip.index.db",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,8 +39,10 @@ if TYPE_CHECKING:
     from .indexing import IndexReport
     from .search import SearchHit, merge_windows
     from .milvus import MilvusStore
-    from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
-    from .stores import open_store
+    from .base import IndexStoreError, VectorStore
+    from .db import open_store
+    from .lance import LanceStore
+    from .records import FileRecord
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ laid out for speed, in the folder ``ann/`` of the index:
   vectors: every candidate's score is the exact cosine (no quantisation, no
   re-ranking step needed), and scanning every list is the exact search.
 - ``g{G}.rows.npy``: for each vector (its FAISS id is its position), the row's
-  ``file_id``, ``start``, ``kind`` and ``source``.
+  ``file_id``, ``start_s`` (as ``start``), ``kind`` and ``source``.
 - ``state.json``: which generation is current, the table version it was built
   from, and the *dirty* files: files written since (added, replaced or
   deleted). Their vectors in the index are ignored, and their current rows are
@@ -24,16 +24,14 @@ replacing ``state.json``; a crash before that leaves the previous generation in
 use, and its stray files are deleted by the next build. Readers re-read the
 state when the file changes (one ``stat`` per query).
 
-Training: spherical k-means on a sample (``SAMPLE_PER_LIST`` vectors per list),
-with the assignments computed by torch matrix products in bfloat16 where the
-CPU does those faster than float32 (ties aside, the same lists; the scores
-that rank results are always float32). About 4·sqrt(n) lists of ~250 vectors;
-a query scans the ``nprobe`` lists whose centroids are nearest.
+Training: FAISS's spherical k-means (``faiss.Kmeans``) on a sample
+(``SAMPLE_PER_LIST`` vectors per list); FAISS then puts every vector in the
+list of its nearest centroid. About 4·sqrt(n) lists of ~250 vectors; a query
+scans the ``nprobe`` lists whose centroids are nearest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -47,16 +45,17 @@ import numpy as np
 import pyarrow as pa
 
 from ..io import FileReadError, atomic_write, check_regular_file, read_text_bounded
+from .ann_files import (KINDS, MAX_STATE_BYTES, ROW_DTYPE, SOURCES, STATE, Unusable, checked_state, fsync,
+                        index_bytes, quiet_stdout, read_rows, row_meta, vectors_of)
 
-__all__ = ["AnnIndex", "AnnIndexWarning", "ann_lists"]
+__all__ = ["AnnIndex", "AnnIndexWarning", "ann_lists", "train_lists"]
 
-KINDS = ("window", "image", "frame")
-SOURCES = ("audio", "image", "video")
-ROW_DTYPE = np.dtype([("file_id", "<i8"), ("start", "<f8"), ("kind", "i1"), ("source", "i1")])
 SAMPLE_PER_LIST = 16  # k-means training vectors per list
-KMEANS_ITERATIONS = 8
+KMEANS_ITERATIONS = 8  # FAISS's default is 25; the figures in docs/performance.md are with 8
 BUILD_MEMORY_BYTES = 1 << 32  # vectors held in memory while building (4 GiB: 10^6 at 1024-d); more: shards
 SHARD_ROWS = 65_536  # the least vectors per shard
+
+
 def _in_memory_bytes() -> int:
     """The largest index a searching process reads into memory (a quarter of RAM, at most 8 GiB); larger: mapped."""
     try:
@@ -67,97 +66,10 @@ def _in_memory_bytes() -> int:
 
 
 IN_MEMORY_BYTES = _in_memory_bytes()  # scans stream about 3x faster from memory than through a file mapping
-STATE = "state.json"
-MAX_STATE_BYTES = 64 << 20  # state.json: ~30 bytes per dirty file, so about 2 million of them
-MAX_DIM = 8192  # the widest vectors an index may claim (AudioCLIP's are 1024-d)
-MAX_LISTS = 1 << 24
 
 
 class AnnIndexWarning(UserWarning):
     """The ANN sidecar of an index cannot be used (unreadable, tampered, inconsistent): searches scan exactly."""
-
-
-class _Unusable(Exception):
-    """A sidecar file is not what a build writes; the message says which and why."""
-
-
-def _checked_state(state, where: Path) -> dict:
-    """``state`` if it has the fields and types a build writes (``state.json``), else :class:`_Unusable`."""
-    if not isinstance(state, dict):
-        raise _Unusable(f"{where}: not a JSON object ({type(state).__name__})")
-
-    def integer(key, low, high, optional=False):
-        value = state.get(key)
-        if value is None and optional:
-            return
-        if type(value) is not int or not low <= value <= high:
-            raise _Unusable(f"{where}: {key!r} is {value!r}, not a whole number from {low} to {high}")
-
-    if "generation" not in state:  # a sidecar that is only a list of dirty files: nothing to search
-        return state
-    integer("generation", 1, 2**62)
-    integer("vectors", 0, 2**40)
-    integer("lists", 1, MAX_LISTS)
-    integer("dim", 1, MAX_DIM)
-    integer("seq", 0, 2**62, optional=True)
-    integer("table_version", 0, 2**62, optional=True)
-    dirty = state.get("dirty", {})
-    if not isinstance(dirty, dict):
-        raise _Unusable(f"{where}: 'dirty' is a {type(dirty).__name__}, not an object")
-    for key, value in dirty.items():
-        try:
-            ok = -2**63 <= int(key) < 2**63 and type(value) is int
-        except ValueError:
-            ok = False
-        if not ok:
-            raise _Unusable(f"{where}: 'dirty' holds {key!r}: {value!r}, not a file id and a number")
-    if not isinstance(state.get("data_file"), (str, type(None))):
-        raise _Unusable(f"{where}: 'data_file' is not a path")
-    return state
-
-
-def _read_rows(path: Path, vectors: int) -> np.ndarray:
-    """The row map ``g{G}.rows.npy``: exactly ``vectors`` rows of ``ROW_DTYPE``, checked before reading.
-
-    Read through the header (``numpy.lib.format``), never ``np.load``: the
-    dtype, order and shape are checked against what a build writes and the
-    shape against the file's size before anything is allocated, and nothing
-    is ever unpickled.
-    """
-    from numpy.lib import format as npy
-
-    st = check_regular_file(path, 128 + vectors * ROW_DTYPE.itemsize + 65_536, what="ANN row map")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not os.path.samestat(os.fstat(f.fileno()), st):
-            raise _Unusable(f"{path}: replaced while being read")
-        try:
-            version = npy.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npy.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = npy.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"format version {version}")
-        except ValueError as err:
-            raise _Unusable(f"{path}: not a row map ({err})") from None
-        if dtype != ROW_DTYPE or fortran or shape != (vectors,):
-            raise _Unusable(f"{path}: holds {dtype} {shape}, not the {vectors} rows of the index")
-        if st.st_size != f.tell() + vectors * ROW_DTYPE.itemsize:
-            raise _Unusable(f"{path}: {st.st_size} bytes, not the size of {vectors} rows")
-        meta = np.fromfile(f, dtype=ROW_DTYPE, count=vectors)
-    if len(meta) != vectors:
-        raise _Unusable(f"{path}: truncated")
-    for field, names in (("kind", KINDS), ("source", SOURCES)):
-        if len(meta) and not (0 <= meta[field].min() and meta[field].max() < len(names)):
-            raise _Unusable(f"{path}: a row's {field} code is out of range")
-    return meta
-
-
-def _index_bytes(state: dict) -> int:
-    """The most bytes a generation's FAISS file (lists, ids and centroids, with room for headers) can take."""
-    dim, lists, vectors = state["dim"], state["lists"], state["vectors"]
-    return vectors * (4 * dim + 8) + lists * (4 * dim + 64) + (1 << 20)
 
 
 def ann_lists(rows: int) -> int:
@@ -196,13 +108,13 @@ class AnnIndex:
             # Unreadable or not what a build writes: ignore the sidecar (searches scan the store exactly),
             # once per version of the file.
             try:
-                state = _checked_state(json.loads(read_text_bounded(path, MAX_STATE_BYTES, what="ANN state file")),
+                state = checked_state(json.loads(read_text_bounded(path, MAX_STATE_BYTES, what="ANN state file")),
                                        path)
-            except (FileReadError, ValueError, _Unusable) as err:
+            except (FileReadError, ValueError, Unusable) as err:
                 if not path.exists():
                     return None
                 state = None
-                _warn(f"{err}" if isinstance(err, (FileReadError, _Unusable)) else f"{path}: not JSON ({err})")
+                _warn(f"{err}" if isinstance(err, (FileReadError, Unusable)) else f"{path}: not JSON ({err})")
             self._state_key, self._state = key, state
         return self._state
 
@@ -243,7 +155,7 @@ class AnnIndex:
     def build(self, scan: Callable[[], Iterable[pa.RecordBatch]], rows: int, dim: int, table_version: int,
               take: Callable[[np.ndarray], pa.Table] | None = None,
               log: Callable[[str], None] | None = None) -> dict:
-        """Build a new generation from ``scan()`` (batches with ``file_id, source, kind, start, vector``;
+        """Build a new generation from ``scan()`` (batches with ``file_id, source, kind, start_s, vector``;
         ``rows`` of them), publish it and delete the old one. ``take(offsets)`` reads the training sample
         (rows at those positions of the scan, with a ``vector`` column); without it, a first scan does.
         """
@@ -252,6 +164,17 @@ class AnnIndex:
         final = log or (lambda message: None)
         say = final if rows >= 100_000 else (lambda message: None)  # steps of a long build only
         started = time.perf_counter()
+        # A search process runs FAISS on one thread (``_load``); a build uses every core, then puts that back.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(_cores())
+        try:
+            return self._build(scan, rows, dim, table_version, take, final, say, started)
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def _build(self, scan, rows, dim, table_version, take, final, say, started) -> dict:
+        import faiss
+
         self.folder.mkdir(parents=True, exist_ok=True)
         before = self.state() or {}
         generation = int(before.get("generation", 0)) + 1
@@ -261,12 +184,12 @@ class AnnIndex:
         nlist = ann_lists(rows)
 
         # 1. spherical k-means on a random sample
-        rng = np.random.default_rng(0)
         if nlist > 1:
-            wanted = np.sort(rng.choice(rows, min(rows, nlist * SAMPLE_PER_LIST), replace=False))
+            wanted = np.sort(np.random.default_rng(0).choice(rows, min(rows, nlist * SAMPLE_PER_LIST),
+                                                             replace=False))
             sample = self._sample(scan, take, wanted, dim)
             say(f"ANN index: read a sample of {len(sample):,} vectors in {time.perf_counter() - started:.1f} s")
-            centroids = spherical_kmeans(sample, nlist, KMEANS_ITERATIONS, rng)
+            centroids = train_lists(sample, nlist)
             del sample
         else:
             centroids = np.zeros((1, dim), np.float32)
@@ -290,11 +213,9 @@ class AnnIndex:
         shard = new_shard()
         try:
             for batch in scan():
-                vectors = _vectors(batch, dim)
-                lists = assign(centroids, vectors) if nlist > 1 else np.zeros(len(vectors), np.int64)
-                ids = np.arange(position, position + len(vectors), dtype=np.int64)
-                shard.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-                meta_parts.append(_row_meta(batch))
+                vectors = vectors_of(batch, dim)
+                shard.add_with_ids(vectors, np.arange(position, position + len(vectors), dtype=np.int64))
+                meta_parts.append(row_meta(batch))
                 position += len(vectors)
                 if shard.ntotal >= shard_rows:
                     shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
@@ -310,7 +231,7 @@ class AnnIndex:
                     shard_paths.append(self._write_shard(shard, generation, len(shard_paths)))
                 del shard
                 merged = new_shard()
-                with _quiet_stdout():  # FAISS prints "resizing FILE" on the C stdout
+                with quiet_stdout():  # FAISS prints "resizing FILE" on the C stdout
                     merge_ondisk(merged, [str(p) for p in shard_paths], str(data_path))
                 faiss.write_index(merged, str(index_path))
                 del merged
@@ -324,7 +245,7 @@ class AnnIndex:
         with atomic_write(self.folder / f"g{generation}.rows.npy", "wb") as f:
             np.save(f, meta)
         for path in files:
-            _fsync(path)
+            fsync(path)
 
         # 3. publish: files marked dirty while building stay dirty (their rows may be newer than the scan)
         current = self.state() or {}
@@ -344,7 +265,7 @@ class AnnIndex:
     @staticmethod
     def _sample(scan, take, wanted: np.ndarray, dim: int) -> np.ndarray:
         if take is not None:
-            parts = [_vectors(take(wanted[i: i + 8192]).combine_chunks().to_batches()[0], dim)
+            parts = [vectors_of(take(wanted[i: i + 8192]).combine_chunks().to_batches()[0], dim)
                      for i in range(0, len(wanted), 8192)]
             return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         sample = np.empty((len(wanted), dim), np.float32)
@@ -353,7 +274,7 @@ class AnnIndex:
             n = batch.num_rows
             hi = np.searchsorted(wanted, offset + n)
             if hi > got:
-                sample[got:hi] = _vectors(batch, dim)[wanted[got:hi] - offset]
+                sample[got:hi] = vectors_of(batch, dim)[wanted[got:hi] - offset]
                 got = hi
             offset += n
         return sample[:got]
@@ -377,10 +298,10 @@ class AnnIndex:
         path = self.folder / f"g{generation}.index"
         # Every file FAISS may open is a regular file here (a FIFO would block its open for ever, a device
         # feed it without end), and no larger than the state's vectors need.
-        size = check_regular_file(path, _index_bytes(state), what="ANN index file").st_size
+        size = check_regular_file(path, index_bytes(state), what="ANN index file").st_size
         data_path = self.folder / f"g{generation}.ivfdata"
         if state.get("data_file"):
-            check_regular_file(data_path, 2 * _index_bytes(state), what="ANN list data")  # room for list slack
+            check_regular_file(data_path, 2 * index_bytes(state), what="ANN list data")  # room for list slack
         for entry in self.folder.iterdir():  # what an on-disk index names is looked for in this folder
             if entry.name.startswith("g") and not entry.name.endswith(".tmp"):
                 check_regular_file(entry, 1 << 62, what="ANN sidecar file")
@@ -389,19 +310,19 @@ class AnnIndex:
         elif not state.get("data_file"):  # one file: its lists memory-mapped
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         else:  # the lists' data is looked for beside the index file only (the folder may have moved)
-            with _quiet_stdout():  # FAISS says so on the C stdout
+            with quiet_stdout():  # FAISS says so on the C stdout
                 index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
         if not isinstance(index, faiss.IndexIVFFlat) or index.d != state["dim"] \
                 or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.nlist != state["lists"]:
-            raise _Unusable(f"{path}: not the {state['dim']}-d inner-product IVF index of {state['lists']} "
+            raise Unusable(f"{path}: not the {state['dim']}-d inner-product IVF index of {state['lists']} "
                             "list(s) the state describes")
         if state.get("data_file"):
             lists = faiss.downcast_InvertedLists(index.invlists)
             if not isinstance(lists, faiss.OnDiskInvertedLists) or lists.totsize > os.path.getsize(data_path):
-                raise _Unusable(f"{data_path}: shorter than its index says")
-        meta = _read_rows(self.folder / f"g{generation}.rows.npy", state["vectors"])
+                raise Unusable(f"{data_path}: shorter than its index says")
+        meta = read_rows(self.folder / f"g{generation}.rows.npy", state["vectors"])
         if index.ntotal != len(meta):
-            raise _Unusable(f"{self.folder}: generation {generation} is inconsistent ({index.ntotal} vectors, "
+            raise Unusable(f"{self.folder}: generation {generation} is inconsistent ({index.ntotal} vectors, "
                             f"{len(meta)} rows)")
         # One thread per query: a single query's scan of a few lists gains nothing from a second thread,
         # and waiting for it on a busy machine is what makes the slow percentile slow (docs/performance.md).
@@ -439,7 +360,7 @@ class AnnIndex:
     def search(self, query: np.ndarray, limit: int, sources: Sequence[str] | None, exact: bool, nprobe: int,
                table_version: Callable[[], int], read_rows: Callable[[list[int]], pa.Table], max_dirty_rows: int
                ) -> pa.Table | None:
-        """The best ``limit`` rows (``file_id, kind, start, score``), or None when the sidecar cannot answer
+        """The best ``limit`` rows (``file_id, kind, start_s, score``), or None when the sidecar cannot answer
         (none, unreadable, or more dirty rows than ``max_dirty_rows``): the caller then scans the store."""
         import faiss
 
@@ -450,7 +371,7 @@ class AnnIndex:
                 return None
             try:
                 generation, index, meta = self._load(state)
-            except (_Unusable, FileReadError) as err:
+            except (Unusable, FileReadError) as err:
                 self._unusable = self._state_key
                 _warn(str(err))
                 return None
@@ -494,16 +415,16 @@ class AnnIndex:
             d_scores = d_scores[keep]
             d_table = dirty_table.filter(pa.array(keep))
             file_ids = np.concatenate([file_ids, d_table["file_id"].to_numpy()])
-            d_starts = d_table["start"].to_numpy(zero_copy_only=False)
+            d_starts = d_table["start_s"].to_numpy(zero_copy_only=False)
             starts = np.concatenate([starts, np.nan_to_num(d_starts, nan=0.0)])
-            starts_mask = np.concatenate([starts_mask, d_table["start"].is_null().to_numpy(zero_copy_only=False)])
+            starts_mask = np.concatenate([starts_mask, d_table["start_s"].is_null().to_numpy(zero_copy_only=False)])
             kinds = np.concatenate([kinds, np.asarray(d_table["kind"].to_pylist(), dtype=object)])
             scores = np.concatenate([scores, d_scores.astype(np.float32)])
         order = np.lexsort((np.arange(len(scores)), -scores))[:limit]
         start_values = pa.array(starts[order], pa.float64(), mask=starts_mask[order])
         return pa.table({"file_id": pa.array(file_ids[order], pa.int64()),
                          "kind": pa.array(kinds[order].tolist(), pa.string()),
-                         "start": start_values,
+                         "start_s": start_values,
                          "score": pa.array(scores[order], pa.float32())})
 
     def _dirty_rows(self, state: dict, table_version: int, read_rows, max_rows: int):
@@ -518,15 +439,15 @@ class AnnIndex:
             total += part.num_rows
             if total > max_rows:
                 return None
-            parts.append(part.select(["file_id", "source", "kind", "start", "vector"]))
+            parts.append(part.select(["file_id", "source", "kind", "start_s", "vector"]))
         if parts:
             table = pa.concat_tables(parts)
             dim = table.schema.field("vector").type.list_size
-            matrix = _vectors(table.combine_chunks().to_batches()[0], dim) if table.num_rows else \
+            matrix = vectors_of(table.combine_chunks().to_batches()[0], dim) if table.num_rows else \
                 np.zeros((0, dim), np.float32)
         else:
             table = pa.table({"file_id": pa.array([], pa.int64()), "source": pa.array([], pa.string()),
-                              "kind": pa.array([], pa.string()), "start": pa.array([], pa.float64())})
+                              "kind": pa.array([], pa.string()), "start_s": pa.array([], pa.float64())})
             matrix = np.zeros((0, 1), np.float32)
         value = (table, matrix)
         self._dirty_cache = (key, value)
@@ -540,90 +461,28 @@ class AnnIndex:
                 "built": state.get("built"), "build_seconds": state.get("build_seconds")}
 
 
-# -- k-means and assignment -------------------------------------------------------------------------
-
-_MATMUL_DTYPE = None
+# -- training -------------------------------------------------------------------------------------------
 
 
-def _matmul_dtype():
-    """bfloat16 where this CPU multiplies it faster than float32 (AVX512-BF16, AMX), else float32."""
-    global _MATMUL_DTYPE
-    if _MATMUL_DTYPE is None:
-        import torch
+def train_lists(sample: np.ndarray, lists: int) -> np.ndarray:
+    """``lists`` unit centroids of the unit vectors ``sample`` (n, d): FAISS's spherical k-means, seeded."""
+    import faiss
 
-        a, b = torch.randn(2048, 1024), torch.randn(1024, 1024)
-        timings = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            x, y = a.to(dtype), b.to(dtype)
-            x @ y
-            t = time.perf_counter()
-            for _ in range(3):
-                x @ y
-            timings[dtype] = time.perf_counter() - t
-        _MATMUL_DTYPE = torch.bfloat16 if timings[torch.bfloat16] * 1.3 < timings[torch.float32] else torch.float32
-    return _MATMUL_DTYPE
+    # The sample is drawn already (SAMPLE_PER_LIST per list): FAISS neither warns of its size nor subsamples it.
+    kmeans = faiss.Kmeans(sample.shape[1], lists, niter=KMEANS_ITERATIONS, spherical=True, seed=0,
+                          min_points_per_centroid=1, max_points_per_centroid=SAMPLE_PER_LIST)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def assign(centroids: np.ndarray, vectors: np.ndarray, batch: int = 16384) -> np.ndarray:
-    """The nearest centroid (largest inner product) of each vector."""
-    import torch
-
-    dtype = _matmul_dtype()
-    c = torch.from_numpy(np.require(centroids, np.float32, ["C", "W"])).to(dtype).T.contiguous()
-    out = np.empty(len(vectors), np.int64)
-    with torch.inference_mode():
-        for s in range(0, len(vectors), batch):
-            x = torch.from_numpy(np.require(vectors[s: s + batch], np.float32, ["C", "W"])).to(dtype)
-            out[s: s + batch] = (x @ c).argmax(1).numpy()
-    return out
-
-
-def spherical_kmeans(sample: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` unit centroids of unit vectors (cosine k-means); empty clusters re-seeded from the sample."""
-    import torch
-
-    if len(sample) <= k:
-        extra = sample[rng.integers(0, len(sample), k - len(sample))] if len(sample) else np.zeros((k, 1))
-        return np.ascontiguousarray(np.concatenate([sample, extra]).astype(np.float32))
-    centroids = sample[rng.choice(len(sample), k, replace=False)].copy()
-    data = torch.from_numpy(sample)
-    for _ in range(iterations):
-        labels = torch.from_numpy(assign(centroids, sample))
-        sums = torch.zeros(k, sample.shape[1]).index_add_(0, labels, data).numpy()
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        empty = np.flatnonzero(norms[:, 0] == 0)
-        centroids = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
-        if len(empty):
-            centroids[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]
-    return np.ascontiguousarray(centroids)
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def _vectors(batch, dim: int) -> np.ndarray:
-    column = batch.column(batch.schema.get_field_index("vector"))
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.values if column.offset == 0 else column.flatten()
-    return np.ascontiguousarray(values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
-
-
-def _codes(column, names: tuple[str, ...]) -> np.ndarray:
-    import pyarrow.compute as pc
-
-    codes = pc.fill_null(pc.index_in(column, value_set=pa.array(names)), 0)
-    return codes.to_numpy(zero_copy_only=False).astype(np.int8)
-
-
-def _row_meta(batch) -> np.ndarray:
-    meta = np.zeros(batch.num_rows, ROW_DTYPE)
-    meta["file_id"] = batch.column(batch.schema.get_field_index("file_id")).to_numpy()
-    start = batch.column(batch.schema.get_field_index("start"))
-    meta["start"] = np.nan_to_num(start.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
-    meta["kind"] = _codes(batch.column(batch.schema.get_field_index("kind")), KINDS)
-    meta["source"] = _codes(batch.column(batch.schema.get_field_index("source")), SOURCES)
-    return meta
 
 
 def _warn(problem: str) -> None:
@@ -639,39 +498,3 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-_STDOUT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence what C code prints on file descriptor 1 meanwhile (Python's own output is flushed first)."""
-    import sys
-
-    with _STDOUT_LOCK:
-        try:
-            sys.stdout.flush()
-        except (AttributeError, ValueError, OSError):
-            pass
-        try:
-            saved = os.dup(1)
-        except OSError:
-            yield
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 1)
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            os.close(devnull)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

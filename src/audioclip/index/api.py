@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import threading
@@ -13,12 +12,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io import LockedError, exclusive_lock
-from .indexing import IndexReport, Progress, update_index
-from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
-from .store import FileRecord, IndexStoreError, LanceStore, VectorStore
-from .stores import open_store
 from ..errors import AudioclipError
+from .base import IndexLockedError, IndexStoreError, VectorStore, writer_lock
+from .db import open_store
+from .indexing import IndexReport, Progress, update_index
+from .lance import LanceStore, lance_message
+from .records import FileRecord
+from .search import DEFAULT_MARGIN, SOURCES, SearchHit, rank
+from .weights import architecture_image_size, built_to_identify, bundled, source_of
 
 if TYPE_CHECKING:
     from ..media.files import DecodeOptions
@@ -28,10 +29,6 @@ __all__ = ["Index", "IndexLockedError", "QueryError"]
 FORMAT = 1
 DEFAULT_CHECKPOINT = "full"
 _OPTION_KEYS = ("window", "hop", "mono", "video_frames")
-
-
-class IndexLockedError(LockedError, IndexStoreError):  # LockedError first: its __init__ keeps ``holder``
-    """Another job is writing the index (``holder`` names it): the command line exits 2."""
 
 
 class QueryError(AudioclipError, ValueError):
@@ -134,7 +131,7 @@ class Index:
                     # with nothing to embed need not build the model; the id is checked when it is built.
                     self._model_id, self._model_path, self._unverified = meta["checkpoint"], None, str(checkpoint)
                     return self._model_id
-                if _built_to_identify(checkpoint):
+                if built_to_identify(checkpoint):
                     built, path = self._model or self._build(checkpoint), None
                     model_id = factory.checkpoint_id(built)
                 else:
@@ -234,37 +231,19 @@ class Index:
         if self._model is not None:
             return int(self._model.visual.image_size)
         checkpoint, config = self._model_spec()
-        size = _architecture_image_size(config) if isinstance(config, str) else None
+        size = architecture_image_size(config) if isinstance(config, str) else None
         if size is None:
             from .. import checkpoints
 
             weights = checkpoints.lookup(str(checkpoint))
             architecture = weights.architecture if weights is not None else str(checkpoint)
-            size = _architecture_image_size(architecture) if architecture in _bundled() else None
+            size = architecture_image_size(architecture) if architecture in bundled() else None
         return size if size is not None else int(self.model.visual.image_size)
 
     # -- writing -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _writer(self):
-        """One writer at a time (an advisory lock on a file in the index folder; released if killed)."""
-        lock_file = getattr(self.store, "lock_file", None)
-        if lock_file is None and getattr(self.store, "path", None) is not None:
-            lock_file = Path(self.store.path) / ".writer.lock"
-        if lock_file is None:  # a shared server: its own concurrency rules (docs/search.md, "Other stores")
-            yield
-            return
-        try:
-            lock = exclusive_lock(lock_file)
-            lock.__enter__()
-        except LockedError as err:
-            raise IndexLockedError(f"{self.db}: another indexing job is writing to this index now "
-                                   f"({err.holder or 'its lock is held'}); wait for it to finish "
-                                   "(searching meanwhile is fine)", err.holder) from None
-        try:
-            yield
-        finally:
-            lock.__exit__(None, None, None)  # releases the lock (a killed job's goes with its process)
+        return writer_lock(self.store, self.db)  # one writer at a time
 
     def add(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *, batch_size: int = 16,
             workers: int = 0, flush_every: int = 32, retry_failed: bool = False, prune: bool = False,
@@ -322,7 +301,7 @@ class Index:
                 self.store.optimize()
         except (OSError, RuntimeError, IndexStoreError) as err:
             report.maintenance_error = (f"the files are indexed, but tidying the index afterwards failed "
-                                        f"({_first_line(err)}); searches give the same results (maybe more "
+                                        f"({lance_message(err)}); searches give the same results (maybe more "
                                         "slowly); the next run that adds or changes files tidies it again")
             warnings.warn(f"{self.db}: {report.maintenance_error}", RuntimeWarning, stacklevel=3)
         return report
@@ -343,7 +322,7 @@ class Index:
         skipped; a file modified after the output was made, or gone, is
         reported as failed (index it from disk with :meth:`add`).
         """
-        from .indexing import embedded_files
+        from .indexing import column_matrix, embedded_files, timestamp_ns
 
         table, settings = embeddings
         settings = dict(settings)
@@ -358,7 +337,7 @@ class Index:
             if meta and meta["checkpoint"] != made_with:
                 raise self._other_output(made_with)
             if meta is None and self._checkpoint is None:
-                self._checkpoint = _source_of(settings)
+                self._checkpoint = source_of(settings)
             if self.model_id != made_with:
                 raise self._other_output(made_with)
             if meta is None:
@@ -370,8 +349,8 @@ class Index:
                 raise IndexStoreError(f"{self.db}: the index was built with pictures of {options.image_size} px; "
                                       f"the embeddings with {settings['image_size']} px")
             files = embedded_files(table, embeddings.matrix() if hasattr(embeddings, "matrix")
-                                   else _column_matrix(table))
-            created = _timestamp_ns(settings.get("created"))
+                                   else column_matrix(table))
+            created = timestamp_ns(settings.get("created"))
             paths, late = [], []
             for path in files:
                 try:
@@ -518,71 +497,3 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.db!r})"
-
-
-def _first_line(err: BaseException) -> str:
-    from .store import lance_message
-
-    return lance_message(err)
-
-
-def _source_of(settings: dict) -> str:
-    """The checkpoint to load for queries of an index built from embeddings: the weights they name (registered
-    weights or an architecture); a file's is not known from its name alone."""
-    from .. import checkpoints
-
-    name, checkpoint = settings.get("checkpoint_name"), settings.get("checkpoint", "")
-    if name and (checkpoints.lookup(name) is not None or (name in _bundled() and checkpoint.startswith(f"{name}@"))):
-        return name
-    raise IndexStoreError(f"the embeddings were made with the checkpoint file {name or checkpoint!r}: give that "
-                          "file as the index's checkpoint (--checkpoint PATH), which it loads for queries")
-
-
-def _timestamp_ns(text: str | None) -> int | None:
-    """An ISO-8601 time (an output's ``created``, to the second) as nanoseconds, rounded up to the next second."""
-    if not text:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (int(when.timestamp()) + 1) * 1_000_000_000
-
-
-def _column_matrix(table) -> np.ndarray:
-    rows = table["embedding"].to_pylist()
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
-
-
-def _bundled() -> list[str]:
-    from ..factory import list_models
-
-    return list_models()
-
-
-def _built_to_identify(checkpoint: str) -> bool:
-    """Whether ``checkpoint`` names weights whose id needs the model built (an architecture, a Hub model)."""
-    from ..factory import describe_source
-
-    return describe_source(checkpoint).kind in ("architecture", "hub", "folder")
-
-
-def _architecture_image_size(name: str) -> int | None:
-    """``vision_cfg.image_size`` of a bundled architecture or a JSON config file, read without torch; None if
-    ``name`` is neither (or says nothing of it)."""
-    import json
-    from importlib import resources
-
-    from ..factory import MAX_CONFIG_BYTES
-    from ..io import read_text_bounded
-
-    try:
-        bundled = resources.files("audioclip.model_configs").joinpath(f"{name}.json")
-        if "/" not in name and os.sep not in name and bundled.is_file():
-            text = bundled.read_text()
-        else:  # a config file (bounded, regular files only: the name may come from the index's metadata)
-            text = read_text_bounded(name, MAX_CONFIG_BYTES, what="model config")
-        size = json.loads(text).get("vision_cfg", {}).get("image_size")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return int(size) if type(size) is int and 1 <= size <= 4096 else None

@@ -1,26 +1,7 @@
-"""Bringing an index up to date with folders on disk: incremental, crash-safe, and cheap when little changed.
+"""Carrying out an indexing run: :func:`apply_plan` writes what :func:`plan.plan_update` decided.
 
-**Identity.** A file is identified by its resolved absolute path
-(``os.path.realpath``: links followed, ``..`` gone), so a file named two ways
-or reached through a symbolic link is one record. Beside it each record keeps
-what the file was when embedded: size, mtime (ns), content hash, and
-``(dev, inode)``. An index written before paths were resolved may hold a file
-under another name (``a/../a/x.wav``, a path through a link): such a record is
-moved to the resolved name with its vectors copied (``reused``), not embedded
-again, and once none is left the metadata says ``"paths": "resolved"`` so that
-later runs skip the check. A record whose path stops being a resolved path (a
-folder on the way moved and replaced by a link to its new place) is dropped by
-the next run over it, like a gone file: the file is found under its resolved
-name, its vectors reused by content hash.
-
-**What changed.** Size and mtime first: both equal and the same
-``(dev, inode)`` means unchanged, without reading the file (a record from
-before inodes were recorded gets them filled in). Otherwise, when the size
-equals an indexed file's, the content hash decides: same content at the same
-path only gets its identity updated ("touched": a new mtime, or a replaced
-file with the same bytes); content already indexed under another path (a copy,
-a rename) has its vectors copied ("reused"); anything else is embedded. Only
-the files whose size and mtime did not settle it are hashed.
+:func:`update_index` is the two together: walk the paths, plan (see
+``plan.py`` for how a file's identity and changes are decided), apply.
 
 **Cost.** The plan needs no model: a run with nothing to embed never loads
 it (``load_model`` is called only when a file must be embedded). Touched
@@ -42,28 +23,29 @@ lock.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import datetime
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from ..media import sniff_modality
 from ..media.files import expand_paths
-from .store import FailureRecord, FileRecord, VectorStore, file_id_of, row_schema, stat_identity
 from ..util import is_uri
+from .base import VectorStore
+from .plan import FileToIndex, Scope, UpdatePlan, content_hash, plan_update
+from .records import FailureRecord, FileRecord, Modality, RowKind, Source, file_id_of, row_schema, stat_identity
 
 if TYPE_CHECKING:
     from ..inference import FileResult
     from ..media.files import DecodeOptions
 
-__all__ = ["EmbeddedFile", "EmbeddedVector", "IndexReport", "content_hash", "embedded_files", "update_index"]
+__all__ = ["EmbeddedFile", "EmbeddedVector", "IndexReport", "apply_plan", "column_matrix", "embedded_files",
+           "timestamp_ns", "update_index"]
 
 REUSE_BATCH = 256  # files whose vectors are copied per pair of commits (bounds the rows held in memory)
 
@@ -97,23 +79,11 @@ class IndexReport:
         return len(self.added) + len(self.updated) + len(self.touched) + len(self.reused)
 
 
-@dataclass
-class _Todo:
-    path: str  # resolved absolute path
-    size: int
-    mtime_ns: int
-    dev: int
-    inode: int
-    old: FileRecord | None  # the stored version of a changed file (or of this file under another name)
-    hash: str | None = None
-    also_replaces: list[FileRecord] = field(default_factory=list)  # more records of this file, other names
-
-
 class EmbeddedVector(NamedTuple):
     """One vector of a file, computed before: as an :class:`audioclip.inference.Embedding`, ``vector`` an array."""
 
-    modality: str
-    kind: str
+    modality: Modality
+    kind: RowKind
     start: float | None
     end: float | None
     vector: np.ndarray
@@ -125,7 +95,7 @@ class EmbeddedFile(NamedTuple):
     stored."""
 
     path: str
-    source: str
+    source: Source
     embeddings: list[EmbeddedVector]
 
 
@@ -150,205 +120,89 @@ def embedded_files(table: pa.Table, matrix: np.ndarray) -> dict[str, EmbeddedFil
     return files
 
 
-# A progress callback gets (event, path, detail): event is "embedded", "failed",
-# "reused", "touched", "removed" or "changed"; detail is the reason of a failure.
-Progress = Callable[[str, str, str | None], None]
+def column_matrix(table: pa.Table) -> np.ndarray:
+    """The vectors of an embed output read without its own reader (its ``embedding`` column), one per row."""
+    rows = table["embedding"].to_pylist()
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
 
 
-def content_hash(path: str, chunk: int = 1 << 20) -> str:
-    """BLAKE2b-128 of the file's bytes, hex (32 characters)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def timestamp_ns(text: str | None) -> int | None:
+    """An ISO-8601 time (an output's ``created``, to the second) as nanoseconds, rounded up to the next second."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (int(when.timestamp()) + 1) * 1_000_000_000
 
 
-def _in_scope(path: str, roots: Sequence[str], files: set[str]) -> bool:
-    return path in files or path.startswith(tuple(roots))
+# A progress callback gets (event, path, detail): detail is the reason of a failure.
+ProgressEvent = Literal["embedded", "failed", "reused", "touched", "removed", "changed"]
+Progress = Callable[[ProgressEvent, str, str | None], None]
 
 
-def _scope(paths: Sequence[str | os.PathLike]) -> tuple[list[str], set[str]]:
-    """The folders (with a trailing separator) and files named by ``paths``, each both as given
-    (absolute) and resolved: records of an index that stored paths as given are in scope too."""
-    roots, named = set(), set()
-    for p in paths:
-        given = os.path.abspath(os.fspath(p))
-        forms = {given, os.path.realpath(given)}
-        if os.path.isdir(given):
-            roots |= {os.path.join(form, "") for form in forms}
-        else:
-            named |= forms
-    return sorted(roots), named
-
-
-def update_index(
-    store: VectorStore,
-    model,
-    paths: Sequence[str | os.PathLike],
-    *,
-    options: DecodeOptions,
-    batch_size: int = 16,
-    workers: int = 0,
-    precision: str = "fp32",
-    flush_every: int = 32,
-    flush_seconds: float = 10.0,
-    retry_failed: bool = False,
-    prune: bool = False,
-    progress: Progress | None = None,
-    on_plan: Callable[[int], None] | None = None,
-    load_model: Callable[[], object] | None = None,
-    paths_resolved: bool = False,
-    embedded: Mapping[str, EmbeddedFile] | None = None,
-) -> IndexReport:
+def update_index(store: VectorStore, model, paths: Sequence[str | os.PathLike], *, retry_failed: bool = False,
+                 prune: bool = False, paths_resolved: bool = False, **apply) -> IndexReport:
     """Embed what is new or changed under ``paths``, drop what is gone. The caller holds the lock.
 
+    ``paths_resolved``: the index is known to store resolved paths only (its
+    metadata says so), so records under other names are not looked for.
+    Other keyword arguments go to :func:`apply_plan`.
+    """
+    found, ignored = expand_paths(paths, resolve=True)
+    plan = plan_update(found, store.files(), store.failures(), scope=Scope.of(paths), prune=prune,
+                       retry_failed=retry_failed, paths_resolved=paths_resolved,
+                       records_inodes=getattr(store, "records_inodes", True))  # False: an older Milvus collection
+    report = apply_plan(store, plan, model=model, **apply)
+    report.ignored = ignored
+    return report
+
+
+def apply_plan(store: VectorStore, plan: UpdatePlan, *, model=None, options: DecodeOptions | None = None,
+               batch_size: int = 16, workers: int = 0, precision: str = "fp32", flush_every: int = 32,
+               flush_seconds: float = 10.0, progress: Progress | None = None,
+               on_plan: Callable[[int], None] | None = None, load_model: Callable[[], object] | None = None,
+               embedded: Mapping[str, EmbeddedFile] | None = None) -> IndexReport:
+    """Write ``plan`` to ``store``: cheap changes first (identities, copies, removals), then what is embedded.
+
     ``model`` may be None with ``load_model`` given: it is called once, only if
-    a file must be embedded. ``paths_resolved``: the index is known to store
-    resolved paths only (its metadata says so), so records under other names
-    are not looked for. ``embedded``: the vectors of the files, already
+    a file must be embedded. ``embedded``: the vectors of the files, already
     computed (resolved path -> :class:`EmbeddedFile`, from an embed output):
     no model is used, and a file that is not there is reported as failed.
+    ``on_plan`` gets the number of files left to embed.
     """
-    report = IndexReport()
+    report = IndexReport(touched=list(plan.touched), unchanged=plan.unchanged, failed=list(plan.failed),
+                         skipped_failed=list(plan.skipped_failed), hashed=plan.hashed, unresolved=plan.unresolved)
     note = progress or (lambda event, path, detail=None: None)
-    found, report.ignored = expand_paths(paths, resolve=True)
-    roots, named = _scope(paths)
-
-    stored = store.files()
-    failures = store.failures()
-    by_hash = {r.hash: r for r in stored.values()}
-    sizes = {r.size for r in stored.values()}
-    found_set = set(found)
-    records_inodes = getattr(store, "records_inodes", True)  # False: an older Milvus collection cannot
-
-    # Records of an older index under a name that is not their resolved path: keyed by that path.
-    aliases: dict[str, list[FileRecord]] = {}
-    stale_failures: list[int] = []
-    if not paths_resolved:
-        report.unresolved = 0
-        for p, r in stored.items():
-            if p not in found_set and (real := os.path.realpath(p)) != p:
-                aliases.setdefault(real, []).append(r)
-        stale_failures = [f.file_id for p, f in failures.items()
-                          if p not in found_set and os.path.realpath(p) in found_set]
-
-    # -- plan -------------------------------------------------------------------------
-    todo: list[_Todo] = []
-    identity: list[FileRecord] = []  # metadata-only updates: touched files, and inodes filled in
-    reuse: list[tuple[_Todo, FileRecord]] = []  # (file, the record whose vectors it gets)
-    duplicates: list[FileRecord] = []  # other names of files whose record stays
-    statted: set[str] = set()  # found and stat-ed this run: not gone
-    matched: set[int] = set()  # file ids of the records of files found this run (under any name)
-    for path in found:
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            report.failed.append((path, "file name is not valid UTF-8; rename it"))
-            continue
-        try:
-            st = os.stat(path)
-        except OSError as err:
-            report.failed.append((path, err.strerror or str(err)))
-            continue
-        statted.add(path)
-        dev, inode = stat_identity(st)
-        old, other_names = stored.get(path), aliases.pop(path, [])
-        if old is None and other_names:  # the same file, stored under another name by an older index
-            old, other_names = other_names[0], other_names[1:]
-        matched.update(r.file_id for r in ([old] if old is not None else []) + other_names)
-        # other_names: more records of this very file (names an older index used). They go in the
-        # commit that writes this file's record, or with the removals if its record stays as it is.
-        same_name = old is not None and old.path == path
-        if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
-            if same_name and old.inode is None and records_inodes:  # recorded before inodes were: fill them in
-                identity.append(dataclasses.replace(old, dev=dev, inode=inode))
-            if same_name and old.inode in (None, inode) and old.dev in (None, dev):
-                report.unchanged += 1
-                duplicates.extend(other_names)
-                continue
-            if not same_name and old.inode in (None, inode):  # moved to its resolved name: copy the vectors
-                reuse.append((_Todo(path, st.st_size, st.st_mtime_ns, dev, inode, old, old.hash, other_names), old))
-                continue
-            # Same size and mtime but another inode: a replaced file (a copy that kept the mtime, a
-            # restore from a backup). Never trusted blindly: the content hash below decides.
-        failure = failures.get(path)
-        if failure and failure.size == st.st_size and failure.mtime_ns == st.st_mtime_ns and not retry_failed:
-            report.skipped_failed.append((path, failure.error))
-            continue
-        item = _Todo(path, st.st_size, st.st_mtime_ns, dev, inode, old, also_replaces=other_names)
-        if st.st_size in sizes:  # could be a touch, a copy or a rename: worth a hash
-            try:
-                item.hash = content_hash(path)
-                report.hashed += 1
-            except OSError as err:
-                report.failed.append((path, err.strerror or str(err)))
-                continue
-            if same_name and old.hash == item.hash:  # same bytes: only the identity changes
-                identity.append(FileRecord(old.file_id, path, old.source, st.st_size, st.st_mtime_ns, item.hash,
-                                           old.duration, dev, inode))
-                report.touched.append(path)
-                duplicates.extend(other_names)
-                continue
-            twin = old if old is not None and old.hash == item.hash else by_hash.get(item.hash)
-            if twin is not None and twin.source == sniff_modality(path):
-                reuse.append((item, twin))
-                continue
-        todo.append(item)
-
-    def gone(p: str) -> bool:
-        """Whether the record of ``p`` (in scope, not found this run) is to be dropped: its file is gone, or
-        this run found that file under its resolved name, another than ``p`` (a folder on the way became
-        a link): ``p`` would be a second record of it. A file this run did not reach (a run over a parent
-        whose walk does not enter linked folders, or over another folder with ``--prune``) keeps its
-        record, whatever its name."""
-        if p in statted:
-            return False
-        if not os.path.isfile(p):
-            return True
-        resolved = os.path.realpath(p)
-        return resolved != p and resolved in statted
-
-    removed = [r for p, r in stored.items()
-               if r.file_id not in matched and (prune or _in_scope(p, roots, named)) and gone(p)]
-    removed_ids = {r.file_id for r in removed}
-    gone_failures = [f.file_id for p, f in failures.items() if (prune or _in_scope(p, roots, named)) and gone(p)]
-    if report.unresolved is not None:  # other names left: not found again this run, not gone
-        report.unresolved = sum(1 for records in aliases.values() for r in records if r.file_id not in removed_ids)
-
-    # -- cheap changes first: metadata updates and copies, then removals ----------------
-    if identity:
-        store.update_files(identity)  # one commit for all of them
-        for path in report.touched:
+    todo = list(plan.embed)
+    if plan.identity:
+        store.update_files(plan.identity)  # one commit for all of them
+        for path in plan.touched:
             note("touched", path, None)
-    for chunk in range(0, len(reuse), REUSE_BATCH):
-        todo += _copy_vectors(store, reuse[chunk : chunk + REUSE_BATCH], report, note)
-    if removed or duplicates or gone_failures or stale_failures:
-        store.delete_files([r.file_id for r in removed + duplicates])
-        store.set_failures([], gone_failures + stale_failures)
-        for r in removed:
+    for chunk in range(0, len(plan.reuse), REUSE_BATCH):
+        todo += _copy_vectors(store, plan.reuse[chunk : chunk + REUSE_BATCH], report, note)
+    if plan.remove or plan.duplicates or plan.drop_failures:
+        store.delete_files([r.file_id for r in plan.remove + plan.duplicates])
+        store.set_failures([], plan.drop_failures)
+        for r in plan.remove:
             report.removed.append(r.path)
             note("removed", r.path, None)
     if on_plan:
         on_plan(len(todo))
-
-    # -- embedding, committed in batches ----------------------------------------------
     if todo and embedded is not None:
         _commit_embedded(store, todo, embedded, report, note, flush_every=flush_every)
     elif todo:
-        if model is None:
-            model = load_model()
-        _embed_and_commit(store, model, todo, report, note, options=options, batch_size=batch_size,
-                          workers=workers, precision=precision, flush_every=flush_every,
-                          flush_seconds=flush_seconds)
-
-    report.files = len(store.files()) if (todo or reuse or removed or duplicates) else len(stored)
+        _embed_and_commit(store, model if model is not None else load_model(), todo, report, note,
+                          options=options, batch_size=batch_size, workers=workers, precision=precision,
+                          flush_every=flush_every, flush_seconds=flush_seconds)
+    report.files = len(store.files()) if plan.writes else plan.stored
     report.rows = store.count_rows()
     return report
 
 
-def _copy_vectors(store: VectorStore, batch: list[tuple[_Todo, FileRecord]], report: IndexReport,
-                  note: Progress) -> list[_Todo]:
+def _copy_vectors(store: VectorStore, batch: list[tuple[FileToIndex, FileRecord]], report: IndexReport,
+                  note: Progress) -> list[FileToIndex]:
     """Give files the vectors of another record (a copy, a rename, a file moved to its resolved name).
 
     The rows copied from are read first; then two commits for the batch: the
@@ -363,7 +217,7 @@ def _copy_vectors(store: VectorStore, batch: list[tuple[_Todo, FileRecord]], rep
         by_id.setdefault(fid, []).append(i)
     copied = [(item, twin) for item, twin in batch if twin.file_id in by_id]
     parts = [_retarget(sources.take(pa.array(by_id[twin.file_id], pa.int64())), item) for item, twin in copied]
-    replaced = [r.file_id for item, _ in copied for r in ([item.old] if item.old else []) + item.also_replaces]
+    replaced = [r.file_id for item, _ in copied for r in item.replaced()]
     if replaced:
         store.delete_files(replaced)
     if parts:
@@ -378,13 +232,13 @@ def _copy_vectors(store: VectorStore, batch: list[tuple[_Todo, FileRecord]], rep
 def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, workers, precision,
                       flush_every, flush_seconds) -> None:
     plan = {item.path: item for item in todo}
-    done: list[tuple[_Todo, FileResult]] = []
-    failed: list[tuple[_Todo, str]] = []
+    done: list[tuple[FileToIndex, FileResult]] = []
+    failed: list[tuple[FileToIndex, str]] = []
     last_flush = time.monotonic()
 
     def flush() -> None:
         nonlocal done, failed, last_flush
-        stale = [r.file_id for i, _ in done + failed for r in ([i.old] if i.old else []) + i.also_replaces]
+        stale = [r.file_id for i, _ in done + failed for r in i.replaced()]
         if stale:  # commit 1: the changed files' old rows (a crash here leaves them absent, not doubled)
             store.delete_files(stale)
         if done:  # commit 2: all rows of the finished files
@@ -419,7 +273,7 @@ def _embed_and_commit(store, model, todo, report, note, *, options, batch_size, 
         flush()
 
 
-def _take(item: _Todo, result, done: list, report: IndexReport, note: Progress) -> None:
+def _take(item: FileToIndex, result, done: list, report: IndexReport, note: Progress) -> None:
     """A file's vectors are ready: to be committed, unless the file changed since it was planned (then reported)."""
     if _changed_since(item):
         report.changed_during.append(item.path)
@@ -429,7 +283,7 @@ def _take(item: _Todo, result, done: list, report: IndexReport, note: Progress) 
         note("embedded", item.path, None)
 
 
-def _commit_embedded(store, todo: list[_Todo], embedded: Mapping[str, EmbeddedFile], report: IndexReport,
+def _commit_embedded(store, todo: list[FileToIndex], embedded: Mapping[str, EmbeddedFile], report: IndexReport,
                      note: Progress, *, flush_every: int) -> None:
     """Commit files whose vectors were computed before (an embed output), ``flush_every`` files a batch.
 
@@ -451,7 +305,7 @@ def _commit_embedded(store, todo: list[_Todo], embedded: Mapping[str, EmbeddedFi
         if not done:
             continue
         dim = dim or len(done[0][1].embeddings[0].vector)
-        stale = [r.file_id for i, _ in done for r in ([i.old] if i.old else []) + i.also_replaces]
+        stale = [r.file_id for i, _ in done for r in i.replaced()]
         if stale:
             store.delete_files(stale)
         store.add(_rows(done, dim))
@@ -483,7 +337,7 @@ def _worker_start_method(workers: int):
     return Restore(previous)
 
 
-def _changed_since(item: _Todo) -> bool:
+def _changed_since(item: FileToIndex) -> bool:
     """Hash the content (if not yet) and check the file did not change (nor was replaced) since it was planned."""
     try:
         if item.hash is None:
@@ -494,17 +348,17 @@ def _changed_since(item: _Todo) -> bool:
     return (st.st_size, st.st_mtime_ns, *stat_identity(st)) != (item.size, item.mtime_ns, item.dev, item.inode)
 
 
-def _rows(done: list[tuple[_Todo, FileResult]], dim: int) -> pa.Table:
+def _rows(done: list[tuple[FileToIndex, FileResult]], dim: int) -> pa.Table:
     columns: dict[str, list] = {name: [] for name in row_schema(dim).names}
     vectors = []
     for item, result in done:
         windows = [e for e in result.embeddings if e.kind == "window"]
         duration = max(e.end for e in windows) if windows else None
         for e in result.embeddings:
-            if e.kind == "pooled":  # the mean of the windows: not stored (see store.py)
+            if e.kind == "pooled":  # the mean of the windows: not stored (see records.py)
                 continue
             values = dict(file_id=file_id_of(item.path), path=item.path, source=result.source,
-                          modality=e.modality, kind=e.kind, start=e.start, end=e.end, duration=duration,
+                          modality=e.modality, kind=e.kind, start_s=e.start, end_s=e.end, duration=duration,
                           size=item.size, mtime_ns=item.mtime_ns, hash=item.hash, dev=item.dev, inode=item.inode)
             for name, value in values.items():
                 columns[name].append(value)
@@ -516,7 +370,7 @@ def _rows(done: list[tuple[_Todo, FileResult]], dim: int) -> pa.Table:
                      else columns[name] for name in schema.names}, schema=schema)
 
 
-def _retarget(rows: pa.Table, item: _Todo) -> pa.Table:
+def _retarget(rows: pa.Table, item: FileToIndex) -> pa.Table:
     """Another file's rows, relabelled as ``item``'s (same content, so the same vectors)."""
     n = rows.num_rows
     replace = {"file_id": pa.array([file_id_of(item.path)] * n, pa.int64()),

@@ -1,4 +1,4 @@
-"""A :class:`~audioclip.index.store.VectorStore` on Milvus: a server or cluster, or Milvus Lite (a local file).
+"""A :class:`~audioclip.index.base.VectorStore` on Milvus: a server or cluster, or Milvus Lite (a local file).
 
 ``--db milvus:lib.db`` opens (or creates) Milvus Lite in ``lib.db``;
 ``--db http://host:19530`` (or ``https://``) a Milvus server, the same client
@@ -9,9 +9,11 @@ key), never from the command line.
 
 Collections, ``{prefix}_`` and:
 
-- ``rows``: one row per vector, the fields of ``store.ROW_FIELDS`` plus
+- ``rows``: one row per vector, the fields of ``records.ROW_FIELDS`` plus
   ``commit`` and the ``vector`` (FLOAT_VECTOR, inner product; a FLAT index
-  on Lite, HNSW on a server); primary key hashed from ``(file_id, kind, start)``.
+  on Lite, HNSW on a server); primary key hashed from ``(file_id, kind,
+  start_s)``. A collection made before ``start_s``/``end_s`` were named so
+  has them as ``start``/``end``, and keeps them (``LEGACY_NAMES``).
 - ``files``: one *commit marker* per indexed file: its identity (path,
   size, mtime, hash, and ``dev``/``inode``: nullable, absent from collections
   made before they were recorded, which read them as None; Milvus Lite cannot
@@ -42,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .store import FILE_FIELDS, LATER_FIELDS, FailureRecord, FileRecord, IndexStoreError, checked_meta, row_schema
+from .base import IndexStoreError, checked_meta
+from .records import FILE_FIELDS, LATER_FIELDS, LEGACY_NAMES, FailureRecord, FileRecord, RowKind, row_schema
 
 __all__ = ["MilvusStore", "is_milvus"]
 
@@ -52,6 +55,7 @@ _BATCH = 1000  # rows per insert request (about 4 MB of 1024-d vectors)
 _TEXT = 4096
 _DUMMY = "_v"  # Milvus collections need a vector field; the bookkeeping ones get a 2-d one
 _MARKER_LATER = [name for name, _ in LATER_FIELDS]  # nullable INT64 fields of a new ``files`` collection
+_ROW_NUMBERS = ("start_s", "end_s", "duration")  # nullable DOUBLE fields of a new ``rows`` collection
 
 
 def is_milvus(db: str) -> bool:
@@ -59,7 +63,7 @@ def is_milvus(db: str) -> bool:
     return str(db).startswith("milvus:") or str(db).startswith(_SERVER_SCHEMES)
 
 
-def _pk(file_id: int, kind: str, start) -> int:
+def _pk(file_id: int, kind: RowKind, start: float | None) -> int:
     key = f"{int(file_id)}|{kind}|{'' if start is None else repr(float(start))}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -113,6 +117,7 @@ class MilvusStore:
         self._ready: set[str] = set()
         self._dim: int | None = None
         self._marker_fields: list[str] | None = None
+        self._legacy: dict[str, str] | None = None
         if not create and not self._has("meta"):
             raise IndexStoreError(f"{db}: no index here (build one with 'audioclip index FOLDER --db {db}')")
 
@@ -163,7 +168,7 @@ class MilvusStore:
             schema.add_field("path", DataType.VARCHAR, max_length=_TEXT)
             for text in ("source", "modality", "kind"):
                 schema.add_field(text, DataType.VARCHAR, max_length=16)
-            for number in ("start", "end", "duration"):
+            for number in _ROW_NUMBERS:
                 schema.add_field(number, DataType.DOUBLE, nullable=True)
             schema.add_field("size", DataType.INT64)
             schema.add_field("mtime_ns", DataType.INT64)
@@ -248,6 +253,15 @@ class MilvusStore:
             self._marker_fields = [f["name"] for f in fields if f["name"] != _DUMMY]
         return self._marker_fields
 
+    def _stored_names(self) -> dict[str, str]:
+        """Current name -> the name the ``rows`` collection stores it under (older ones: ``start``, ``end``)."""
+        if self._legacy is None:
+            if not self._has("rows"):
+                return {}
+            fields = {f["name"] for f in self.client.describe_collection(self._names["rows"])["fields"]}
+            self._legacy = {new: old for old, new in LEGACY_NAMES.items() if old in fields}
+        return self._legacy
+
     @property
     def records_inodes(self) -> bool:
         """Whether file markers hold ``dev``/``inode`` (not in collections made before they were recorded)."""
@@ -275,11 +289,14 @@ class MilvusStore:
         data = rows.to_pylist()
         later = [name for name, _ in LATER_FIELDS]  # identity kept on the marker only (not a rows field)
         marker_fields = set(self._marker_names())
+        stored = self._stored_names()
         identity: dict[int, dict] = {}
         for row in data:
             values = {name: row.pop(name, None) for name in later}
             identity.setdefault(row["file_id"], {k: v for k, v in values.items() if k in marker_fields})
-            row["pk"] = _pk(row["file_id"], row["kind"], row["start"])
+            row["pk"] = _pk(row["file_id"], row["kind"], row["start_s"])
+            for new, old in stored.items():
+                row[old] = row.pop(new)
             row["commit"] = commit
             row["vector"] = np.asarray(row["vector"], np.float32).tolist()
         for chunk in range(0, len(data), _BATCH):
@@ -332,7 +349,8 @@ class MilvusStore:
             return schema.empty_table()
         markers = self._markers(_in_ids(ids))
         later = {name for name, _ in LATER_FIELDS}
-        fields = [name for name in schema.names if name not in later] + ["commit"]
+        stored = self._stored_names()
+        fields = [stored.get(name, name) for name in schema.names if name not in later] + ["commit"]
         found = []
         for chunk in range(0, len(ids), 200):
             found += self._query("rows", _in_ids(ids[chunk: chunk + 200]), fields)
@@ -341,11 +359,11 @@ class MilvusStore:
             marker = markers.get(int(row["file_id"]))
             if marker is None or int(row["commit"]) != int(marker["commit"]):
                 continue  # not (or no longer) committed
-            row = {name: row.get(name) for name in schema.names}
+            row = {name: row.get(stored.get(name, name)) for name in schema.names}
             row.update(size=marker["size"], mtime_ns=marker["mtime_ns"], hash=marker["hash"],
                        dev=marker.get("dev"), inode=marker.get("inode"))
             rows.append(row)
-        rows.sort(key=lambda r: (r["path"], r["kind"], -1.0 if r["start"] is None else r["start"]))
+        rows.sort(key=lambda r: (r["path"], r["kind"], -1.0 if r["start_s"] is None else r["start_s"]))
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _dimension(self) -> int | None:
@@ -357,19 +375,20 @@ class MilvusStore:
 
     def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
                exact: bool = False) -> pa.Table:
-        """The ``limit`` best committed rows: ``file_id``, ``kind``, ``start``, ``score`` (cosine), best first."""
+        """The ``limit`` best committed rows: ``file_id``, ``kind``, ``start_s``, ``score`` (cosine), best first."""
         empty = pa.table({"file_id": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
-                          "start": pa.array([], pa.float64()), "score": pa.array([], pa.float32())})
+                          "start_s": pa.array([], pa.float64()), "score": pa.array([], pa.float32())})
         if not self._has("rows"):
             return empty
         ask = min(max(1, limit), _QUERY_LIMIT)
         params = {"metric_type": "IP"}
         if not self.lite:  # HNSW: a wider beam for exact=True (a FLAT index is exact by itself)
             params["params"] = {"ef": min(_QUERY_LIMIT, max(ask, 64) * (16 if exact else 2))}
+        start = self._stored_names().get("start_s", "start_s")
         kwargs = {"filter": "source in [" + ", ".join(json.dumps(s) for s in sources) + "]"} if sources else {}
         hits = self.client.search(self._names["rows"], data=[np.asarray(vector, np.float32).tolist()],
                                   anns_field="vector", limit=ask, search_params=params,
-                                  output_fields=["file_id", "kind", "start", "commit"], **kwargs)[0]
+                                  output_fields=["file_id", "kind", start, "commit"], **kwargs)[0]
         markers = self._markers(_in_ids({int(h["entity"]["file_id"]) for h in hits})) if hits else {}
         kept = [h for h in hits if int(h["entity"]["file_id"]) in markers
                 and int(h["entity"]["commit"]) == int(markers[int(h["entity"]["file_id"])]["commit"])]
@@ -377,7 +396,7 @@ class MilvusStore:
             return empty
         return pa.table({"file_id": pa.array([int(h["entity"]["file_id"]) for h in kept], pa.int64()),
                          "kind": pa.array([h["entity"]["kind"] for h in kept], pa.string()),
-                         "start": pa.array([h["entity"]["start"] for h in kept], pa.float64()),
+                         "start_s": pa.array([h["entity"][start] for h in kept], pa.float64()),
                          "score": pa.array([float(h["distance"]) for h in kept], pa.float32())})
 
     def count_rows(self) -> int:

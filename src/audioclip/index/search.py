@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from .store import VectorStore
+from .base import VectorStore
+from .records import SOURCES, Modality, Source
 
-__all__ = ["DEFAULT_MARGIN", "SearchHit", "merge_windows", "rank"]
+__all__ = ["DEFAULT_MARGIN", "SOURCES", "SearchHit", "merge_windows", "rank"]
 
 DEFAULT_MARGIN = 0.02  # cosine; windows this close to the best one count as matching too
-SOURCES = ("audio", "image", "video")
 
 
 @dataclass
@@ -33,9 +33,9 @@ class SearchHit:
 
     id: int  # the file's id in the index (the web page serves files by it)
     path: str
-    source: str  # the file: "audio", "image" or "video"
+    source: Source  # the file
     score: float  # cosine similarity of the best-matching vector
-    modality: str  # what matched: "audio" (the sound) or "image" (the picture / a frame)
+    modality: Modality  # what matched: "audio" (the sound) or "image" (the picture / a frame)
     start: float | None  # matching time range in seconds, for sound; None for a picture
     end: float | None
     windows: int  # audio windows merged into start..end (0 for a picture)
@@ -117,7 +117,7 @@ def _hits(rows: pa.Table, query: np.ndarray, margin: float) -> list[SearchHit]:
     matrix = vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
     scores = matrix @ query
     columns = {name: rows[name].to_pylist() for name in ("file_id", "path", "source", "modality", "kind",
-                                                         "start", "end", "duration")}
+                                                         "start_s", "end_s", "duration")}
     by_file: dict[int, list[int]] = {}
     for i, fid in enumerate(columns["file_id"]):
         by_file.setdefault(fid, []).append(i)
@@ -128,7 +128,7 @@ def _hits(rows: pa.Table, query: np.ndarray, margin: float) -> list[SearchHit]:
         base = dict(id=fid, path=columns["path"][first], source=columns["source"][first],
                     duration=columns["duration"][first])
         if columns["kind"][best] == "window":
-            windows = [(columns["start"][i], columns["end"][i], float(scores[i]))
+            windows = [(columns["start_s"][i], columns["end_s"][i], float(scores[i]))
                        for i in idx if columns["kind"][i] == "window"]
             start, end, score, count = merge_windows(windows, margin)
             hits.append(SearchHit(**base, score=score, modality="audio", start=start, end=end, windows=count))

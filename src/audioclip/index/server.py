@@ -21,6 +21,8 @@ Routes (everything else is 404; every answer but the page's files is JSON):
   name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file, a thumbnail, a waveform;
   only ever a file the index recorded, and only while it is as recorded (``served_files.py``).
+- ``GET /api/labels``: the labels of the head given (``--head``) for search's ``label=`` (``labelled.py``).
+- ``GET /api/timeline?id=ID&q=TEXT``: a text's score over time in an indexed recording (``timeline.py``).
 - ``GET /api/stats``. ``HEAD`` is answered wherever ``GET`` is.
 - ``GET /api/live``: with ``serve --listen``, a live source's scores and events as server-sent events
   (``live_feed.py``); 404 without.
@@ -57,13 +59,11 @@ from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..media.files import DecodeOptions
 from .api import Index, QueryError
 from .hosts import allowed_host_names, listen
+from .labelled import LabelFilter
 from .httpd import AnswerTracker, ClientRateLimit, ConnectionLimits, FramingGuard, run_guarded
 from .pictures import PictureCache
 from .served_files import IndexedFiles
-# names this module had before indexed files were served from served_files.py (tests use them)
-from .served_files import FOLDER_FLAGS  # noqa: F401
-from .served_files import open_indexed as _open_indexed  # noqa: F401
-from .served_files import parse_range as _parse_range  # noqa: F401
+from .timeline import Timeline
 from .uploads import (
     QUERY_BATCH,
     SearchesFirst,
@@ -91,8 +91,8 @@ from .web import (
 
 __all__ = ["ConnectionLimits", "SearchServer", "allowed_host_names", "make_server", "serve"]
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "live.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
-          "index.html": "text/html; charset=utf-8"}
+STATIC = {"app.js": "text/javascript; charset=utf-8", "live.js": "text/javascript; charset=utf-8",
+          "style.css": "text/css; charset=utf-8", "index.html": "text/html; charset=utf-8"}
 MAX_UPLOADS = 2  # uploads decoded and embedded at once; more get 503
 MAX_RECEIVING = 8  # upload bodies being received at once; more get 503
 MAX_QUERY_SECONDS = 600.0  # of an uploaded recording
@@ -115,7 +115,8 @@ class _Site:
     def __init__(self, index: Index, *, max_upload: int, max_uploads: int, max_query_seconds: float,
                  decode_timeout: float, limits: ConnectionLimits, upload_batch: int = QUERY_BATCH,
                  cache_bytes: int = CACHE_BYTES, max_receiving: int = MAX_RECEIVING,
-                 max_receiving_bytes: int | None = None, max_decoded_bytes: int | None = None):
+                 max_receiving_bytes: int | None = None, max_decoded_bytes: int | None = None,
+                 head=None, timeline=None):
         self.index = index
         self.max_upload, self.max_uploads = max_upload, max_uploads
         self.max_receiving = max_receiving
@@ -127,6 +128,8 @@ class _Site:
         folder = getattr(index.store, "cache_dir", None)
         self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
         self.files = IndexedFiles(index, self.pictures)
+        self.labels = LabelFilter(head)  # GET /api/labels, and search's label= (labelled.py)
+        self.timeline = Timeline(index, timeline, max_query_seconds)  # GET /api/timeline (timeline.py)
         # Only changed on the event loop's thread: uploads decoded or embedded now (at most max_uploads), and
         # bodies being received (at most max_receiving, of max_receiving_bytes in all, by Content-Length).
         self.uploads = 0
@@ -145,6 +148,7 @@ class _Site:
             Route("/api/search", self.search_text, methods=["GET"]),
             Route("/api/search", self.search_upload, methods=["POST"]),
             Route("/api/stats", self.stats, methods=["GET"]),
+            *self.labels.routes(), *self.timeline.routes(),
             *(self.live.routes() if self.live is not None else []),  # GET /api/live (live_feed.py)
             Route("/{what:str}/{ident:str}", self.files.answer, methods=["GET"]),
         ]
@@ -175,8 +179,15 @@ class _Site:
         if len(text) > MAX_QUERY_CHARS:
             raise Refused(400, f"the text is too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
         k, offset, modality = paging(query)
-        return self._answer(lambda n: self.index.search(vector=self._embed_text(text), k=n, modality=modality),
-                            k, offset, {"text": text}, started)
+        label = self.labels.label_of(query, modality)
+        return self._answer(lambda n: self._search(self._embed_text(text), n, modality, label),
+                            k, offset, {"text": text, **({"label": label} if label else {})}, started)
+
+    def _search(self, vector, n: int, modality: str | None, label: str | None):
+        """The ``n`` best hits for ``vector``; with ``label``, only sounds the head gives that label."""
+        if label is None:
+            return self.index.search(vector=vector, k=n, modality=modality)
+        return self.labels.search(self.index, vector, n, modality, label)
 
     def _embed_text(self, text: str):
         """``Index.embed_query(text)``, ahead of an upload's next batch (:class:`SearchesFirst`)."""
@@ -196,6 +207,7 @@ class _Site:
             item = {"rank": rank, **hit.to_dict(), "name": os.path.basename(hit.path), "media": f"/media/{hit.id}"}
             item["thumb"] = f"/thumb/{hit.id}" if hit.source == "image" else None
             item["wave"] = f"/wave/{hit.id}" if hit.source != "image" and hit.duration else None
+            item["timeline"] = f"/api/timeline?id={hit.id}" if hit.source != "image" and hit.duration else None
             results.append(item)
         more = len(ranked) > offset + k and offset + k <= MAX_OFFSET
         return json_answer(200, {"query": described, "results": results, "empty_index": empty, "offset": offset,
@@ -220,6 +232,7 @@ class _Site:
         if kind not in ("audio", "image"):
             raise Refused(400, "kind must be audio or image")
         k, offset, modality = paging(query)
+        label = self.labels.label_of(query, modality)
         name = client_name(query.get("name", "")) or "the upload"
         self._check_decode_slot()  # full now: 503 before the body is sent for nothing
         if self.receiving >= self.max_receiving or self.receiving_bytes + length > self.max_receiving_bytes:
@@ -249,9 +262,9 @@ class _Site:
                     vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name,
                                                      self.upload_batch, self.turns)
                 del decoded  # its memory maps, before the folder goes
-                return await run_in_threadpool(self._answer, lambda n: self.index.search(vector=vector, k=n,
-                                                                                          modality=modality),
-                                               k, offset, {kind: name}, started)
+                return await run_in_threadpool(self._answer, lambda n: self._search(vector, n, modality, label),
+                                               k, offset, {kind: name, **({"label": label} if label else {})},
+                                               started)
             finally:
                 self.uploads -= 1
         except UploadError as err:
@@ -409,7 +422,8 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
                 max_query_seconds: float = MAX_QUERY_SECONDS, decode_timeout: float = DECODE_TIMEOUT,
                 limits: ConnectionLimits | None = None, upload_batch: int = QUERY_BATCH,
                 max_receiving: int = MAX_RECEIVING, max_receiving_bytes: int | None = None,
-                max_decoded_bytes: int | None = None, sock: socket.socket | None = None, live=None) -> SearchServer:
+                max_decoded_bytes: int | None = None, sock: socket.socket | None = None, head=None,
+                timeline=None, live=None) -> SearchServer:
     """A server for ``index``, bound but not yet serving (``serve_forever`` or ``start``). ``port=0`` picks a free one.
 
     ``sock``: a socket already listening (:func:`~audioclip.index.hosts.listen`) to serve on instead of binding
@@ -417,8 +431,11 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
 
     ``max_uploads`` uploads are decoded and embedded at a time; ``max_receiving`` bodies are received at a time,
     of at most ``max_receiving_bytes`` in all (default: 4 x ``max_upload``); an upload decodes to at most
-    ``max_decoded_bytes`` (default: :func:`~audioclip.index.uploads.decoded_bound`). ``live``: a
-    :class:`~audioclip.index.live_feed.LiveFeed` streamed at ``GET /api/live`` (404 without). Raises ``OSError`` when the
+    ``max_decoded_bytes`` (default: :func:`~audioclip.index.uploads.decoded_bound`). ``head``: a fitted head
+    (:mod:`audioclip.heads`) for the page's label filter (``labelled.py``); ``timeline``: the function that scores
+    a recording over time for ``/api/timeline`` (``timeline.py``), of recordings of at most ``max_query_seconds``.
+    ``live``: a :class:`~audioclip.index.live_feed.LiveFeed` streamed at ``GET /api/live`` (404 without).
+    Raises ``OSError`` when the
     address cannot be used, ``ValueError`` for a bad ``allowed_hosts`` name.
     """
     limits = limits or ConnectionLimits()
@@ -426,7 +443,7 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, max_upl
     site = _Site(index, max_upload=max_upload, max_uploads=max_uploads, max_query_seconds=max_query_seconds,
                  decode_timeout=decode_timeout, limits=limits, upload_batch=upload_batch,
                  max_receiving=max_receiving, max_receiving_bytes=max_receiving_bytes,
-                 max_decoded_bytes=max_decoded_bytes)
+                 max_decoded_bytes=max_decoded_bytes, head=head, timeline=timeline)
     site.live = live
     app = build_app(site, allowed)
     server = SearchServer(site, app, sock if sock is not None else listen(host, port), limits, quiet)

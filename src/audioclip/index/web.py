@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from .hosts import request_host_name
 from .search import SOURCES
-from .store import IndexStoreError
+from .base import IndexStoreError
 
 __all__ = ["EXCEPTION_HANDLERS", "MAX_K", "MAX_OFFSET", "MAX_QUERY_CHARS", "SECURITY_HEADERS", "HostGuard", "Refused",
            "SecurityHeaders", "client_name", "int64", "json_answer", "paging", "query_of", "store_errors"]

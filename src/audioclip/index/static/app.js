@@ -5,6 +5,9 @@ const $ = (id) => document.getElementById(id);
 const statusLine = $("status");
 const list = $("results");
 let maxUpload = 0;
+let currentText = ""; // the text query of the results shown ("" after an upload): what a timeline scores
+let timelineThreshold = null; // ?threshold= of the page's address, passed on to /api/timeline
+const SVG = "http://www.w3.org/2000/svg";
 
 function clock(seconds) {
   if (seconds === null || seconds === undefined) return "";
@@ -62,6 +65,67 @@ function waveform(hit, media) {
   return box;
 }
 
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  return node;
+}
+
+function drawTimeline(box, answer, media) {
+  // The text's score over time, the events shaded, the threshold dashed. The height spans the scores and the
+  // threshold (cosines differ by little: on a 0-1 scale the curve would look flat). A click plays from there.
+  const duration = answer.duration || 1;
+  const low = Math.min(answer.threshold, ...answer.score);
+  const high = Math.max(answer.threshold, ...answer.score);
+  const pad = Math.max(1e-3, 0.08 * (high - low));
+  const x = (t) => (1000 * t / duration).toFixed(1);
+  const y = (score) => (100 * (high + pad - score) / (high - low + 2 * pad)).toFixed(1);
+  const svg = svgEl("svg", { class: "timeline-plot", viewBox: "0 0 1000 100", preserveAspectRatio: "none",
+    role: "img", "aria-label": `score of \u201C${answer.query}\u201D over time` });
+  for (const event of answer.events) {
+    const rect = svgEl("rect", { class: "event", x: x(event.start), y: 0, height: 100,
+      width: Math.max(2, 1000 * (event.end - event.start) / duration).toFixed(1) });
+    const title = svgEl("title", {});
+    title.textContent = `${clock(event.start)} \u2013 ${clock(event.end)} \u00B7 peak ${event.score.toFixed(3)}`;
+    rect.appendChild(title);
+    svg.appendChild(rect);
+  }
+  svg.appendChild(svgEl("line", { class: "threshold", x1: 0, x2: 1000, y1: y(answer.threshold), y2: y(answer.threshold) }));
+  const points = answer.score.map((score, i) => `${x((answer.start[i] + answer.end[i]) / 2)},${y(score)}`);
+  svg.appendChild(svgEl("polyline", { class: "curve", points: points.join(" ") }));
+  svg.addEventListener("click", (event) => {
+    const rect = svg.getBoundingClientRect();
+    media.currentTime = duration * Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+    media.play().catch(() => {});
+  });
+  const n = answer.events.length;
+  box.replaceChildren(svg, el("div", "timeline-note",
+    `${n} event${n === 1 ? "" : "s"} above ${answer.threshold} (scores ${low.toFixed(3)}\u2013${high.toFixed(3)})`
+    + " \u00b7 click to play from there"));
+}
+
+function timelineButton(hit, media, box) {
+  const button = el("button", "timeline-button", "timeline");
+  button.type = "button";
+  button.title = `the score of \u201C${currentText}\u201D over the whole recording`;
+  const text = currentText;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    box.hidden = false;
+    box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
+    // the address the server gave (ids are 64-bit: a JavaScript number would round them)
+    const params = new URLSearchParams({ q: text });
+    if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
+    try {
+      drawTimeline(box, await answerOf(await fetch(`${hit.timeline}&${params}`)), media);
+    } catch (err) {
+      box.replaceChildren(el("div", "timeline-note error", err.message));
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
 function card(hit, best) {
   const item = el("li", `hit ${hit.source}`);
   item.dataset.id = hit.id;
@@ -106,6 +170,12 @@ function card(hit, best) {
     const media = player(hit);
     if (hit.wave) info.appendChild(waveform(hit, media));
     info.appendChild(media);
+    if (currentText && hit.timeline) { // a timeline of the text query over this recording, on demand
+      const box = el("div", "timeline");
+      box.hidden = true;
+      meta.appendChild(timelineButton(hit, media, box));
+      info.appendChild(box);
+    }
   }
   item.appendChild(info);
 
@@ -180,6 +250,7 @@ async function answerOf(response) {
 function options() {
   const params = new URLSearchParams({ k: $("k").value });
   if ($("modality").value) params.set("modality", $("modality").value);
+  if ($("label").value) params.set("label", $("label").value);
   return params;
 }
 
@@ -193,7 +264,8 @@ async function searchText(event) {
   event.preventDefault();
   const text = $("q").value.trim();
   if (!text) return;
-  const label = `\u201c${text}\u201d`;
+  const label = `\u201c${text}\u201d${$("label").value ? ` labelled ${$("label").value}` : ""}`;
+  currentText = text;
   busy(label);
   const params = options();
   params.set("q", text);
@@ -219,6 +291,7 @@ async function searchFile(kind, input) {
     input.value = "";
     return;
   }
+  currentText = "";
   busy(label);
   const params = options();
   params.set("kind", kind);
@@ -251,12 +324,25 @@ async function stats() {
   }
 }
 
+async function labels() {
+  // the labels of the server's head (serve --head), for the label filter; none: the select stays hidden
+  try {
+    const answer = await (await fetch("/api/labels")).json();
+    for (const name of answer.labels || []) $("label").add(new Option(name, name));
+    $("label").hidden = !(answer.labels || []).length;
+  } catch (err) {
+    $("label").hidden = true;
+  }
+}
+
 $("search-form").addEventListener("submit", searchText);
 $("more").addEventListener("click", more);
 $("audio-file").addEventListener("change", () => searchFile("audio", $("audio-file")));
 $("image-file").addEventListener("change", () => searchFile("image", $("image-file")));
 stats();
 const initial = new URLSearchParams(location.search);
+const ready = labels();
+if (initial.get("threshold")) timelineThreshold = initial.get("threshold");
 if (initial.get("q")) {
   $("q").value = initial.get("q");
   if (initial.get("modality")) $("modality").value = initial.get("modality");
@@ -265,5 +351,8 @@ if (initial.get("q")) {
     if (![...$("k").options].some((o) => o.value === String(k))) $("k").add(new Option(String(k)));
     $("k").value = String(k);
   }
-  $("search-form").requestSubmit();
+  ready.then(() => {
+    if (initial.get("label")) $("label").value = initial.get("label");
+    $("search-form").requestSubmit();
+  });
 }

@@ -1,29 +1,19 @@
-"""Where the vectors live: a small storage interface and its LanceDB implementation.
+"""The index's default store: a LanceDB folder (Arrow/Lance files on disk, no server) and a FAISS index beside it.
 
-The search code talks to a :class:`VectorStore` only, so another vector
-database can replace LanceDB without touching indexing or search (see
-``docs/search.md``, "Other stores", for Milvus and Qdrant).
-
-One row per embedding: an audio window, an image or a video frame (a
-recording's pooled vector is the renormalised mean of its windows, so it is
-not stored: search ranks a recording by its best window), with the identity of the file it came from repeated on every row
-(``ROW_FIELDS``). Keeping a file's identity on its own rows is what makes a
-write of a file all-or-nothing: a file is indexed exactly when its rows are
-there, and rows arrive in one atomic commit per batch of files.
+Rows in ``records.row_schema``'s columns, one atomic commit per write (see
+:class:`LanceStore`); the FAISS IVF index beside the table is ``ann.py``.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -31,83 +21,11 @@ import pyarrow.compute as pc
 
 from ..io import FileReadError, atomic_write, held_by, read_text_bounded
 from .ann import AnnIndex
-from ..errors import AudioclipError
+from .base import MAX_META_BYTES, IndexStoreError, checked_meta
+from .records import (FILE_FIELDS, LATER_FIELDS, LEGACY_NAMES, ROW_FIELDS, FailureRecord, FileRecord, row_schema,
+                      with_current_columns)
 
-__all__ = [
-    "FailureRecord",
-    "FileRecord",
-    "IndexStoreError",
-    "LanceStore",
-    "ROW_FIELDS",
-    "VectorStore",
-    "file_id_of",
-    "row_schema",
-    "stat_identity",
-]
-
-# Name, Arrow type of each row's columns; "vector" (fixed-size float32 list) comes last.
-ROW_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("file_id", pa.int64()),  # file_id_of(path): the id the web page uses
-    ("path", pa.string()),  # absolute path of the file
-    ("source", pa.string()),  # the file: "audio", "image" or "video"
-    ("modality", pa.string()),  # the embedding: "audio" or "image"
-    ("kind", pa.string()),  # "window", "image" or "frame"
-    ("start", pa.float64()),  # seconds; null for images and frames
-    ("end", pa.float64()),
-    ("duration", pa.float64()),  # seconds of sound in the file; null without sound
-    ("size", pa.int64()),  # bytes, when indexed
-    ("mtime_ns", pa.int64()),  # modification time, when indexed
-    ("hash", pa.string()),  # blake2b-128 of the content, hex
-    ("dev", pa.int64()),  # st_dev of the file, when indexed; null in indexes made before it was recorded
-    ("inode", pa.int64()),  # st_ino, likewise: (dev, inode) tells a replaced file from one merely touched
-]
-FILE_FIELDS = ("file_id", "path", "source", "duration", "size", "mtime_ns", "hash", "dev", "inode")
-# Columns added after the first release: an older table lacks them, reads them as null, gains them
-# (all null) at its next write.
-LATER_FIELDS: list[tuple[str, pa.DataType]] = [("dev", pa.int64()), ("inode", pa.int64())]
-
-
-class IndexStoreError(AudioclipError, ValueError):
-    """The index cannot be used as asked (missing, another checkpoint, locked, ...)."""
-
-
-MAX_META_BYTES = 1 << 20  # audioclip-index.json: a few hundred bytes when written by an index run
-MAX_DIM = 8192  # the widest vectors an index may hold (AudioCLIP's are 1024-d)
-# --window and --hop as the command line bounds them (cli/options.py: MIN_SECONDS, MAX_SECONDS): a shorter
-# window read from a tampered file would make a query file millions of windows.
-MIN_SECONDS, MAX_SECONDS = 0.01, 86_400.0
-MAX_IMAGE_SIZE = 4096
-
-
-def checked_meta(meta, where) -> dict:
-    """``meta`` if it has what every reader of an index relies on, in range, else :class:`IndexStoreError`
-    naming ``where``: ``checkpoint`` a string, ``dim`` 1 to ``MAX_DIM``, ``window``/``hop`` ``MIN_SECONDS`` to
-    ``MAX_SECONDS``, ``image_size`` 1 to ``MAX_IMAGE_SIZE``, the other options of the types an index run writes."""
-    def bad(problem: str) -> IndexStoreError:
-        return IndexStoreError(f"{where}: unreadable index metadata ({problem})")
-
-    if not isinstance(meta, dict):
-        raise bad(f"a JSON object expected, found {type(meta).__name__}")
-    if not isinstance(meta.get("checkpoint"), str) or type(meta.get("dim")) is not int:
-        missing = "checkpoint" if not isinstance(meta.get("checkpoint"), str) else "dim"
-        raise bad(f"no valid {missing!r}")
-    if not 1 <= meta["dim"] <= MAX_DIM:
-        raise bad(f"'dim' is {meta['dim']}, not 1 to {MAX_DIM}")
-    for key in ("window", "hop"):
-        value = meta.get(key)
-        if value is not None and (type(value) not in (int, float) or not MIN_SECONDS <= value <= MAX_SECONDS):
-            raise bad(f"{key!r} is {value!r}, not {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds")
-    size = meta.get("image_size")
-    if size is not None and (type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE):
-        raise bad(f"'image_size' is {size!r}, not 1 to {MAX_IMAGE_SIZE} pixels")
-    if meta.get("mono") is not None and not isinstance(meta["mono"], bool):
-        raise bad(f"'mono' is {meta['mono']!r}, not true or false")
-    if meta.get("video_frames") is not None and meta["video_frames"] not in ("central", "all"):
-        raise bad(f"'video_frames' is {meta['video_frames']!r}, not 'central' or 'all'")
-    for key in ("checkpoint_source", "config", "paths", "created"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a string")
-    return meta
+__all__ = ["LanceStore", "lance_message"]
 
 
 def lance_message(err: BaseException) -> str:
@@ -137,94 +55,6 @@ def _lance_errors(method):
     return wrapper
 
 
-def row_schema(dim: int) -> pa.Schema:
-    return pa.schema([*ROW_FIELDS, ("vector", pa.list_(pa.float32(), dim))])
-
-
-def as_int64(value: int | None) -> int | None:
-    """An unsigned 64-bit number (``st_dev``, ``st_ino``) as the signed int64 the stores hold (same bits)."""
-    if value is None:
-        return None
-    value = int(value) & 0xFFFF_FFFF_FFFF_FFFF
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def stat_identity(st: os.stat_result) -> tuple[int, int]:
-    """``(dev, inode)`` of a stat result as :class:`FileRecord` stores them (signed 64-bit).
-
-    Inode numbers may use all 64 bits (overlayfs sets the high ones), so they
-    are stored with the same bits as a signed number; compare what this
-    returns with a record's ``(dev, inode)``.
-    """
-    return as_int64(st.st_dev), as_int64(st.st_ino)
-
-
-def file_id_of(path: str) -> int:
-    """A stable signed 64-bit id for an (absolute) path."""
-    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """An indexed file, as it was when its vectors were computed.
-
-    ``path`` is the file's identity: its resolved absolute path (links
-    followed). ``size`` (bytes), ``mtime_ns`` and ``hash`` (BLAKE2b-128 of the
-    content, hex) tell whether the file changed since; ``dev`` and ``inode``
-    (``os.stat``'s ``st_dev``, ``st_ino``) whether it is still the same file
-    on disk rather than a replacement. They are None in indexes written before
-    they were recorded (filled in by the next ``index`` run).
-    """
-
-    file_id: int
-    path: str
-    source: str
-    size: int
-    mtime_ns: int
-    hash: str
-    duration: float | None = None
-    dev: int | None = None
-    inode: int | None = None
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    """A file that could not be embedded, as it was when it failed."""
-
-    file_id: int
-    path: str
-    size: int
-    mtime_ns: int
-    error: str
-
-
-@runtime_checkable
-class VectorStore(Protocol):
-    """What :class:`audioclip.index.Index` needs from a vector database.
-
-    Writes are by whole files: ``add`` must commit all its rows or none, and
-    ``delete_files`` all of a file's rows or none; nothing else is needed for
-    the incremental, crash-safe indexing. Filters are structured (sources,
-    file ids), never backend query text.
-    """
-
-    def read_meta(self) -> dict | None: ...
-    def write_meta(self, meta: dict) -> None: ...
-    def files(self) -> dict[str, FileRecord]: ...
-    def get_file(self, file_id: int) -> FileRecord | None: ...
-    def add(self, rows: pa.Table) -> None: ...
-    def delete_files(self, file_ids: Sequence[int]) -> None: ...
-    def update_files(self, records: Sequence[FileRecord]) -> None: ...
-    def rows(self, file_ids: Sequence[int]) -> pa.Table: ...
-    def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
-               exact: bool = False) -> pa.Table: ...
-    def count_rows(self) -> int: ...
-    def failures(self) -> dict[str, FailureRecord]: ...
-    def set_failures(self, add: Sequence[FailureRecord], remove: Sequence[int]) -> None: ...
-    def optimize(self) -> None: ...
-
-
 # -- LanceDB -------------------------------------------------------------------------
 
 
@@ -238,7 +68,11 @@ class LanceStore:
     Readers see the latest committed version at each query.
 
     The folder holds the tables ``media`` (vectors) and ``failures``, and
-    ``audioclip-index.json`` (checkpoint and decoding options).
+    ``audioclip-index.json`` (checkpoint and decoding options). A ``media``
+    table written before the columns ``start_s``/``end_s`` were named so holds
+    them as ``start``/``end``: it is read under the new names and written
+    under its own (``LEGACY_NAMES``), never renamed in place, so a search
+    reading it meanwhile never finds a column gone.
     """
 
     TABLE = "media"
@@ -250,7 +84,6 @@ class LanceStore:
     REBUILD_FRACTION = 0.1  # rows of files written since the ANN build, scanned exactly until this share...
     REBUILD_MAX_ROWS = 65_536  # ...or this many rows (256 MB of vectors, held by each searching process)
     SCALAR_MIN_ROWS = 20_000
-    REFINE_FACTOR: int | None = None  # for LanceDB's own compressing index (ivf_pq), when one exists
 
     def __init__(self, path: str | os.PathLike, create: bool = False):
         os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger warns on stderr otherwise
@@ -421,7 +254,19 @@ class LanceStore:
         if where:
             query = query.where(where)
         data = query.to_arrow()
-        return _with_later_fields(data) if any(n in columns for n, _ in LATER_FIELDS) else data
+        return with_current_columns(data) if any(n in columns for n, _ in LATER_FIELDS) else data
+
+    def _stored_name(self, table, name: str) -> str:
+        """The name ``table`` stores the column ``name`` under (an older table's ``start``, ``end``)."""
+        old = next((o for o, new in LEGACY_NAMES.items() if new == name), None)
+        return old if old is not None and old in table.schema.names else name
+
+    def _as_stored(self, table, rows: pa.Table) -> pa.Table:
+        """``rows`` (current names) under the names ``table`` stores (``table`` None: a new table)."""
+        if table is None or not any(old in table.schema.names for old in LEGACY_NAMES):
+            return rows
+        back = {new: old for old, new in LEGACY_NAMES.items()}
+        return rows.rename_columns([back.get(n, n) for n in rows.schema.names])
 
     def _upgrade(self) -> None:
         """Give an older ``media`` table the columns added since (all null), before writing to it.
@@ -460,7 +305,7 @@ class LanceStore:
         if rows.num_rows:
             self._upgrade()
             self.ann.mark(set(rows["file_id"].to_pylist()))  # before the commit: see ann.py
-            self._create_or_add(self.TABLE, _with_later_fields(rows))
+            self._create_or_add(self.TABLE, self._as_stored(self._table(self.TABLE), with_current_columns(rows)))
 
     @_lance_errors
     def delete_files(self, file_ids: Sequence[int]) -> None:
@@ -501,21 +346,22 @@ class LanceStore:
         """Every row of these files, in ``row_schema``'s columns (an older table's missing ones null)."""
         table = self._table(self.TABLE)
         if table is None or not file_ids:
-            return row_schema(1).empty_table() if table is None else _with_later_fields(table.schema.empty_table())
+            return row_schema(1).empty_table() if table is None else with_current_columns(table.schema.empty_table())
         parts = []
         ids = [int(i) for i in file_ids]
         for chunk in range(0, len(ids), 500):
             where = _in("file_id", ids[chunk : chunk + 500])
             parts.append(table.search().where(where).limit(None).to_arrow())
-        return _with_later_fields(pa.concat_tables(parts))
+        return with_current_columns(pa.concat_tables(parts))
 
     @_lance_errors
     def search(self, vector: np.ndarray, limit: int, sources: Sequence[str] | None = None,
                exact: bool = False) -> pa.Table:
-        """The ``limit`` best rows: ``file_id``, ``kind``, ``start``, ``score`` (cosine), best first."""
+        """The ``limit`` best rows: ``file_id``, ``kind``, ``start_s``, ``score`` (cosine), best first."""
         table = self._table(self.TABLE)
         if table is None:
-            return pa.table({"file_id": pa.array([], pa.int64()), "score": pa.array([], pa.float32())})
+            return pa.table({"file_id": pa.array([], pa.int64()), "kind": pa.array([], pa.string()),
+                             "start_s": pa.array([], pa.float64()), "score": pa.array([], pa.float32())})
         state = self.ann.state()
         if state is not None:  # the FAISS index beside the table, plus an exact scan of rows written since
             max_dirty = max(self.REBUILD_MAX_ROWS, int(2 * self.REBUILD_FRACTION * state.get("vectors", 0)))
@@ -528,9 +374,8 @@ class LanceStore:
             query = query.where(_in("source", sources), prefilter=True)
         if exact:
             query = query.bypass_vector_index()
-        elif self.REFINE_FACTOR:  # with an ANN index: re-score more candidates exactly (none without)
-            query = query.refine_factor(self.REFINE_FACTOR)
-        found = query.select(["file_id", "kind", "start", "_distance"]).limit(limit).to_arrow()
+        found = query.select(["file_id", "kind", self._stored_name(table, "start_s"), "_distance"]).limit(limit)
+        found = with_current_columns(found.to_arrow()).select(["file_id", "kind", "start_s", "_distance"])
         # Lance's "dot" distance is 1 - x.y; vectors are unit length, so x.y is the cosine.
         score = pc.subtract(pa.scalar(1.0, pa.float32()), found["_distance"])
         return found.drop_columns(["_distance"]).append_column("score", score)
@@ -612,7 +457,7 @@ class LanceStore:
         table = self._table(self.TABLE)
         rows = table.count_rows()
         dim = table.schema.field("vector").type.list_size
-        columns = ["file_id", "source", "kind", "start", "vector"]
+        columns = ["file_id", "source", "kind", self._stored_name(table, "start_s"), "vector"]
 
         def scan():
             return table.search().select(columns).limit(None).to_batches(16384)
@@ -632,50 +477,6 @@ class LanceStore:
                 break
         return total
 
-    def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-
-
-ANN_KINDS = ("ivf_sq", "ivf_pq", "ivf_hnsw_sq")
-
-
-def ann_partitions(rows: int) -> int:
-    """IVF partitions for ``rows`` vectors: about sqrt(rows) / 2, between 1 and 2048."""
-    return max(1, min(2048, round(rows**0.5 / 2)))
-
-
-def create_ann_index(table, rows: int, kind: str = "ivf_sq") -> None:
-    """LanceDB's own ANN index on the vectors (dot product), sized for ``rows``: for comparison only
-    (``benchmarks/bench_index.py --lance-ann``); the store searches the FAISS index beside the table.
-
-    ``ivf_sq`` (the default; measurements in docs/search.md): vectors
-    clustered into about sqrt(rows)/2 IVF partitions and stored as 8-bit
-    scalars; a query scans the ``nprobes`` (LanceDB's default: 20)
-    partitions nearest to it. ``ivf_pq`` compresses 16 times more but builds
-    much more slowly here and ranks coarsely (``REFINE_FACTOR`` re-scores
-    candidates exactly); ``ivf_hnsw_sq`` builds slowest.
-    """
-    from lancedb.index import HnswSq, IvfPq, IvfSq
-
-    dim = table.schema.field("vector").type.list_size
-    common = dict(distance_type="dot", num_partitions=ann_partitions(rows), max_iterations=20, sample_rate=64)
-    if kind == "ivf_sq":
-        config = IvfSq(**common)
-    elif kind == "ivf_pq":
-        config = IvfPq(num_sub_vectors=_sub_vectors(dim), **common)
-    elif kind == "ivf_hnsw_sq":
-        config = HnswSq(**common)
-    else:
-        raise ValueError(f"unknown ANN index {kind!r}; choose from {', '.join(ANN_KINDS)}")
-    table.create_index("vector", config=config, replace=True)
-
-
-def _sub_vectors(dim: int) -> int:
-    for n in (dim // 16, dim // 8, dim // 4, dim // 2, 1):  # 16 dimensions per PQ code when possible
-        if n >= 1 and dim % n == 0:
-            return n
-    return 1
-
 
 def _records(data: pa.Table) -> dict[str, FileRecord]:
     ids = data["file_id"].to_numpy()
@@ -685,16 +486,6 @@ def _records(data: pa.Table) -> dict[str, FileRecord]:
     for row in sub.to_pylist():
         records[row["path"]] = FileRecord(**{k: row[k] for k in FILE_FIELDS})
     return records
-
-
-def _with_later_fields(data: pa.Table) -> pa.Table:
-    """``data`` with the ``LATER_FIELDS`` it lacks added as nulls, before the vector column if any."""
-    for name, kind in LATER_FIELDS:
-        if name not in data.schema.names:
-            column = pa.nulls(data.num_rows, kind)
-            at = data.schema.get_field_index("vector")
-            data = data.add_column(at, name, column) if at >= 0 else data.append_column(name, column)
-    return data
 
 
 def _in(column: str, values: Iterable) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .base import VectorStore
+from .lance import LanceStore
 from .milvus import MilvusStore, is_milvus
-from .store import LanceStore, VectorStore
 
 __all__ = ["open_store", "store_exists"]
 
