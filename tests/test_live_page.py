@@ -216,6 +216,35 @@ def test_a_bad_listen_is_a_usage_error_before_the_model_loads(index, tmp_path, e
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_without_labels_the_listener_uses_serves_head(index, tmp_path):
+    from audioclip.heads import Head
+
+    q = index.embed_query("a dog barking")
+    head = Head(["dog", "cat", "noise"], torch.from_numpy(np.stack([10 * q, -10 * q, 0 * q])), torch.zeros(3),
+                background="noise", info={"checkpoint": index.meta["checkpoint"]})
+    head.save(tmp_path / "head")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(2).standard_normal((SR * 3, 1))).astype(np.float32), SR)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "audioclip", "serve", "--db", str(index.db), "--port", str(port),
+                               "--quiet", "--head", str(tmp_path / "head"), "--listen", str(wav)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:
+            if "serving" in line:
+                break
+        threading.Thread(target=server.stderr.read, daemon=True).start()
+        conn, response = open_stream(port)
+        hello = next_message(response)
+        assert hello["data"]["labels"] == ["dog", "cat"]  # the head's, its background class left out
+        frame = next_message(response)
+        assert frame["event"] == "frame" and set(frame["data"]["scores"]) == {"dog", "cat"}
+        conn.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 # -- the page in a real browser ---------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
