@@ -557,7 +557,7 @@ def test_bodies_in_flight_are_capped_in_number_and_bytes(served):
 
 def test_uploads_past_the_decoding_cap_get_503_busy(served, monkeypatch):
     """Slots are taken by uploads being decoded or embedded: past max_uploads, 503 "busy" at once."""
-    from audioclip.index import served_files as serving
+    from audioclip.index import server as serving
 
     release = threading.Event()
     decode = serving.decode_upload
@@ -1077,7 +1077,7 @@ def test_a_stalled_body_gets_408_when_wait_for_raises_asyncio_timeout_error(serv
     import asyncio
     import types
 
-    from audioclip.index import served_files as serving
+    from audioclip.index import server as serving
 
     class Py310TimeoutError(Exception):
         pass
