@@ -53,6 +53,27 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def add_event_options(events: argparse._ArgumentGroup, *, live: bool = False) -> None:
+    """The options that turn scores into events, shared by ``detect``, ``listen`` and ``serve --listen``.
+
+    ``live``: said as it applies to a live source (a median filter and a merge gap delay the report)."""
+    events.add_argument("--threshold", type=_unit, default=None,
+                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, "
+                        "else 0.5)")
+    events.add_argument("--threshold-low", type=_unit, default=None,
+                        help="hysteresis: an active stretch goes on while the score stays at or above this")
+    events.add_argument("--median-filter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                        help="smooth each label's scores with a running median this long "
+                        + ("(its half is added to the delay; default: 0)" if live else "(default: 0, none)"))
+    events.add_argument("--min-duration", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                        help="drop events shorter than this (default: 0)")
+    events.add_argument("--merge-gap", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                        help="join events of one label separated by at most this "
+                        + ("(an event is reported this much later; default: 0)" if live else "(default: 0)"))
+    events.add_argument("--top-k", type=positive_int, default=None,
+                        help="only the k best labels of a time step may be active (default: all)")
+
+
 def _check(args: argparse.Namespace) -> None:
     if args.head is None and not (args.labels or args.labels_file):
         raise UsageError("no labels: give --labels 'dog,rain,siren', --labels-file FILE or --head DIR")
@@ -198,20 +219,7 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
                       help=f"--method windows: seconds between windows, {MIN_HOP:g} to --window (default: 0.5)")
     time.add_argument("--mono", action="store_true", help="down-mix to one channel first")
     time.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call (default: 16)")
-    events = parser.add_argument_group("from scores to events")
-    events.add_argument("--threshold", type=_unit, default=None,
-                        help="score at which a label is active, in [0, 1] (default: the head's calibrated one, "
-                        "else 0.5)")
-    events.add_argument("--threshold-low", type=_unit, default=None,
-                        help="hysteresis: an active stretch goes on while the score stays at or above this")
-    events.add_argument("--median-filter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="smooth each label's scores with a running median this long (default: 0, none)")
-    events.add_argument("--min-duration", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="drop events shorter than this (default: 0)")
-    events.add_argument("--merge-gap", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="join events of one label separated by at most this (default: 0)")
-    events.add_argument("--top-k", type=positive_int, default=None,
-                        help="only the k best labels of a time step may be active (default: all)")
+    add_event_options(parser.add_argument_group("from scores to events"))
     add_output_options(parser, required=True, metavar="EVENTS",
                        help="the events: .csv, .parquet, .jsonl, or a Raven/Audacity table (--format); with "
                        "--per-file a folder", overwrite_help="replace an existing output (default: refuse it, or "

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .detect import _head, _non_negative_seconds, _unit
+from .detect import _head, add_event_options
 from .classify import _labels, _templates
 from .model import check_model_options, load_model
 from .options import add_logging_options, add_model_options, positive_int, seconds, set_command
@@ -271,17 +271,7 @@ def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) ->
                       help="wait for the model instead of dropping windows (a recording piped faster than it "
                       "plays; a live source then falls behind)")
     events = parser.add_argument_group("from scores to events (as detect)")
-    events.add_argument("--threshold", type=_unit, default=None,
-                        help="score at which a label is active, in [0, 1] (default: the head's, else 0.5)")
-    events.add_argument("--threshold-low", type=_unit, default=None, help="hysteresis: the low threshold")
-    events.add_argument("--median-filter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="running median this long (its half is added to the delay; default: 0)")
-    events.add_argument("--min-duration", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="drop events shorter than this (default: 0)")
-    events.add_argument("--merge-gap", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
-                        help="join events of one label separated by at most this (an event is reported this "
-                        "much later; default: 0)")
-    events.add_argument("--top-k", type=positive_int, default=None, help="only the k best labels may be active")
+    add_event_options(events, live=True)
     events.add_argument("--emit", choices=("end", "onset"), default="end",
                         help="end (default): an event is reported when it ends; onset: also when it starts")
 

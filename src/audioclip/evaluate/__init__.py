@@ -23,24 +23,11 @@ from audioclip.util import lazy_exports
 # Public name -> defining submodule, imported on first use: `audioclip --help` registers the
 # `evaluate` command without importing torch.
 _EXPORTS = {
-    "AudioConventions": "conventions",
-    "conventions_for": "conventions",
-    "EvalItem": "datasets",
-    "EvalSet": "datasets",
-    "load_eval_set": "datasets",
-    "read_imagenet": "datasets",
-    "EmbeddingStore": "embed",
-    "ItemEmbeddings": "embed",
-    "Encoder": "embed",
-    "embed_items": "embed",
-    "load_encoder": "embed",
-    "format_report": "report",
-    "write_outputs": "report",
-    "Report": "protocols",
-    "RunOptions": "protocols",
-    "run_querying": "protocols",
-    "run_supervised": "protocols",
-    "run_zeroshot": "protocols",
+    **dict.fromkeys(("AudioConventions", "conventions_for"), "conventions"),
+    **dict.fromkeys(("EvalItem", "EvalSet", "load_eval_set", "read_imagenet"), "datasets"),
+    **dict.fromkeys(("EmbeddingStore", "ItemEmbeddings", "Encoder", "embed_items", "load_encoder"), "embed"),
+    **dict.fromkeys(("format_report", "write_outputs"), "report"),
+    **dict.fromkeys(("Report", "RunOptions", "run_querying", "run_supervised", "run_zeroshot"), "protocols"),
 }
 
 __all__ = sorted(_EXPORTS)

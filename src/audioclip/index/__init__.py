@@ -19,16 +19,13 @@ from typing import TYPE_CHECKING
 from audioclip.util import lazy_exports
 
 _EXPORTS = {
-    "Index": "audioclip.index.api",
-    "QueryError": "audioclip.index.api",
+    **dict.fromkeys(("Index", "QueryError"), "audioclip.index.api"),
     "IndexReport": "audioclip.index.indexing",
-    "SearchHit": "audioclip.index.search",
-    "merge_windows": "audioclip.index.search",
+    **dict.fromkeys(("SearchHit", "merge_windows"), "audioclip.index.search"),
     "FileRecord": "audioclip.index.records",
-    "IndexStoreError": "audioclip.index.base",
+    **dict.fromkeys(("IndexStoreError", "VectorStore"), "audioclip.index.base"),
     "LanceStore": "audioclip.index.lance",
     "MilvusStore": "audioclip.index.milvus",
-    "VectorStore": "audioclip.index.base",
     "open_store": "audioclip.index.db",
 }
 

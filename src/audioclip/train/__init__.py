@@ -18,15 +18,10 @@ from typing import TYPE_CHECKING
 from audioclip.util import lazy_exports
 
 _EXPORTS = {
-    "DEFAULTS": "audioclip.train.config",
-    "ConfigError": "audioclip.train.config",
-    "apply_overrides": "audioclip.train.config",
-    "list_configs": "audioclip.train.config",
-    "load_config": "audioclip.train.config",
-    "format_table": "audioclip.train.cv",
-    "run_cross_validation": "audioclip.train.cv",
-    "Dist": "audioclip.train.distributed",
-    "setup_distributed": "audioclip.train.distributed",
+    **dict.fromkeys(("DEFAULTS", "ConfigError", "apply_overrides", "list_configs", "load_config"),
+                    "audioclip.train.config"),
+    **dict.fromkeys(("format_table", "run_cross_validation"), "audioclip.train.cv"),
+    **dict.fromkeys(("Dist", "setup_distributed"), "audioclip.train.distributed"),
     "Trainer": "audioclip.train.engine",
 }
 
