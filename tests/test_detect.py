@@ -281,3 +281,39 @@ def test_a_fitted_head_scores_with_its_probabilities_and_leaves_out_its_backgrou
     assert float(frames.scores.max()) <= 1.0 and float(frames.scores.sum(axis=1).max()) <= 1.0 + 1e-6
     untrained = Head(labels=["dog", "rain"], weight=weight[[0, 2]], bias=torch.zeros(2))
     assert audioclip.detect(tiny_model, recording, head=untrained).settings["threshold"] == 0.5
+
+
+def test_where_the_background_class_wins_no_class_of_a_head_is_active():
+    import torch
+
+    from audioclip.detection import head_scorer
+    from audioclip.heads import Head
+
+    # embeddings along axis 0 are "dog", along axis 1 "background"; thresholds per label
+    weight = torch.zeros(3, 4)
+    weight[0, 0], weight[1, 1], weight[2, 2] = 5.0, 5.0, 5.0
+    head = Head(labels=["dog", "background", "rain"], weight=weight, bias=torch.zeros(3), background="background",
+                threshold=0.3)
+    labels, scorer, threshold = head_scorer(head)
+    assert labels == ["dog", "rain"] and threshold == 0.3
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.3, 1.0, 0.0, 0.0]])
+    scores = scorer(x)
+    probs = head.probabilities(x)
+    assert torch.allclose(scores[0], probs[0, [0, 2]])  # dog wins: its probability
+    assert head.decide(probs)[1] == "none" and float(probs[1, 0]) > 0.0
+    assert torch.equal(scores[1], torch.zeros(2))  # background wins: nothing is active, as the head decides
+    per_label = Head(labels=["dog", "background", "rain"], weight=weight, bias=torch.zeros(3), background="background")
+    per_label.threshold = [0.2, 0.9, 0.4]
+    assert head_scorer(per_label)[2] == [0.2, 0.4]
+
+
+def test_detect_takes_a_head_folder(tiny_model, recording, tmp_path):
+    import torch
+
+    import audioclip
+    from audioclip.heads import Head
+
+    weight = torch.randn(2, tiny_model.embed_dim, generator=torch.Generator().manual_seed(1))
+    Head(labels=["dog", "rain"], weight=weight, bias=torch.zeros(2)).save(tmp_path / "head")
+    found = audioclip.detect(tiny_model, recording, head=tmp_path / "head")
+    assert found.settings["labels"] == ["dog", "rain"]

@@ -75,12 +75,22 @@ def zero_shot_scorer(model, labels: Sequence[str], templates: str | Sequence[str
 def head_scorer(head) -> tuple[list[str], Scorer, Any]:
     """``(labels, scorer, threshold)`` of a fitted head.
 
-    A head is an object with ``labels``, an optional ``threshold`` (one value or one per
-    label) and a function from L2-normalised audio embeddings ``(N, D)`` to scores
-    ``(N, C)`` in [0, 1]: the object itself when callable, else its ``scores`` or ``predict``;
-    or a tuple ``(labels, threshold, function)``.
+    A head is an :class:`audioclip.heads.Head` (or a folder holding one), any object with
+    ``labels``, an optional ``threshold`` (one value or one per label) and a function from
+    L2-normalised audio embeddings ``(N, D)`` to scores ``(N, C)`` in [0, 1] (the object
+    itself when callable, else its ``probabilities`` or ``scores``), or a tuple
+    ``(labels, threshold, function)``.
+
+    A head's background class ("none of these") is no event: its column is left out, and
+    where it is a softmax head's best class the other classes score 0 there, as the head
+    decides (``Head.decide``: such a clip is "none"), so the threshold chosen by ``fit`` for
+    a false-positive rate means the same over time.
     """
-    keep = None
+    if isinstance(head, (str, os.PathLike)):
+        from ..heads import load_head
+
+        head = load_head(head)
+    keep, background_index = None, None
     if isinstance(head, tuple) and len(head) == 3:
         labels, threshold, fn = head
     else:
@@ -88,9 +98,15 @@ def head_scorer(head) -> tuple[list[str], Scorer, Any]:
         # audioclip.heads.Head: class probabilities; its predict() gives decisions (names), not scores
         fn = head if callable(head) else getattr(head, "probabilities", None) or getattr(head, "scores", None)
         background = getattr(head, "background", None)
-        if labels is not None and background in labels:  # "none of these" is no event: its column is left out
+        if labels is not None and background in labels:
+            labels = list(labels)
+            background_index = labels.index(background)
             keep = [i for i, label in enumerate(labels) if label != background]
             labels = [labels[i] for i in keep]
+            if threshold is not None and np.ndim(threshold) == 1:
+                threshold = [threshold[i] for i in keep]
+            if getattr(head, "activation", "softmax") != "softmax":
+                background_index = None  # a sigmoid head scores each class on its own
         if threshold is not None and np.ndim(threshold) == 0 and float(threshold) <= 0:
             threshold = None  # a head without a calibrated threshold: detect's own default applies
     if labels is None or fn is None:
@@ -98,7 +114,12 @@ def head_scorer(head) -> tuple[list[str], Scorer, Any]:
 
     def scorer(embeddings: torch.Tensor) -> torch.Tensor:
         scores = torch.as_tensor(np.asarray(fn(embeddings), dtype=np.float32))
-        return scores if keep is None else scores[:, keep]
+        if keep is None:
+            return scores
+        kept = scores[:, keep]
+        if background_index is not None:  # "none of these" wins: no class is active there
+            kept = torch.where((scores.argmax(dim=1) == background_index)[:, None], torch.zeros_like(kept), kept)
+        return kept
 
     return list(labels), scorer, threshold
 
@@ -183,6 +204,10 @@ def detect(
         scorer = zero_shot_scorer(model, labels, templates)
         default_threshold = 0.5
     else:
+        if isinstance(head, (str, os.PathLike)):  # a head folder, as classify(head=...) takes
+            from ..heads import load_head
+
+            head = load_head(head)
         _check_head_checkpoint(model, head)
         labels, scorer, default_threshold = head_scorer(head)
         default_threshold = 0.5 if default_threshold is None else default_threshold
