@@ -103,6 +103,7 @@ def wav(tmp_path_factory):
     (["--labels", "dog", "--method", "windows", "--window", "2", "--hop", "3"], "longer than --window"),
     (["--labels", "dog", "--threshold", "1.5"], "[0, 1]"),
     (["--labels", "dog", "--threshold", "0.4", "--threshold-low", "0.6"], "above --threshold"),
+    (["--labels", "dog", "--threshold-low", "0.7"], "above the threshold in use (0.5)"),
     (["--labels", "dog", "-o", "{tmp}/ev.txt"], "--format raven"),
     (["--labels", "dog", "-o", "{tmp}/ev.xlsx"], "not an output format"),
     (["--labels", "dog", "--frames", "{tmp}/fr.txt"], "--frames"),

@@ -74,6 +74,20 @@ def add_event_options(events: argparse._ArgumentGroup, *, live: bool = False) ->
                         help="only the k best labels of a time step may be active (default: all)")
 
 
+def check_threshold_low(args: argparse.Namespace, head=None) -> None:
+    """``--threshold-low`` at or below the threshold in use: ``--threshold``, else the head's calibrated one, else 0.5."""
+    if args.threshold_low is None:
+        return
+    threshold = args.threshold if args.threshold is not None else getattr(head, "threshold", None)
+    if isinstance(threshold, (list, tuple)):
+        threshold = min(threshold)
+    if threshold is None or threshold <= 0:
+        threshold = 0.5
+    if args.threshold_low > threshold:
+        given = "--threshold" if args.threshold is not None else "the threshold in use"
+        raise UsageError(f"--threshold-low {args.threshold_low:g} is above {given} ({threshold:g})")
+
+
 def _check(args: argparse.Namespace) -> None:
     if args.head is None and not (args.labels or args.labels_file):
         raise UsageError("no labels: give --labels 'dog,rain,siren', --labels-file FILE or --head DIR")
@@ -86,8 +100,6 @@ def _check(args: argparse.Namespace) -> None:
     if args.method == "columns" and args.audio_mode not in COLUMN_AUDIO_MODES:
         raise UsageError(f"--audio-mode {args.audio_mode}: --method columns reads the trunk's feature map, which "
                          f"the {', '.join(COLUMN_AUDIO_MODES)} modes keep; use one of them or --method windows")
-    if args.threshold_low is not None and args.threshold is not None and args.threshold_low > args.threshold:
-        raise UsageError(f"--threshold-low {args.threshold_low:g} is above --threshold {args.threshold:g}")
     from audioclip.detection.writers import FRAME_FORMATS, format_for
 
     try:
@@ -139,6 +151,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     templates = _templates(args)
     _check(args)
     head = _head(args) if args.head is not None else None
+    check_threshold_low(args, head)
     check_inputs(args.files)
     check_model_options(args)
     paths, ignored = expand_inputs(args.files)

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .detect import _head, add_event_options
+from .detect import _head, add_event_options, check_threshold_low
 from .classify import _labels, _templates
 from .model import check_model_options, load_model
 from .options import add_logging_options, add_model_options, positive_int, seconds, set_command
@@ -46,8 +46,6 @@ def _check(args: argparse.Namespace) -> None:
     if args.hop > args.window:
         raise UsageError(f"--hop {args.hop:g} is longer than --window {args.window:g}: audio between windows "
                          "would never be scored")
-    if args.threshold_low is not None and args.threshold is not None and args.threshold_low > args.threshold:
-        raise UsageError(f"--threshold-low {args.threshold_low:g} is above --threshold {args.threshold:g}")
     if args.source == "mic":
         from audioclip.live.sources import sounddevice_problem
 
@@ -81,6 +79,7 @@ def check_listening(args: argparse.Namespace):
     templates = _templates(args) if not use_head else None
     _check(args)
     head = _head(args) if use_head else None
+    check_threshold_low(args, head)
     return labels, templates, head
 
 
