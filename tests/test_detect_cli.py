@@ -104,6 +104,7 @@ def wav(tmp_path_factory):
     (["--labels", "dog", "--threshold", "1.5"], "[0, 1]"),
     (["--labels", "dog", "--threshold", "0.4", "--threshold-low", "0.6"], "above --threshold"),
     (["--labels", "dog", "--threshold-low", "0.7"], "above the threshold in use (0.5)"),
+    (["--labels", "dog", "--format", "raven", "--per-file", "-o", "{tmp}/tables"], "holds an earlier output"),
     (["--labels", "dog", "-o", "{tmp}/ev.txt"], "--format raven"),
     (["--labels", "dog", "-o", "{tmp}/ev.xlsx"], "not an output format"),
     (["--labels", "dog", "--frames", "{tmp}/fr.txt"], "--frames"),
@@ -112,11 +113,14 @@ def test_bad_input_is_one_line_and_exit_2_before_the_model_loads(wav, tmp_path, 
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "ev.csv")]
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "rec.selections.txt").write_text("edited by hand in Raven\n")
     # a checkpoint that does not exist: the usage error comes first, so nothing tried to load it
     result = _cli(wav, *args, "--checkpoint", str(tmp_path / "no-such-weights.pt"))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.glob("ev*"))
+    assert (tmp_path / "tables" / "rec.selections.txt").read_text() == "edited by hand in Raven\n"
 
 
 def test_an_output_another_job_writes_is_refused(wav, tmp_path):

@@ -109,9 +109,13 @@ def _check(args: argparse.Namespace) -> None:
     if args.per_file:
         if args.format not in ("raven", "audacity"):
             raise UsageError("--per-file goes with --format raven or --format audacity")
+        from audioclip.detection.job import parts_path
+
         from .checks import check_output_dir
 
-        check_output_dir(args.output, overwrite=True)
+        # tables an earlier run wrote (maybe edited by hand in Raven) are replaced only when asked, or on resuming
+        check_output_dir(args.output, overwrite=args.overwrite or parts_path(args.output).exists(),
+                         markers=("*.selections.txt", "*.labels.txt"))
     else:
         check_output_file(args.output, overwrite=args.overwrite, resumable=True)
     if args.frames:
