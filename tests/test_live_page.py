@@ -6,6 +6,7 @@ generated recording played at real time, and is skipped (saying why) without Chr
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import http.client
 import json
@@ -195,11 +196,29 @@ def test_live_pages_are_capped_and_without_listen_there_is_no_live_address(index
         server.server_close()
 
 
-def test_listening_options_without_listen_are_a_usage_error(index):
+@pytest.mark.parametrize("given, option", [
+    (["--labels", "dog"], "--labels"),
+    (["--hop", "1"], "--hop"),  # options with a default of their own, too
+    (["--emit", "onset"], "--emit"),
+    (["--no-drop"], "--no-drop"),
+    (["--format", "s16le"], "--format"),  # even at its default value
+])
+def test_listening_options_without_listen_are_a_usage_error(index, given, option):
     result = subprocess.run([sys.executable, "-m", "audioclip", "serve", "--db", str(index.db), "--port", "1",
-                             "--labels", "dog"], capture_output=True, text=True, timeout=120)
+                             *given], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "error: --labels goes with --listen SOURCE" in result.stderr.strip().splitlines()[-1]
+    assert f"error: {option} goes with --listen SOURCE" in result.stderr.strip().splitlines()[-1]
+
+
+def test_without_listen_serve_has_the_listening_defaults():
+    from audioclip.cli.live_page import add_live_options, check_live
+
+    parser = argparse.ArgumentParser()
+    add_live_options(parser)
+    args = parser.parse_args([])
+    assert check_live(args) is None
+    assert (args.window, args.hop, args.emit, args.no_drop, args.rate, args.labels) == (2.0, 0.5, "end", False,
+                                                                                         44100, None)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -18,8 +18,8 @@ from .report import UsageError
 
 __all__ = ["LivePlan", "add_live_options", "check_live", "start_live"]
 
-#: listening options that mean nothing without --listen (their defaults are None)
-_LISTEN_ONLY = ("labels", "labels_file", "threshold", "threshold_low", "top_k", "templates_file")
+#: where serve's namespace keeps its listening options: dest -> (the option, its default)
+_LISTENING = "_listening_options"
 
 
 @dataclass
@@ -38,15 +38,28 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
                        help="also listen to SOURCE ('mic', '-' or a file or URL FFmpeg opens, as 'audioclip listen') "
                        "and show its scores and events on the page, as they happen; the options below are "
                        "listen's; without --labels, the listener uses --head")
+    known = len(parser._actions)
     add_listening_options(parser, head=False)
+    # They mean nothing without --listen: kept out of the namespace unless given (argparse.SUPPRESS), so that
+    # check_live tells one given without --listen (even at its default value) and fills in the defaults.
+    listening = {}
+    for action in parser._actions[known:]:
+        listening[action.dest] = (max(action.option_strings, key=len), action.default)
+        action.default = argparse.SUPPRESS
+    parser.set_defaults(**{_LISTENING: listening})
 
 
 def check_live(args: argparse.Namespace) -> LivePlan | None:
     """The checked ``--listen`` plan (None without ``--listen``); a usage error for listening options without it."""
+    listening = getattr(args, _LISTENING, {})
     if args.listen is None:
-        given = [name for name in _LISTEN_ONLY if getattr(args, name, None) is not None]
+        given = [name for name in vars(args) if name in listening]  # in the order given
         if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} goes with --listen SOURCE")
+            raise UsageError(f"{listening[given[0]][0]} goes with --listen SOURCE")
+    for name, (_, default) in listening.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.listen is None:
         return None
     args.source = args.listen
     labels, templates, head = check_listening(args)

@@ -75,8 +75,13 @@ function drawTimeline(box, answer, media) {
   // The text's score over time, the events shaded, the threshold dashed. The height spans the scores and the
   // threshold (cosines differ by little: on a 0-1 scale the curve would look flat). A click plays from there.
   const duration = answer.duration || 1;
-  const low = Math.min(answer.threshold, ...answer.score);
-  const high = Math.max(answer.threshold, ...answer.score);
+  // A loop, not Math.min(...answer.score): a long recording has more scores than a call may have arguments.
+  let low = answer.threshold;
+  let high = answer.threshold;
+  for (const score of answer.score) {
+    if (score < low) low = score;
+    if (score > high) high = score;
+  }
   const pad = Math.max(1e-3, 0.08 * (high - low));
   const x = (t) => (1000 * t / duration).toFixed(1);
   const y = (score) => (100 * (high + pad - score) / (high - low + 2 * pad)).toFixed(1);
@@ -199,11 +204,12 @@ let nextPage = null; // (offset) => Promise of the next page's answer, for "More
 function show(answer, label, fetchPage) {
   const moreButton = $("more");
   if (!answer.offset) {
-    best = Math.max(0, ...answer.results.map((hit) => hit.score));
-    list.replaceChildren(...answer.results.map((hit) => card(hit, best)));
-  } else {
-    list.append(...answer.results.map((hit) => card(hit, best)));
+    best = answer.results.reduce((most, hit) => Math.max(most, hit.score), 0);
+    list.replaceChildren();
   }
+  const cards = document.createDocumentFragment(); // not append(...cards): no argument per result
+  for (const hit of answer.results) cards.appendChild(card(hit, best));
+  list.appendChild(cards);
   nextPage = answer.more ? fetchPage : null;
   moreButton.hidden = !nextPage;
   if (answer.empty_index) {
