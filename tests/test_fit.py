@@ -318,3 +318,71 @@ def test_a_multi_label_parquet_table_gives_a_sigmoid_head(fitted, model, data_di
     assert "mAP" in result.report["evaluation"]["shots"][0]["combined"]
     probs = audioclip.classify(model, audio=[str(files[0])], head=head)
     assert probs.shape == (1, 3) and ((probs >= 0) & (probs <= 1)).all()
+
+
+# -- the head folder: replaced whole, so nothing of the user's may be in it --------------------------------
+
+
+def test_head_folder_entries_are_what_fit_writes(tmp_path):
+    from audioclip.embeddings_io.files import parts_folder
+    from audioclip.embeddings_io.write import output_lock
+    from audioclip.fit.folder import HEAD_FOLDER_FILES, stray_entry
+    from audioclip.heads.head import HEAD_JSON, HEAD_WEIGHTS
+
+    assert {HEAD_JSON, HEAD_WEIGHTS} <= set(HEAD_FOLDER_FILES)
+    h = tmp_path / "h"
+    assert stray_entry(h) is None  # a new folder
+    h.mkdir()
+    for name in HEAD_FOLDER_FILES:
+        (h / name).write_bytes(b"x")
+    Path(parts_folder(h / "embeddings.parquet")).mkdir()
+    output_lock(h / "embeddings.parquet").write_bytes(b"")
+    (h / ".embeddings.parquet.k2j4.tmp").write_bytes(b"")  # an atomic write cut short
+    assert stray_entry(h) is None
+    (h / "notes.txt").write_text("mine")
+    assert stray_entry(h) == "notes.txt"
+
+
+def test_a_folder_with_a_file_of_the_user_is_refused_and_left_as_it_is(fitted, model, data_dir, tmp_path):
+    import shutil
+
+    from audioclip.heads import HeadError
+
+    h = tmp_path / "h"
+    shutil.copytree(fitted[0], h)
+    (h / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in h.iterdir()}
+    code, _, err = cli("fit", data_dir, "-o", h, "--embeddings", h / "embeddings.parquet", *TINY)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(h) in err and "'notes.txt'" in err
+    with pytest.raises(HeadError, match="notes.txt"):  # the Python API refuses it as well, before embedding
+        fit(model, data_dir, h, embeddings=h / "embeddings.parquet", Cs=[10.0])
+    assert {p.name: p.read_bytes() for p in h.iterdir()} == before
+
+
+def test_a_refit_from_the_head_folders_own_embeddings_keeps_them(fitted, data_dir, tmp_path):
+    import shutil
+
+    h = tmp_path / "h"
+    shutil.copytree(fitted[0], h)
+    vectors = (h / "embeddings.parquet").read_bytes()
+    code, _, err = cli("fit", data_dir, "-o", h, "--embeddings", h / "embeddings.parquet", "--C", "10", *TINY)
+    assert code == 0, err
+    assert (h / "embeddings.parquet").read_bytes() == vectors
+    assert load_head(h).labels == sorted(CLASSES)
+
+
+def test_embeddings_of_another_checkpoint_are_one_line_of_the_package(fitted, model, data_dir, tmp_path, monkeypatch):
+    from audioclip.fit import DataError
+
+    monkeypatch.setattr("audioclip.factory.checkpoint_id", lambda model: "other@0123")
+    code, _, err = cli("fit", data_dir, "-o", tmp_path / "h", "--embeddings", fitted[0] / "embeddings.parquet",
+                       *TINY)
+    errors = [line for line in err.splitlines() if ": error: " in line]  # (the tiny model's warning aside)
+    assert code == 1 and len(errors) == 1, err
+    assert "ValueError" not in err and "--debug" not in err
+    assert errors[0].startswith("audioclip fit: error: ") and "embeddings of checkpoint" in errors[0]
+    assert "other@0123" in errors[0]
+    with pytest.raises(DataError):
+        fit(model, data_dir, tmp_path / "h", embeddings=fitted[0] / "embeddings.parquet")
+    assert not (tmp_path / "h").exists()

@@ -44,15 +44,22 @@ def _numbers(text: str) -> list[float]:
 
 
 def _check_out(out: str) -> None:
-    """HEAD_DIR is new, or a head folder (a re-fit replaces its head and reuses its embeddings)."""
+    """HEAD_DIR is new, or a head folder (a re-fit replaces its head and reuses its embeddings).
+
+    The folder is replaced whole when the head is ready, so one that holds anything but a head's files (a file
+    of the user's) is refused: nothing in it is touched.
+    """
+    from audioclip.fit.folder import stray_entry  # the standard library only: no torch yet
+
     path = Path(out)
     if not out.strip():
         raise UsageError("-o: an empty folder name was given")
     if path.exists() and not path.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / "head.json").is_file() \
-            and not (path / "embeddings.parquet").exists():
-        raise UsageError(f"-o {out}: a folder that holds other files than a head; give a new folder or a head folder")
+    stray = stray_entry(path)
+    if stray is not None:
+        raise UsageError(f"-o {out}: holds {stray!r}, which is not part of a head folder (fit replaces the folder "
+                         "whole); give a new folder or a head folder")
 
 
 def _run_fit(args: argparse.Namespace) -> int:

@@ -15,16 +15,13 @@ import numpy as np
 from ..heads import Head
 from ..io import exclusive_lock
 from ..util import package_version
-from .data import LabelledData, check_shots, label_text, parse_shots, read_data
+from .data import DataError, LabelledData, check_shots, label_text, parse_shots, read_data
+from .folder import CONFUSION_NAME, EMBEDDINGS_NAME, REPORT_NAME, stray_entry
 from .folds import assign_folds
 from .solver import ALPHAS, Arrays, evaluate, select, train_linear
 
 __all__ = ["EMBEDDINGS_NAME", "FitReport", "fit", "format_summary", "parse_shots"]
 
-#: the embed output kept inside a head folder (reused by the next fit there)
-EMBEDDINGS_NAME = "embeddings.parquet"
-REPORT_NAME = "report.json"
-CONFUSION_NAME = "confusion.png"
 DEFAULT_CS = (1.0, 10.0, 100.0)
 
 
@@ -69,7 +66,10 @@ def fit(
     The clips are embedded once into ``out/embeddings.parquet`` (:func:`audioclip.engines.embed_to`; a re-run, or
     a run cut short, embeds only what is missing), or read from ``embeddings`` (an ``audioclip embed`` output made
     with the same checkpoint). ``alpha`` fixes the mixing weight (1: the trained classifier alone) instead of
-    choosing it. ``out`` is replaced whole when the head is ready (a fit cut short leaves the previous head).
+    choosing it. ``out`` is replaced whole when the head is ready (a fit cut short leaves the previous head), so
+    it must be a new folder or a head folder: one that holds anything else is refused with a
+    :class:`~audioclip.heads.HeadError` before anything is written (its ``embeddings.parquet`` is always kept).
+    Embeddings of another checkpoint are a :class:`~audioclip.fit.DataError`.
     Clips that could not be embedded are left out and listed in :attr:`FitReport.problems`.
     """
     if not isinstance(data, LabelledData):
@@ -77,6 +77,7 @@ def fit(
     shots = parse_shots(shots) if isinstance(shots, str) else list(shots)
     check_shots(data, shots)
     out = Path(out)
+    check_head_folder(out)
     with exclusive_lock(_lock_path(out)):  # one fit at a time into a folder: a second one stops at once
         return _fit(model, data, out, embeddings=embeddings, templates=templates, shots=shots, seeds=seeds, Cs=Cs,
                     alpha=alpha, max_false_positives=max_false_positives, n_folds=n_folds, options=options,
@@ -108,7 +109,7 @@ def _fit(model, data: LabelledData, out: Path, *, embeddings, templates, shots, 
     table = read_embeddings(source)
     settings = dict(table.settings)
     if settings.get("checkpoint") not in (None, ident):
-        raise ValueError(f"{source}: embeddings of checkpoint {settings.get('checkpoint')}, but the model is {ident}; "
+        raise DataError(f"{source}: embeddings of checkpoint {settings.get('checkpoint')}, but the model is {ident}; "
                          "give the checkpoint they were made with")
     vectors = _pooled_audio(table)
     for path, reason in sorted(failed.items()):
@@ -196,9 +197,24 @@ def _fit(model, data: LabelledData, out: Path, *, embeddings, templates, shots, 
             extra[CONFUSION_NAME] = _confusion_png(evaluation, classes)
         except ImportError:  # matplotlib (the fit extra) is not installed: the numbers are in report.json
             pass
-    head.save(out, extra=extra, carry=(EMBEDDINGS_NAME,) if embeddings is None else ())
+    check_head_folder(out)  # again: the folder is replaced whole, and the user may have added a file meanwhile
+    # the embeddings in the folder are kept, also when --embeddings named another file (or that very one)
+    head.save(out, extra=extra, carry=(EMBEDDINGS_NAME,))
     head.folder = str(out)
     return FitReport(head, str(out), report, problems, embedded, reused, seconds_embedding, seconds_fitting)
+
+
+def check_head_folder(out: str | os.PathLike) -> None:
+    """A :class:`~audioclip.heads.HeadError` if ``out`` is a file, or a folder holding more than a head's files."""
+    from ..heads import HeadError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HeadError(f"{out}: exists and is not a folder")
+    stray = stray_entry(out)
+    if stray is not None:
+        raise HeadError(f"{out}: holds {stray!r}, which is not part of a head folder (fit replaces the folder "
+                        "whole); give a new folder or a head folder")
 
 
 def _lock_path(out: Path) -> Path:

@@ -281,6 +281,10 @@ def load_head(folder: str | os.PathLike, *, checkpoint: str | None = None) -> He
 def replace_folder(folder: str | os.PathLike, files: Mapping[str, bytes], *, carry: Sequence[str] = ()) -> Path:
     """Make ``folder`` hold exactly ``files`` (plus the ``carry`` files it already holds), all at once.
 
+    Everything else in ``folder`` is deleted: a caller that writes into a folder the user named checks first
+    that it holds nothing of the user's (``fit`` refuses a folder with other files:
+    :func:`audioclip.fit.folder.stray_entry`).
+
     The files are written into a new folder beside it (``.NAME.tmp-*``), which then takes the old one's place:
     an exchange of the two names in one step where the system has one (Linux ``renameat2``), else two renames.
     A process killed before that step leaves ``folder`` as it was (and a temporary folder, removed by the next
