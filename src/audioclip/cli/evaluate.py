@@ -72,7 +72,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> argparse.Argume
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--task", choices=TASKS + ("detection",),
                       help="zeroshot, supervised (fine-tuned checkpoints), querying, or detection (sound events in "
-                      "annotated recordings under --root: 'audioclip detect' options apply, docs/detection.md)")
+                      "annotated recordings under --root, events made with detect's defaults: columns, threshold 0.5; docs/detection.md)")
     what.add_argument("--dataset", choices=DATASETS, help="which dataset layout --root holds")
     what.add_argument("--root", metavar="PATH", help="the dataset folder (custom data: a CSV or a folder per class)")
     what.add_argument("--folds", type=_folds, metavar="LIST", help="only these folds, e.g. 1,2 (default: all)")

@@ -49,7 +49,8 @@ EXIT_INTERRUPTED = 130
 
 STATUS_EPILOG = (
     "exit status: 0 done (every input processed); 1 nothing could be processed, or an error; "
-    "2 usage error (or the output is being written by another job, named); 3 some inputs failed (each is reported on stderr)"
+    "2 usage error (or the output is being written by another job, named); 3 some inputs failed (each is reported on stderr); "
+    "130 interrupted (Ctrl-C)"
 )
 
 
