@@ -38,26 +38,31 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
                        help="also listen to SOURCE ('mic', '-' or a file or URL FFmpeg opens, as 'audioclip listen') "
                        "and show its scores and events on the page, as they happen; the options below are "
                        "listen's; without --labels, the listener uses --head")
-    known = len(parser._actions)
+    # The listening options mean nothing without --listen. Their defaults are read from a parser of their own
+    # (public argparse only), and on serve's parser they default to a marker, so that check_live tells one given
+    # without --listen (even at its default value) and then fills in the real defaults.
+    probe = argparse.ArgumentParser(add_help=False)
+    add_listening_options(probe, head=False)
+    defaults = vars(probe.parse_args([]))
     add_listening_options(parser, head=False)
-    # They mean nothing without --listen: kept out of the namespace unless given (argparse.SUPPRESS), so that
-    # check_live tells one given without --listen (even at its default value) and fills in the defaults.
-    listening = {}
-    for action in parser._actions[known:]:
-        listening[action.dest] = (max(action.option_strings, key=len), action.default)
-        action.default = argparse.SUPPRESS
-    parser.set_defaults(**{_LISTENING: listening})
+    parser.set_defaults(**dict.fromkeys(defaults, _NOT_GIVEN), **{_LISTENING: defaults})
+
+
+#: the options whose name is not their destination's
+_OPTION_NAMES = {"pcm_format": "--format"}
+#: the default of a listening option on serve's command line: not given
+_NOT_GIVEN = object()
 
 
 def check_live(args: argparse.Namespace) -> LivePlan | None:
     """The checked ``--listen`` plan (None without ``--listen``); a usage error for listening options without it."""
     listening = getattr(args, _LISTENING, {})
-    if args.listen is None:
-        given = [name for name in vars(args) if name in listening]  # in the order given
-        if given:
-            raise UsageError(f"{listening[given[0]][0]} goes with --listen SOURCE")
-    for name, (_, default) in listening.items():
-        if not hasattr(args, name):
+    given = [name for name in listening if getattr(args, name, _NOT_GIVEN) is not _NOT_GIVEN]
+    if args.listen is None and given:
+        name = given[0]
+        raise UsageError(f"{_OPTION_NAMES.get(name, '--' + name.replace('_', '-'))} goes with --listen SOURCE")
+    for name, default in listening.items():
+        if name not in given:
             setattr(args, name, default)
     if args.listen is None:
         return None
