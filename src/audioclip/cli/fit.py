@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .checks import check_inputs
 from .classify import _templates
@@ -49,17 +48,13 @@ def _check_out(out: str) -> None:
     The folder is replaced whole when the head is ready, so one that holds anything but a head's files (a file
     of the user's) is refused: nothing in it is touched.
     """
-    from audioclip.fit.folder import stray_entry  # the standard library only: no torch yet
+    from audioclip.fit.folder import head_folder_problem  # the standard library only: no torch yet
 
-    path = Path(out)
     if not out.strip():
         raise UsageError("-o: an empty folder name was given")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"-o {out}: exists and is not a folder")
-    stray = stray_entry(path)
-    if stray is not None:
-        raise UsageError(f"-o {out}: holds {stray!r}, which is not part of a head folder (fit replaces the folder "
-                         "whole); give a new folder or a head folder")
+    problem = head_folder_problem(out)
+    if problem is not None:
+        raise UsageError(f"-o {problem}")
 
 
 def _run_fit(args: argparse.Namespace) -> int:

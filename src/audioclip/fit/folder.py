@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CONFUSION_NAME", "EMBEDDINGS_NAME", "HEAD_FOLDER_FILES", "REPORT_NAME", "stray_entry"]
+__all__ = ["CONFUSION_NAME", "EMBEDDINGS_NAME", "HEAD_FOLDER_FILES", "REPORT_NAME", "head_folder_problem", "stray_entry"]
 
 #: the embed output kept inside a head folder (reused by the next fit there)
 EMBEDDINGS_NAME = "embeddings.parquet"
@@ -41,3 +41,18 @@ def stray_entry(folder: str | os.PathLike) -> str | None:
         return None
     names = sorted(os.listdir(path))
     return next((name for name in names if not _is_head_entry(name)), None)
+
+
+def head_folder_problem(out: str | os.PathLike) -> str | None:
+    """Why ``out`` cannot be a head folder (``"OUT: ..."``), or None: it is new, or holds only a head's files.
+
+    ``fit`` replaces the folder whole, so a folder holding anything else of the user's is refused.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"{out}: exists and is not a folder"
+    stray = stray_entry(path)
+    if stray is not None:
+        return (f"{out}: holds {stray!r}, which is not part of a head folder (fit replaces the folder whole); "
+                "give a new folder or a head folder")
+    return None

@@ -16,7 +16,7 @@ from ..heads import Head
 from ..io import exclusive_lock
 from ..util import package_version
 from .data import DataError, LabelledData, check_shots, label_text, parse_shots, read_data
-from .folder import CONFUSION_NAME, EMBEDDINGS_NAME, REPORT_NAME, stray_entry
+from .folder import CONFUSION_NAME, EMBEDDINGS_NAME, REPORT_NAME, head_folder_problem
 from .folds import assign_folds
 from .solver import ALPHAS, Arrays, evaluate, select, train_linear
 
@@ -208,13 +208,9 @@ def check_head_folder(out: str | os.PathLike) -> None:
     """A :class:`~audioclip.heads.HeadError` if ``out`` is a file, or a folder holding more than a head's files."""
     from ..heads import HeadError
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HeadError(f"{out}: exists and is not a folder")
-    stray = stray_entry(out)
-    if stray is not None:
-        raise HeadError(f"{out}: holds {stray!r}, which is not part of a head folder (fit replaces the folder "
-                        "whole); give a new folder or a head folder")
+    problem = head_folder_problem(out)
+    if problem is not None:
+        raise HeadError(problem)
 
 
 def _lock_path(out: Path) -> Path:
