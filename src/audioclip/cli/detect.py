@@ -17,6 +17,7 @@ from .options import (
     add_logging_options,
     add_model_options,
     add_output_options,
+    number_in,
     positive_int,
     seconds,
     set_command,
@@ -33,24 +34,9 @@ COLUMN_AUDIO_MODES = ("default", "plain", "spectrum64")
 MIN_HOP = 0.1
 
 
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0.0 <= value <= 3600.0:
-        raise argparse.ArgumentTypeError(f"must be 0 to 3600 seconds, got {text}")
-    return value
+#: a score or threshold; a duration of smoothing, merging or minimum length
+_unit = number_in(float, 0.0, 1.0, "in [0, 1]")
+_non_negative_seconds = number_in(float, 0.0, 3600.0, "0 to 3600 seconds")
 
 
 def add_event_options(events: argparse._ArgumentGroup, *, live: bool = False) -> None:

@@ -14,7 +14,7 @@ import sys
 from .detect import _head, add_event_options, check_threshold_low
 from .classify import _labels, _templates
 from .model import check_model_options, load_model
-from .options import add_logging_options, add_model_options, positive_int, seconds, set_command
+from .options import add_logging_options, add_model_options, number_in, positive_int, seconds, set_command
 from .report import EXIT_OK, STATUS_EPILOG, UsageError, note
 
 __all__ = ["register_listen"]
@@ -228,14 +228,7 @@ def _channels(text: str) -> int:
     return value
 
 
-def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be 0 to 1000, got {text}")
-    return value
+_retries = number_in(int, 0, 1000, "0 to 1000")
 
 
 def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) -> None:

@@ -154,6 +154,17 @@ def _number(kind, text: str):
     return value
 
 
+def number_in(kind, low, high, wording: str):
+    """An argument type: a ``kind`` (int or float) from ``low`` to ``high``; out of range: ``must be {wording}``."""
+    def parse(text: str):
+        value = _number(kind, text)
+        if not low <= value <= high:  # a NaN fails here too
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
+        return value
+
+    return parse
+
+
 MAX_SECONDS = 86_400.0  # a window or hop longer than the longest file decoded (a day) means nothing
 
 
