@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
 from audioclip.index.live_feed import LiveFeed
 from audioclip.index.server import ConnectionLimits, make_server
+from browser import CHROMIUM, browser_or_skip
 
 SR = 44100
 # deadlines far shorter than the stream is kept open in the tests
@@ -266,17 +266,6 @@ def test_without_labels_the_listener_uses_serves_head(index, tmp_path):
 
 # -- the page in a real browser ---------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _browser_or_skip():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    return sync_playwright
 
 
 def _free_port() -> int:
@@ -286,7 +275,7 @@ def _free_port() -> int:
 
 
 def test_the_live_timeline_in_a_real_browser(index, tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     rng = np.random.default_rng(1)
     recording = tmp_path / "street.wav"
     sf.write(recording, (0.1 * rng.standard_normal((SR * 6, 1))).astype(np.float32), SR)

@@ -28,9 +28,9 @@ from audioclip.heads import Head
 from audioclip.index import Index
 from audioclip.index.server import make_server
 from audioclip.index.web import MAX_QUERY_CHARS
+from browser import CHROMIUM, browser_or_skip
 
 SR = 44100
-CHROMIUM = "/usr/bin/chromium"
 QUERY = "a dog barking"
 
 
@@ -261,18 +261,8 @@ def test_a_changed_file_gets_no_timeline(site):
 # -- in a real browser ----------------------------------------------------------------------------
 
 
-def _browser_or_skip():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    return sync_playwright
-
-
 def test_label_filter_and_timeline_in_a_real_browser(site, tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     file_id = site["ids"]["long.wav"]
     scores = get(site["port"], f"/api/timeline?id={file_id}&q={urllib.parse.quote(QUERY)}&threshold=0")[1]["score"]
     cut = f"{float(np.median(scores)):.4f}"  # some of the recording above it, some below

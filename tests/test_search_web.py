@@ -25,9 +25,9 @@ from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
 from audioclip.index.served_files import parse_range as _parse_range
 from audioclip.index.server import make_server
+from browser import CHROMIUM, browser_or_skip
 
 SR = 44100
-CHROMIUM = "/usr/bin/chromium"
 QUERY = "a dog barking"
 
 
@@ -244,18 +244,8 @@ def test_requests_for_another_host_are_refused(site):
     assert request(site, "GET", "/api/stats", headers={"Host": f"localhost:{site['port']}"})[0] == 200
 
 
-def _browser_or_skip():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    return sync_playwright
-
-
 def test_search_page_in_a_real_browser(site, tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     url = f"http://127.0.0.1:{site['port']}/"
     args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
@@ -346,7 +336,7 @@ def test_search_page_in_a_real_browser(site, tmp_path):
 
 def test_the_page_fits_a_narrow_screen(site, tmp_path):
     """At 400 px wide (a phone): no sideways scrolling, the search button on screen, results within the width."""
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     url = f"http://127.0.0.1:{site['port']}/?q={QUERY.replace(' ', '+')}&k=4"
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,

@@ -1,0 +1,20 @@
+"""The search page's browser tests: Debian's Chromium driven by Playwright, or a skip saying what is missing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def browser_or_skip():
+    """Playwright's ``sync_playwright``, or skip the test when Chromium or Playwright is absent."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install playwright)")
+    return sync_playwright
