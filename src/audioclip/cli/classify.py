@@ -35,6 +35,25 @@ def _templates(args: argparse.Namespace) -> list[str]:
     return read_templates(args.templates_file) if args.templates_file else check_templates([args.template])
 
 
+def add_label_options(parser: argparse.ArgumentParser, *, required: bool = False, head: str | None = None,
+                      example: str = "dog,rain,siren") -> None:
+    """``--labels`` / ``--labels-file`` (and ``--head`` with the help ``head``), one of them; what ``_labels`` reads."""
+    what = parser.add_mutually_exclusive_group(required=required)
+    what.add_argument("--labels", help=f"comma-separated labels, e.g. '{example}'")
+    what.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
+    if head is not None:
+        what.add_argument("--head", metavar="HEAD_DIR", help=head)
+
+
+def add_template_options(parser: argparse.ArgumentParser, what: str = "the label") -> None:
+    """``--template`` / ``--templates-file``: the prompts the labels' text embeddings are made from."""
+    templates = parser.add_mutually_exclusive_group()
+    templates.add_argument("--template", default="{}",
+                           help=f"prompt with one {{}} for {what}, e.g. 'the sound of {{}}' (default: {{}})")
+    templates.add_argument("--templates-file", metavar="FILE",
+                           help="one prompt template per line; their embeddings are averaged")
+
+
 def _load_head(args: argparse.Namespace):
     """``--head HEAD_DIR``, read before the model loads (a bad folder is a usage error)."""
     from audioclip.heads import HeadError, load_head
@@ -116,17 +135,10 @@ def register_classify(subparsers: argparse._SubParsersAction) -> None:
         "Audio is classified by its sound (long files: windows pooled), images by their picture, "
         "videos by both together.", epilog=STATUS_EPILOG)
     parser.add_argument("files", nargs="+", metavar="FILE", help="files or folders")
-    labels = parser.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--labels", help="comma-separated labels, e.g. 'dog,rain,siren'")
-    labels.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
-    labels.add_argument("--head", metavar="HEAD_DIR",
-                        help="a head written by 'audioclip fit' instead of labels (audio only, cut into the head's "
-                        "windows; the decision is 'none' when no class passes the head's threshold)")
-    templates = parser.add_mutually_exclusive_group()
-    templates.add_argument("--template", default="{}",
-                           help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")
-    templates.add_argument("--templates-file", metavar="FILE",
-                           help="one prompt template per line; their embeddings are averaged")
+    add_label_options(parser, required=True,
+                      head="a head written by 'audioclip fit' instead of labels (audio only, cut into the head's "
+                      "windows; the decision is 'none' when no class passes the head's threshold)")
+    add_template_options(parser)
     parser.add_argument("-k", "--top-k", type=positive_int, default=5, help="labels shown per file (default: 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     add_file_options(parser)

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .checks import check_inputs, check_output_file, require_extra
-from .classify import _labels, _templates
+from .classify import _labels, _templates, add_label_options, add_template_options
 from .model import _add_limit_options, _limits, check_model_options, expand_inputs, load_model
 from .options import (
     add_logging_options,
@@ -204,15 +204,8 @@ def register_detect(subparsers: argparse._SubParsersAction) -> None:
         "events: one row per event with its start, end and peak score. Formats: .csv, .parquet, .jsonl, Raven "
         "selection tables, Audacity label tracks. See docs/detection.md.", epilog=STATUS_EPILOG)
     parser.add_argument("files", nargs="+", metavar="FILE", help="recordings or folders")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--labels", help="comma-separated labels, e.g. 'dog barking,chainsaw,glass breaking'")
-    what.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
-    what.add_argument("--head", metavar="DIR", help="a head fitted with 'audioclip fit' (its labels and threshold)")
-    templates = parser.add_mutually_exclusive_group()
-    templates.add_argument("--template", default="{}",
-                           help="prompt with one {} for the label, e.g. 'the sound of {}' (default: {})")
-    templates.add_argument("--templates-file", metavar="FILE",
-                           help="one prompt template per line; their embeddings are averaged")
+    add_label_options(parser, head="a head fitted with 'audioclip fit' (its labels and threshold)", example="dog barking,chainsaw,glass breaking")
+    add_template_options(parser)
     time = parser.add_argument_group("time resolution")
     time.add_argument("--method", choices=METHODS, default="columns",
                       help="columns (default): one pass of the audio head, a score every 0.41 s; windows: a window "

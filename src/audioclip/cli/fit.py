@@ -14,7 +14,7 @@ import json
 import sys
 
 from .checks import check_inputs
-from .classify import _templates
+from .classify import _templates, add_template_options
 from .model import _add_input_options, check_model_options, decode_options, load_model
 from .options import add_logging_options, add_model_options, positive_int, set_command
 from .report import EXIT_OK, EXIT_SOME_FAILED, STATUS_EPILOG, UsageError, error, note, progress_bar
@@ -140,10 +140,7 @@ def register_fit(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--max-false-positives", type=_fraction, default=0.05, metavar="RATE",
                        help="with a background class: the share of background clips the threshold may let through "
                        "on the validation folds (default: 0.05)")
-    templates = parser.add_mutually_exclusive_group()
-    templates.add_argument("--template", default="{}",
-                           help="prompt for the zero-shot partner, one {} for the class name (default: {})")
-    templates.add_argument("--templates-file", metavar="FILE", help="one prompt template per line; averaged")
+    add_template_options(parser, what="the class name (the zero-shot partner's prompts)")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--no-plot", action="store_true", help="write no confusion-matrix picture")
     add_model_options(parser)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from .detect import _head, add_event_options, check_threshold_low
-from .classify import _labels, _templates
+from .classify import _labels, _templates, add_label_options, add_template_options
 from .model import check_model_options, load_model
 from .options import add_logging_options, add_model_options, number_in, positive_int, seconds, set_command
 from .report import EXIT_OK, STATUS_EPILOG, UsageError, note
@@ -235,14 +235,8 @@ def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) ->
     """What ``listen`` and ``serve --listen`` share: labels or a head, the source's format, windows, events.
 
     ``head=False``: the command has its own ``--head`` (``serve``'s), which the listener then uses too."""
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--labels", help="comma-separated labels, e.g. 'dog barking,siren'")
-    what.add_argument("--labels-file", metavar="FILE", help="a file with one label per line")
-    if head:
-        what.add_argument("--head", metavar="DIR", help="a head fitted with 'audioclip fit' (its labels and threshold)")
-    templates = parser.add_mutually_exclusive_group()
-    templates.add_argument("--template", default="{}", help="prompt with one {} for the label (default: {})")
-    templates.add_argument("--templates-file", metavar="FILE", help="one prompt template per line, averaged")
+    add_label_options(parser, head="a head fitted with 'audioclip fit' (its labels and threshold)" if head else None, example="dog barking,siren")
+    add_template_options(parser)
     src = parser.add_argument_group("source")
     src.add_argument("--device-name", metavar="NAME|INDEX", help="mic: the input device (default: the system's)")
     src.add_argument("--format", dest="pcm_format", choices=PCM_FORMATS, default="s16le",
