@@ -22,8 +22,8 @@ on 127.0.0.1, each request on a new connection:
   in two parts: sent before the server began to embed (the body received and
   decoded in the worker) and after.
 
-A second upload sent 0.2 s after the first should be refused 503 at once:
-the server runs with ``max_uploads=1``. The table gives median, p90 and max
+A second upload, sent as soon as the first holds the server's one decoding
+slot (``max_uploads=1``), should be refused 503 at once. The table gives median, p90 and max
 latency of each phase, how many searches were answered, and the ratio of the
 medians to the idle one; a line gives the upload's wall time and status. The
 model has random weights (speed does not depend on their values), written to a
@@ -168,7 +168,11 @@ def main() -> int:
 
             uploader = threading.Thread(target=send)
             uploader.start()
-            time.sleep(0.2)  # the first body (16 MB over loopback) is in by now: it holds the one decoding slot
+            # The second upload is sent once the first holds the one decoding slot (its body is whole), so
+            # that it is refused however slowly a loaded machine receives the first; 30 s at most.
+            waited = time.perf_counter()
+            while server.site.uploads == 0 and uploader.is_alive() and time.perf_counter() - waited < 30:
+                time.sleep(0.01)
             probe_at = time.perf_counter()
             busy_status, _, busy_took = upload(server.port, clip, "second.wav")
             sent = []  # (sent at, latency)
@@ -201,9 +205,13 @@ def main() -> int:
             print(summary(name, [took for _, took in part], base))
     print(f"\nUpload: {args.upload_minutes:g} min mono FLAC, {len(data) / 1e6:.1f} MB, answered {done['status']} "
           f"after {done['took']:.1f} s, the last {done['at'] - embedding:.1f} s embedding it; a second upload "
-          f"0.2 s in was answered {busy_status} in {1000 * busy_took:.0f} ms"
+          f"{probe_at - waited:.1f} s in was answered {busy_status} in {1000 * busy_took:.0f} ms"
           f"{'' if probe_at < done['at'] else ' (sent after the first was answered)'}.")
-    return 0 if done["status"] == 200 and (busy_status == 503 or probe_at >= done["at"]) else 1
+    refused = busy_status == 503 or probe_at >= done["at"]
+    if not refused:
+        print(f"the second upload, sent while the first held the decoding slot, was answered {busy_status}",
+              file=sys.stderr)
+    return 0 if done["status"] == 200 and refused else 1
 
 
 if __name__ == "__main__":
