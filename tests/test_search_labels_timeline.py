@@ -258,6 +258,93 @@ def test_a_changed_file_gets_no_timeline(site):
     assert get(site["port"], f"/api/timeline?id={site['ids']['short.flac']}&q=dog")[0] == 200
 
 
+# -- the timeline of an uploaded recording -------------------------------------------------------
+
+
+def post_timeline(port: int, body: bytes, params: str, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", f"/api/timeline?{params}", body=body,
+                     headers={"X-Audioclip": "1", "Content-Type": "application/octet-stream"} if headers is None
+                     else headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_an_uploaded_recording_gets_the_timeline_of_the_same_file_indexed(site):
+    body = (site["media"] / "long.wav").read_bytes()
+    q = urllib.parse.quote(QUERY)
+    status, answer = post_timeline(site["port"], body, f"q={q}&name=mine.wav&threshold=0.5")
+    assert status == 200, answer
+    assert answer["name"] == "mine.wav" and answer["query"] == QUERY and answer["threshold"] == 0.5
+    indexed = get(site["port"], f"/api/timeline?id={site['ids']['long.wav']}&q={q}&threshold=0.5")[1]
+    for key in ("score", "start", "end"):
+        assert answer[key] == pytest.approx(indexed[key], abs=1e-4)
+    assert answer["duration"] == pytest.approx(15.0, abs=1e-3)
+    assert [(e["start"], e["end"]) for e in answer["events"]] == \
+        [(e["start"], e["end"]) for e in indexed["events"]]
+    # a compressed copy of a part of it: its own length, the scores of that part
+    part = root_file(site, "part.flac", sf.read(site["media"] / "long.wav")[0][: SR * 4])
+    status, answer = post_timeline(site["port"], part.read_bytes(), f"q={q}&name=part.flac")
+    assert status == 200 and answer["duration"] == pytest.approx(4.0, abs=1e-3) and answer["threshold"] == 0.6
+    assert len(answer["score"]) == len(answer["start"]) == len(answer["end"]) >= 9
+
+
+def root_file(site, name: str, samples) -> os.PathLike:
+    path = site["root"] / name
+    sf.write(path, samples, SR)
+    return path
+
+
+@pytest.mark.parametrize("what, params, headers, status, message", [
+    ("long", "q=dog&name=a.wav", {}, 403, "X-Audioclip"),
+    ("long", "name=a.wav", None, 400, "type something"),
+    ("long", f"q={'a' * (MAX_QUERY_CHARS + 1)}", None, 400, "too long"),
+    ("long", "q=dog&threshold=1.5", None, 400, "threshold"),
+    ("picture", "q=dog&name=red.png", None, 400, "red.png: has no sound"),
+    ("garbage", "q=dog&name=x.wav", None, 400, "x.wav:"),
+    ("empty", "q=dog&name=x.wav", None, 400, "empty"),
+    ("large", "q=dog&name=big.wav", None, 413, "too large"),
+])
+def test_odd_uploaded_timelines_are_refused_in_one_line(site, what, params, headers, status, message):
+    body = {"long": (site["media"] / "long.wav").read_bytes(), "picture": (site["media"] / "red.png").read_bytes(),
+            "garbage": b"RIFF" + os.urandom(5000), "empty": b"", "large": b"\0" * 2_000_001}[what]
+    got, answer = post_timeline(site["port"], body, params, headers)
+    assert got == status and message in answer["error"], answer
+    assert "\n" not in answer["error"] and "/tmp" not in answer["error"] and "audioclip-query" not in answer["error"]
+    assert site["server"].site.uploads == 0 and site["server"].site.receiving == 0
+
+
+def test_uploaded_timelines_are_bounded_like_uploads(site):
+    body = (site["media"] / "long.wav").read_bytes()
+    server, thread = serve(site["index"], timeline=timeline_scores, max_query_seconds=10)
+    try:
+        status, answer = post_timeline(server.port, body, "q=dog&name=long.wav")
+        assert status == 413 and "long.wav" in answer["error"], answer  # 15 s, over --max-query-seconds
+        with server.site.timeline._slot:  # another timeline is being drawn
+            status, answer = post_timeline(server.port, (site["media"] / "short.flac").read_bytes(), "q=dog")
+        assert status == 503 and "busy" in answer["error"]
+        server.site.gate.uploads = server.site.gate.max_uploads  # every decoding slot taken
+        try:
+            status, answer = post_timeline(server.port, body, "q=dog")
+        finally:
+            server.site.gate.uploads = 0
+        assert status == 503 and "busy" in answer["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    server, thread = serve(site["index"])  # no scorer: no timelines
+    try:
+        assert post_timeline(server.port, body, "q=dog")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
 
@@ -317,5 +404,65 @@ def test_label_filter_and_timeline_in_a_real_browser(site, tmp_path):
             if os.environ.get("AUDIOCLIP_SCREENSHOT_TIMELINE"):
                 first.screenshot(path=os.environ["AUDIOCLIP_SCREENSHOT_TIMELINE"])
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_timeline_of_an_uploaded_recording_in_a_real_browser(site, tmp_path):
+    sync_playwright = browser_or_skip()
+    body = (site["media"] / "long.wav").read_bytes()
+    q = urllib.parse.quote(QUERY)
+    scores = post_timeline(site["port"], body, f"q={q}&threshold=0")[1]["score"]
+    cut = f"{float(np.median(scores)):.4f}"
+    expected = post_timeline(site["port"], body, f"q={q}&threshold={cut}")[1]
+    assert expected["events"]
+    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--autoplay-policy=no-user-gesture-required"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       headless=True, args=args,
+                                                       viewport={"width": 1100, "height": 760})
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{site['port']}/?threshold={cut}")
+            assert page.locator("#upload-view").is_hidden()
+            page.fill("#q", QUERY)
+            page.set_input_files("#audio-file", str(site["media"] / "long.wav"))
+            page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=60_000)
+            assert page.locator("li.hit").count() >= 1
+            assert page.locator("#upload-view").is_visible()
+            assert page.locator("#upload-name").text_content() == "long.wav"
+            assert page.locator("#upload-player").get_attribute("src").startswith("blob:")
+            assert page.locator("#upload-q").input_value() == QUERY  # the text typed before, to start from
+            page.click("#upload-timeline-go")
+            page.wait_for_function("() => document.querySelector('#upload-timeline svg, #upload-timeline .error')",
+                                   timeout=60_000)
+            view = page.locator("#upload-view")
+            assert view.locator(".error").count() == 0, view.inner_text()
+            assert view.locator("svg .event").count() == len(expected["events"])
+            assert len(view.locator("svg polyline").get_attribute("points").split()) == len(expected["score"])
+            page.wait_for_function("() => document.getElementById('upload-player').readyState >= 1", timeout=30_000)
+            box = view.locator("svg.timeline-plot").bounding_box()
+            page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + box["height"] / 2)
+            page.wait_for_function("() => document.getElementById('upload-player').currentTime >= 11.5",
+                                   timeout=30_000)
+            player = page.locator("#upload-player")
+            assert player.evaluate("a => a.currentTime") == pytest.approx(0.8 * expected["duration"], abs=0.6)
+            player.evaluate("a => a.pause()")
+            # another text over the same recording, without sending a new search
+            page.fill("#upload-q", "x" * (MAX_QUERY_CHARS + 1))
+            page.click("#upload-timeline-go")
+            page.wait_for_function("() => document.querySelector('#upload-timeline .error')", timeout=30_000)
+            assert "too long" in view.locator("#upload-timeline .error").text_content()
+            # a text search puts the recording away
+            page.press("#q", "Enter")
+            page.wait_for_function("() => document.body.dataset.state === 'done'")
+            assert page.locator("#upload-view").is_hidden()
+            if os.environ.get("AUDIOCLIP_SCREENSHOT_UPLOAD_TIMELINE"):
+                page.screenshot(path=os.environ["AUDIOCLIP_SCREENSHOT_UPLOAD_TIMELINE"])
+            assert [e for e in errors if "413" not in e and "400" not in e] == []
         finally:
             browser.close()

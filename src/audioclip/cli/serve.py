@@ -83,8 +83,9 @@ def _check_head(head, index, db: str) -> None:
         raise UsageError(f"head {head.folder} takes {head.dim}-d vectors; the index {db} holds {meta['dim']}-d ones")
 
 
-def timeline_scores(model, path: str, text: str, threshold: float) -> dict:
-    """The page's timeline of ``text`` in the recording ``path`` (``/api/timeline``, ``index/timeline.py``).
+def timeline_scores(model, path: str, text: str, threshold: float, audio=None) -> dict:
+    """The page's timeline of ``text`` in the recording ``path`` (``/api/timeline``, ``index/timeline.py``), or
+    in ``audio``, the recording already decoded (``(channels, samples)``; ``path`` then only names it).
 
     Scores by the ``columns`` method (:func:`audioclip.detection.query_scores`: ``(1 + cosine) / 2`` per 0.41 s),
     events where they pass ``threshold`` (:func:`~audioclip.detection.postprocess.events_from_scores`).
@@ -93,7 +94,7 @@ def timeline_scores(model, path: str, text: str, threshold: float) -> dict:
     from audioclip.detection import query_scores
     from audioclip.detection.postprocess import PostProcessing, events_from_scores
 
-    found = query_scores(model, path, text, method="columns")
+    found = query_scores(model, path, text, method="columns", audio=audio)
     events = events_from_scores(found.scores, found.cell_start, found.cell_end, found.labels,
                                 PostProcessing(threshold=threshold))
     rounded = lambda values: [round(float(v), 4) for v in values]  # noqa: E731

@@ -225,14 +225,18 @@ def detect(
 
 
 def query_scores(model, path: str | os.PathLike, query: str, *, method: str = "columns", mono: bool = False,
-                 templates: str | Sequence[str] = "{}") -> FrameScores:
+                 templates: str | Sequence[str] = "{}", audio=None) -> FrameScores:
     """One text query's score over time in a recording (for a timeline): the cosine similarity of the query's
-    text embedding with each frame's audio embedding, mapped to [0, 1] as ``(1 + cos) / 2``."""
+    text embedding with each frame's audio embedding, mapped to [0, 1] as ``(1 + cos) / 2``.
+
+    ``audio``: the recording already decoded (``(channels, samples)`` at the model's rate; see
+    :func:`~audioclip.detection.scores.frame_scores`), ``path`` then only naming it."""
     from ..inference import text_classifier
 
     vector = text_classifier(model, [query], templates)  # (1, D), normalised
     scorer = lambda embeddings: (1 + embeddings.float() @ vector.T) / 2  # noqa: E731
-    return frame_scores(model, os.fspath(path), [query], scorer, method=method, options=DecodeOptions(mono=mono))
+    return frame_scores(model, os.fspath(path), [query], scorer, method=method, options=DecodeOptions(mono=mono),
+                        audio=audio)
 
 
 def check_method(method: str, window: float, hop: float) -> None:

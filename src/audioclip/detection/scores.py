@@ -213,15 +213,23 @@ def frame_scores(
     hop: float = 0.5,
     options: DecodeOptions | None = None,
     batch_size: int = 16,
+    audio: np.ndarray | torch.Tensor | None = None,
 ) -> FrameScores:
-    """The scores of ``path`` over time (see the module docstring). Raises ``MediaError`` for a bad file."""
+    """The scores of ``path`` over time (see the module docstring). Raises ``MediaError`` for a bad file.
+
+    ``audio``: the recording already decoded, ``(channels, samples)`` float32 at ``options.sample_rate``
+    (``path`` then only names it); it is read a minute at a time, as a file would be.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     options = options or DecodeOptions()
-    blocks = stream_audio(path, sample_rate=options.sample_rate, mono=options.mono, limits=options.limits)
+    if audio is not None:
+        blocks = _blocks_of(audio, 60 * options.sample_rate)
+    else:
+        blocks = stream_audio(path, sample_rate=options.sample_rate, mono=options.mono, limits=options.limits)
     try:
         first_block = next(blocks)
-    except StopIteration:  # pragma: no cover - stream_audio raises first
+    except StopIteration:  # stream_audio raises first; an empty array gets here
         raise MediaError(path, "contains no audio samples") from None
     blocks = itertools.chain([first_block], blocks)
     parts, starts, ends = [], [], []
@@ -247,3 +255,9 @@ def frame_scores(
         scores = scorer(embeddings).float().cpu().numpy()
     return FrameScores(path, list(labels), scores.astype(np.float32), start_s, end_s, cell_start, cell_end,
                        float(duration), method)
+
+
+def _blocks_of(audio: np.ndarray | torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    """``(channels, size)`` float32 tensors of ``audio`` in order (a memory map is read piece by piece)."""
+    for start in range(0, audio.shape[-1], size):
+        yield torch.as_tensor(np.ascontiguousarray(audio[..., start: start + size]), dtype=torch.float32)

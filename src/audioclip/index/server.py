@@ -7,22 +7,18 @@ Routes (everything else is 404; every answer but the page's files is JSON):
   :data:`~audioclip.index.web.MAX_QUERY_CHARS` characters, ``k`` 1-100, ``offset`` 0-400 (``more`` in the
   answer says whether there may be a page after this one); anything else is a 400.
 - ``POST /api/search?kind=audio|image&name=FILE.wav&k=..&offset=..&modality=..``: the request body is
-  the query file itself, with a ``Content-Length`` (411 without) of at most ``max_upload`` bytes (413).
-  The request must carry ``X-Audioclip: 1`` (403 without): a page on another site cannot send it
-  without a CORS preflight, which is never granted. The body goes into a private temporary folder;
-  at most ``max_receiving`` bodies (8) are being received at a time, of at most
-  ``max_receiving_bytes`` (4 x ``max_upload``) by their ``Content-Length`` together (503 beyond).
-  Only once a body is whole does its upload take one of the ``max_uploads`` (2) decoding slots (503
-  "busy" beyond, checked also before the body is read), so slow senders cannot keep others' uploads
-  out. The file is decoded by a worker process within ``decode_timeout`` seconds and the media limits,
-  lowered for a query (``uploads.py``: duration, channels, and what the worker may write; 413 "too
-  large once decoded" beyond). The windows are embedded here a batch at a time, text searches that are
-  waiting going first; the folder is deleted before the answer is sent. Errors name the file by the
-  name the client gave.
+  the query file itself, under the bounds of every upload (``received.py``: the ``X-Audioclip: 1``
+  header, ``Content-Length`` at most ``max_upload``, caps on bodies being received and on uploads being
+  decoded, a deadline for the body, a private temporary folder deleted before the answer). The file is
+  decoded by a worker process within ``decode_timeout`` seconds and the media limits, lowered for a
+  query (``uploads.py``: duration, channels, and what the worker may write; 413 "too large once
+  decoded" beyond). The windows are embedded here a batch at a time, text searches that are waiting
+  going first. Errors name the file by the name the client gave.
 - ``GET /media/ID``, ``GET /thumb/ID`` and ``GET /wave/ID``: an indexed file, a thumbnail, a waveform;
   only ever a file the index recorded, and only while it is as recorded (``served_files.py``).
 - ``GET /api/labels``: the labels of the head given (``--head``) for search's ``label=`` (``labelled.py``).
-- ``GET /api/timeline?id=ID&q=TEXT``: a text's score over time in an indexed recording (``timeline.py``).
+- ``GET /api/timeline?id=ID&q=TEXT``: a text's score over time in an indexed recording; ``POST
+  /api/timeline?q=TEXT&name=FILE.wav`` the same in an uploaded one (``timeline.py``).
 - ``GET /api/stats``. ``HEAD`` is answered wherever ``GET`` is.
 - ``GET /api/live``: with ``serve --listen``, a live source's scores and events as server-sent events
   (``live_feed.py``); 404 without.
@@ -37,13 +33,10 @@ one is logged to stderr and answered 500.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from importlib import resources
@@ -55,8 +48,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from ..media.files import DecodeOptions
 from .api import Index, QueryError
 from .hosts import allowed_host_names, listen
 from .labelled import LabelFilter
@@ -64,16 +55,8 @@ from .httpd import AnswerTracker, ClientRateLimit, ConnectionLimits, FramingGuar
 from .pictures import PictureCache
 from .served_files import IndexedFiles
 from .timeline import Timeline
-from .uploads import (
-    QUERY_BATCH,
-    SearchesFirst,
-    UploadError,
-    decode_upload,
-    decoded_bound,
-    embed_upload,
-    query_options,
-    start_worker_pool,
-)
+from .received import UploadGate, upload_name
+from .uploads import QUERY_BATCH, SearchesFirst, embed_upload, start_worker_pool
 from .web import (
     EXCEPTION_HANDLERS,
     MAX_OFFSET,
@@ -82,7 +65,6 @@ from .web import (
     HostGuard,
     Refused,
     SecurityHeaders,
-    client_name,
     json_answer,
     paging,
     query_of,
@@ -118,25 +100,21 @@ class _Site:
                  max_receiving_bytes: int | None = None, max_decoded_bytes: int | None = None,
                  head=None, timeline=None):
         self.index = index
-        self.max_upload, self.max_uploads = max_upload, max_uploads
-        self.max_receiving = max_receiving
-        self.max_receiving_bytes = max_receiving_bytes or 4 * max_upload
-        self.max_decoded_bytes = max_decoded_bytes  # None: decoded_bound of the query options
-        self.max_query_seconds, self.decode_timeout = max_query_seconds, decode_timeout
+        self.max_upload = max_upload
         self.limits = limits
+        # uploaded bodies, for POST /api/search and POST /api/timeline (received.py)
+        self.gate = UploadGate(index, max_upload=max_upload, max_uploads=max_uploads,
+                               max_query_seconds=max_query_seconds, decode_timeout=decode_timeout, limits=limits,
+                               max_receiving=max_receiving, max_receiving_bytes=max_receiving_bytes,
+                               max_decoded_bytes=max_decoded_bytes)
         self.upload_batch = upload_batch
         folder = getattr(index.store, "cache_dir", None)
         self.pictures = PictureCache(folder / "pictures", cache_bytes) if folder is not None else None
         self.files = IndexedFiles(index, self.pictures)
         self.labels = LabelFilter(head)  # GET /api/labels, and search's label= (labelled.py)
-        self.timeline = Timeline(index, timeline, max_query_seconds)  # GET /api/timeline (timeline.py)
-        # Only changed on the event loop's thread: uploads decoded or embedded now (at most max_uploads), and
-        # bodies being received (at most max_receiving, of max_receiving_bytes in all, by Content-Length).
-        self.uploads = 0
-        self.receiving = 0
-        self.receiving_bytes = 0
+        # GET and POST /api/timeline (timeline.py)
+        self.timeline = Timeline(index, timeline, max_query_seconds, self.gate)
         self.turns = SearchesFirst()  # text searches go before an upload's next batch
-        self._options: DecodeOptions | None = None
         self.live = None  # a LiveFeed (live_feed.py) with ``serve --listen``
 
     def routes(self) -> list[Route]:
@@ -215,113 +193,28 @@ class _Site:
 
     async def search_upload(self, request: Request) -> Response:
         started = time.perf_counter()
-        if request.headers.get("x-audioclip") != "1":
-            raise Refused(403, "missing X-Audioclip header")
-        given = request.headers.get("content-length")
-        if given is None:  # h11 has checked that one given is a number, and FramingGuard that it is alone
-            raise Refused(411, "Content-Length required")
-        length = int(given)
-        if length > self.max_upload:
-            # answered now; the body is read and dropped after the answer (up to drain_bytes, see httpd.py)
-            raise Refused(413, f"the file is too large ({length / 1e6:.1f} MB; at most {self.max_upload / 1e6:.1f} "
-                           "MB)", close=length > self.limits.drain_bytes)
-        if length == 0:
-            raise Refused(400, "the uploaded file is empty")
+        length = self.gate.length_of(request)
         query = query_of(request)
         kind = query.get("kind", "")
         if kind not in ("audio", "image"):
             raise Refused(400, "kind must be audio or image")
         k, offset, modality = paging(query)
         label = self.labels.label_of(query, modality)
-        name = client_name(query.get("name", "")) or "the upload"
-        self._check_decode_slot()  # full now: 503 before the body is sent for nothing
-        if self.receiving >= self.max_receiving or self.receiving_bytes + length > self.max_receiving_bytes:
-            raise Refused(503, "busy: other uploads are arriving; try again in a moment", headers={"Retry-After": "5"})
-        # The body is received under the receiving caps only: a slow sender holds no decoding slot.
-        folder = None
-        self.receiving += 1
-        self.receiving_bytes += length
-        try:
-            try:
-                folder = await run_in_threadpool(_private_folder)
-                suffix = os.path.splitext(name)[1].lower()
-                if suffix not in AUDIO_EXTENSIONS | IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-                    suffix = ""  # the content is sniffed instead
-                path = os.path.join(folder, "query" + suffix)
-                await self._receive(request, path, length, name)
-            finally:
-                self.receiving -= 1
-                self.receiving_bytes -= length
-            self._check_decode_slot()
-            self.uploads += 1  # no await between the check and this: the loop's thread only
-            try:
-                options = self._options or await run_in_threadpool(self._upload_options)
-                decoded = await run_in_threadpool(decode_upload, path, name, options, self.decode_timeout,
-                                                  self._decoded_bytes(options))
-                with store_errors():
-                    vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name,
-                                                     self.upload_batch, self.turns)
-                del decoded  # its memory maps, before the folder goes
-                return await run_in_threadpool(self._answer, lambda n: self._search(vector, n, modality, label),
-                                               k, offset, {kind: name, **({"label": label} if label else {})},
-                                               started)
-            finally:
-                self.uploads -= 1
-        except UploadError as err:
-            raise Refused(err.status, err.message) from None
-        finally:
-            if folder is not None:
-                await run_in_threadpool(shutil.rmtree, folder, True)
+        name = upload_name(query)
+        async with self.gate.received(request, name, length) as path:
+            decoded = await self.gate.decode(path, name)
+            with store_errors():
+                vector = await run_in_threadpool(embed_upload, self.index, decoded, kind, name,
+                                                 self.upload_batch, self.turns)
+            del decoded  # its memory maps, before the folder goes
+            return await run_in_threadpool(self._answer, lambda n: self._search(vector, n, modality, label),
+                                           k, offset, {kind: name, **({"label": label} if label else {})},
+                                           started)
 
-    def _check_decode_slot(self) -> None:
-        if self.uploads >= self.max_uploads:
-            raise Refused(503, "busy: other uploads are being searched; try again in a moment",
-                           headers={"Retry-After": "5"})
-
-    def _decoded_bytes(self, options: DecodeOptions) -> int:
-        return self.max_decoded_bytes if self.max_decoded_bytes is not None else decoded_bound(options)
-
-    async def _receive(self, request: Request, path: str, length: int, name: str) -> None:
-        """Write the request body to ``path``: each piece within ``body_idle_timeout``, all within ``body_timeout``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.body_timeout
-        received = 0
-        # Pieces are at most uvicorn's 64 kB high-water mark: written here, on the loop, without a thread hop.
-        with open(path, "wb") as out:
-            more = True
-            while more:
-                wait = min(self.limits.body_idle_timeout, deadline - loop.time())
-                try:
-                    message = await asyncio.wait_for(request.receive(), max(0.0, wait))
-                except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on, two before
-                    raise Refused(408, f"{name}: the upload was too slow", close=True) from None
-                if message["type"] == "http.disconnect":
-                    raise Refused(400, f"{name}: the upload was cut short", close=True)
-                body = message.get("body", b"")
-                received += len(body)
-                if received > length:  # h11 frames the body by Content-Length: cannot happen
-                    raise Refused(400, "the body is longer than its Content-Length", close=True)
-                out.write(body)
-                more = message.get("more_body", False)
-        if received != length:
-            raise Refused(400, f"{name}: the upload was cut short", close=True)
-
-    def _upload_options(self) -> DecodeOptions:
-        """The index's decoding options with the query limits: duration, channels (loads the model if needed)."""
-        with store_errors():
-            options = self.index.decode_options()
-        self._options = query_options(options, self.max_query_seconds)
-        return self._options
-
-
-def _private_folder() -> str:
-    """A new temporary folder for one upload (mode 0700: the server's user only); 503 if none can be made."""
-    try:
-        return tempfile.mkdtemp(prefix="audioclip-query-")
-    except OSError as err:
-        log.error("cannot make a folder for an upload: %s", err)
-        raise Refused(503, "the server cannot store an upload now; see the server's log") from None
-
+    # the gate's counters, read by tests and benchmarks
+    uploads = property(lambda self: self.gate.uploads)
+    receiving = property(lambda self: self.gate.receiving)
+    receiving_bytes = property(lambda self: self.gate.receiving_bytes)
 
 
 # -- the application and the server -------------------------------------------------------------

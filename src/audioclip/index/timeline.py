@@ -1,16 +1,21 @@
-"""``GET /api/timeline?id=ID&q=TEXT&threshold=T``: a text query's score over time in one indexed recording.
+"""``/api/timeline``: a text query's score over time in a recording, indexed or uploaded.
+
+- ``GET /api/timeline?id=ID&q=TEXT&threshold=T``: in an indexed recording. What is scored is only ever an
+  indexed file, opened as ``/media`` opens it (``served_files.open_indexed``: no link followed, the file as
+  recorded), and read from that descriptor; recordings longer than ``max_seconds`` are refused (413; the
+  index records each file's duration, and the file must still be the one recorded).
+- ``POST /api/timeline?q=TEXT&name=FILE.wav&threshold=T``: in the recording sent as the body, under the
+  bounds of every upload (``received.py``: header, size, receiving and decoding caps, deadlines) and decoded
+  by a worker process like a query upload (``uploads.py``), at most ``max_seconds`` of it; nothing of it is
+  kept. The page sends the file the user picked, to draw a timeline of it.
 
 The answer is the recording's score for the text at each time step (``start``/``end``: the seconds each score
 stands for, consecutive; ``score`` in [0, 1]) and the events where it passes ``threshold`` (default
-:data:`DEFAULT_THRESHOLD`). The page draws it under a sound hit; a click plays the sound from that moment.
+:data:`DEFAULT_THRESHOLD`). The page draws it; a click plays the sound from that moment. Bounds: ``q`` as long
+as a search's at most, one timeline computed at a time (503 "busy" beyond).
 
-What is scored is only ever an indexed file, opened as ``/media`` opens it (``served_files.open_indexed``: no
-link followed, the file as recorded), and read from that descriptor. Bounds: ``q`` as long as a search's at
-most, recordings longer than ``max_seconds`` refused (413; the index records each file's duration, and the file
-must still be the one recorded), one timeline computed at a time (503 "busy" beyond).
-
-The scores come from a function given to the server (``scores``: ``(model, path, text, threshold) -> dict``,
-:func:`audioclip.cli.serve.timeline_scores` for ``audioclip serve``: the ``columns`` method of
+The scores come from a function given to the server (``scores``: ``(model, path, text, threshold, audio=None)
+-> dict``, :func:`audioclip.cli.serve.timeline_scores` for ``audioclip serve``: the ``columns`` method of
 ``audioclip.detection``, one score per 0.41 s); a server made without one answers 404 here.
 """
 
@@ -22,11 +27,13 @@ import re
 import threading
 from collections.abc import Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import AudioclipError
+from .received import UploadGate, upload_name
 from .served_files import open_indexed
 from .web import MAX_QUERY_CHARS, Refused, int64, json_answer, query_of, store_errors
 
@@ -38,26 +45,24 @@ _NUMBER = re.compile(r"[01](\.[0-9]{1,6})?|\.[0-9]{1,6}")
 
 log = logging.getLogger("audioclip.serve")
 
-#: ``(model, path, text, threshold) -> {"start", "end", "score", "events", "duration"}``
+#: ``(model, path, text, threshold, audio=None) -> {"start", "end", "score", "events", "duration"}``
 Scores = Callable[..., dict]
 
 
 class Timeline:
-    """The route ``/api/timeline`` over ``index``; ``scores`` None: the route answers 404."""
+    """The routes ``/api/timeline`` over ``index``, uploads through ``gate``; ``scores`` None: they answer 404."""
 
-    def __init__(self, index, scores: Scores | None, max_seconds: float):
-        self.index, self.scores, self.max_seconds = index, scores, max_seconds
+    def __init__(self, index, scores: Scores | None, max_seconds: float, gate: UploadGate):
+        self.index, self.scores, self.max_seconds, self.gate = index, scores, max_seconds, gate
         self._slot = threading.Lock()  # one timeline at a time: each may take seconds of the CPUs
 
     def routes(self) -> list[Route]:
-        return [Route("/api/timeline", self.answer, methods=["GET"])]
+        return [Route("/api/timeline", self.answer, methods=["GET"]),
+                Route("/api/timeline", self.answer_upload, methods=["POST"])]
 
-    def answer(self, request: Request) -> Response:
-        query = query_of(request)
-        file_id = int64(query.get("id", ""))
+    def _asked(self, query) -> tuple[str, float]:
+        """The text and the threshold asked for; 400 for bad ones, 404 when this server draws no timelines."""
         text = query.get("q", "").strip()
-        if file_id is None:
-            raise Refused(400, "id must be a file id from a search answer")
         if not text:
             raise Refused(400, "q: type something to draw the timeline of")
         if len(text) > MAX_QUERY_CHARS:
@@ -65,9 +70,43 @@ class Timeline:
         given = query.get("threshold", "")
         if given and not (_NUMBER.fullmatch(given) and 0.0 <= float(given) <= 1.0):
             raise Refused(400, "threshold must be a number from 0 to 1")
-        threshold = float(given) if given else DEFAULT_THRESHOLD
         if self.scores is None:
             raise Refused(404, "this server draws no timelines")
+        return text, float(given) if given else DEFAULT_THRESHOLD
+
+    async def answer_upload(self, request: Request) -> Response:
+        length = self.gate.length_of(request)
+        query = query_of(request)
+        text, threshold = self._asked(query)
+        name = upload_name(query)
+        async with self.gate.received(request, name, length) as path:
+            decoded = await self.gate.decode(path, name, audio=True)
+            found = await run_in_threadpool(self._scored, name, text, threshold, decoded.audio)
+            del decoded  # its memory map, before the folder goes
+        return json_answer(200, {"name": name, "query": text, "threshold": threshold, **found})
+
+    def _scored(self, name: str, text: str, threshold: float, audio) -> dict:
+        """The timeline of the decoded upload ``audio``, one timeline at a time."""
+        if not self._slot.acquire(blocking=False):
+            raise Refused(503, "busy: another timeline is being drawn; try again in a moment",
+                           headers={"Retry-After": "5"})
+        try:
+            with store_errors():
+                model = self.index.model
+            try:
+                return self.scores(model, name, text, threshold, audio=audio)
+            except (AudioclipError, OSError, ValueError, RuntimeError) as err:
+                log.warning("no timeline for the upload %s: %s", name, err)
+                raise Refused(400, f"{name}: cannot draw a timeline of this sound") from None
+        finally:
+            self._slot.release()
+
+    def answer(self, request: Request) -> Response:
+        query = query_of(request)
+        file_id = int64(query.get("id", ""))
+        if file_id is None:
+            raise Refused(400, "id must be a file id from a search answer")
+        text, threshold = self._asked(query)
         with store_errors():
             try:
                 record = self.index.get(file_id)

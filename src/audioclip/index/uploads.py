@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import DecodedFiles, Embedding, FileResult, autocast
-from ..media.files import DecodeOptions
 from ..errors import AudioclipError
+from ..media import MediaError, stream_audio
+from ..media.files import DecodeOptions
 
 if TYPE_CHECKING:
     from .api import Index
@@ -66,7 +67,7 @@ __all__ = ["MAX_QUERY_CHANNELS", "QUERY_BATCH", "WORKER_MEMORY", "DecodedUpload"
 
 QUERY_BATCH = 16  # windows per model call and per hold of the model lock: embed_files' default batch
 MAX_QUERY_CHANNELS = 8  # audio channels of an uploaded query (7.1 is 8): a query is a sound, not a session
-_WINDOWS, _FRAMES, _META = "windows.raw", "frames.raw", "meta.json"
+_WINDOWS, _FRAMES, _AUDIO, _META = "windows.raw", "frames.raw", "audio.raw", "meta.json"
 _FRAMES_SLACK = 1_000_000  # bytes beyond the frames' exact share of the bound (headers, rounding)
 _FSIZE_SLACK = 1 << 20  # bytes RLIMIT_FSIZE allows past the bound (the running count stops first)
 _SEARCH_PRIORITY_WAIT = 5.0  # s at most that an upload's next batch waits for text searches to go first
@@ -91,13 +92,16 @@ class DecodedUpload:
 
     ``windows`` is ``(n, channels, samples)`` and ``frames`` ``(n, 3, size, size)``
     (a picture gives one frame, a video its chosen frames); both are memory
-    maps of the worker's files, read a batch at a time.
+    maps of the worker's files, read a batch at a time. Asked for the whole
+    sound instead (``decode_upload(..., audio=True)``), ``audio`` is it, at the
+    index's sample rate, and there are no windows or frames.
     """
 
     source: str
     spans: list[tuple[float, float]]  # (start, end) s of each window
     windows: np.ndarray | None
     frames: np.ndarray | None
+    audio: np.ndarray | None = None  # (channels, samples): the whole sound, when asked for (a timeline's)
 
 
 # -- decoding, in a worker process ----------------------------------------------------------
@@ -210,29 +214,25 @@ def _limit_memory(extra: int) -> None:
 
 
 def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: int | None = None,
-                   memory: int | None = WORKER_MEMORY) -> None:
+                   memory: int | None = WORKER_MEMORY, audio: bool = False) -> None:
     """In the worker: decode ``path`` into ``folder`` (raw arrays, then ``meta.json`` last), at most
-    ``max_bytes`` of them, in at most ``memory`` bytes beyond what the worker holds at its start (None: no cap)."""
+    ``max_bytes`` of them, in at most ``memory`` bytes beyond what the worker holds at its start (None: no cap).
+    ``audio``: the whole sound as one ``(samples, channels)`` array instead of windows and frames."""
     torch.set_num_threads(1)  # one core for a query: the server and the other users keep the rest
     if max_bytes is not None:
         _limit_file_size(max_bytes)
     if memory is not None:
         _limit_memory(memory)
-    meta: dict = {"source": None, "error": None, "spans": [], "window": None, "frame": None, "too_large": False}
+    meta: dict = {"source": None, "error": None, "spans": [], "window": None, "frame": None, "audio": None,
+                  "too_large": False}
     writer = _Writer(max_bytes)
     try:
         if max_bytes is not None and _stated_too_large(path, options, max_bytes):
             raise _TooLarge
-        with open(os.path.join(folder, _WINDOWS), "wb") as windows, \
-                open(os.path.join(folder, _FRAMES), "wb") as frames:
-            for piece in DecodedFiles([path], options).pieces(0):
-                meta["source"] = piece["source"]
-                meta["error"] = meta["error"] or piece["error"]
-                for start, end, wave in piece["windows"]:
-                    meta["window"] = writer.append(windows, wave)
-                    meta["spans"].append((start, end))
-                for _, frame in piece["frames"]:
-                    meta["frame"] = writer.append(frames, frame)
+        if audio:
+            _decode_sound(path, options, os.path.join(folder, _AUDIO), writer, meta)
+        else:
+            _decode_pieces(path, options, folder, writer, meta)
     except _TooLarge:
         meta["too_large"] = True
     except MemoryError:  # past RLIMIT_DATA (a decoder that needs more than the worker may have)
@@ -243,14 +243,41 @@ def _decode_worker(path: str, options: DecodeOptions, folder: str, max_bytes: in
     if str(meta["error"]).startswith("MemoryError"):  # the decoding reports it as the file's error
         meta["too_large"], meta["error"] = "memory", None
     if meta["too_large"]:
-        meta["spans"], meta["window"], meta["frame"] = [], None, None
-        for name in (_WINDOWS, _FRAMES):  # free the room now
+        meta["spans"], meta["window"], meta["frame"], meta["audio"] = [], None, None, None
+        for name in (_WINDOWS, _FRAMES, _AUDIO):  # free the room now
             with contextlib.suppress(OSError):
                 os.truncate(os.path.join(folder, name), 0)
     partial = os.path.join(folder, _META + ".part")
     with open(partial, "w") as out:
         json.dump(meta, out)
     os.replace(partial, os.path.join(folder, _META))
+
+
+def _decode_pieces(path: str, options: DecodeOptions, folder: str, writer: _Writer, meta: dict) -> None:
+    """The windows and frames of ``path``, as :meth:`Index.embed_query` decodes them, into ``folder``."""
+    with open(os.path.join(folder, _WINDOWS), "wb") as windows, \
+            open(os.path.join(folder, _FRAMES), "wb") as frames:
+        for piece in DecodedFiles([path], options).pieces(0):
+            meta["source"] = piece["source"]
+            meta["error"] = meta["error"] or piece["error"]
+            for start, end, wave in piece["windows"]:
+                meta["window"] = writer.append(windows, wave)
+                meta["spans"].append((start, end))
+            for _, frame in piece["frames"]:
+                meta["frame"] = writer.append(frames, frame)
+
+
+def _decode_sound(path: str, options: DecodeOptions, target: str, writer: _Writer, meta: dict) -> None:
+    """The whole sound of ``path`` at the index's rate (and channels), as ``(samples, channels)`` rows."""
+    meta["source"] = "audio"
+    try:
+        with open(target, "wb") as out:
+            for block in stream_audio(path, sample_rate=options.sample_rate, mono=options.mono,
+                                      limits=options.limits):
+                shape, dtype = writer.append(out, block.T)
+                meta["audio"] = ([shape[1]], dtype)  # rows of one sample each: (samples, channels) once loaded
+    except MediaError as err:
+        meta["error"], meta["audio"] = err.reason, None
 
 
 class _Writer:
@@ -269,16 +296,18 @@ class _Writer:
 
 
 def decode_upload(path: str, name: str, options: DecodeOptions, budget: float,
-                  max_bytes: int | None = None) -> DecodedUpload:
+                  max_bytes: int | None = None, audio: bool = False) -> DecodedUpload:
     """Decode the uploaded file ``path`` (its sender's name: ``name``) in a worker; raise :class:`UploadError`.
 
     Blocks for at most ``budget`` seconds (plus the worker's start); the
     arrays are written beside ``path``, in its folder, at most ``max_bytes``
-    of them (None: :func:`decoded_bound` of ``options``).
+    of them (None: :func:`decoded_bound` of ``options``). ``audio``: the
+    whole sound in one array (``DecodedUpload.audio``), not windows.
     """
     folder = os.path.dirname(path)
     max_bytes = decoded_bound(options) if max_bytes is None else max_bytes
-    process = _context().Process(target=_decode_worker, args=(path, options, folder, max_bytes), daemon=True)
+    process = _context().Process(target=_decode_worker, args=(path, options, folder, max_bytes, WORKER_MEMORY,
+                                                              audio), daemon=True)
     process.start()
     process.join(budget)
     if process.is_alive():
@@ -298,6 +327,11 @@ def decode_upload(path: str, name: str, options: DecodeOptions, budget: float,
                                "a shorter recording, or one of fewer channels, fits)")
     if meta["error"]:
         raise UploadError(400, f"{name}: {_scrub(meta['error'], path, name)}")
+    if audio:
+        if meta["audio"] is None:
+            raise UploadError(400, f"{name}: has no sound")
+        sound = _load(os.path.join(folder, _AUDIO), meta["audio"])
+        return DecodedUpload(meta["source"], [], None, None, sound.T)
     if meta["source"] is None or not (meta["spans"] or meta["frame"]):
         raise UploadError(400, f"{name}: nothing to search with in this file")
     return DecodedUpload(meta["source"], [tuple(s) for s in meta["spans"]],

@@ -30,9 +30,10 @@ MAX_FIELDS = 20  # parameters in it
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    # media from blob: URLs too: the page plays the recording a user searched with from its own copy
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "media-src 'self'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
-                               "base-uri 'none'",
+                               "media-src 'self' blob:; connect-src 'self'; form-action 'none'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
 }
 _INT64 = re.compile(r"-?[0-9]{1,19}")
 _WHOLE = re.compile(r"[0-9]{1,9}")

@@ -7,6 +7,7 @@ const list = $("results");
 let maxUpload = 0;
 let currentText = ""; // the text query of the results shown ("" after an upload): what a timeline scores
 let timelineThreshold = null; // ?threshold= of the page's address, passed on to /api/timeline
+let uploaded = null; // the recording last searched with (a File), which its timeline is drawn over
 const SVG = "http://www.w3.org/2000/svg";
 
 function clock(seconds) {
@@ -129,6 +130,52 @@ function timelineButton(hit, media, box) {
     }
   });
   return button;
+}
+
+function showUpload(file) {
+  // The recording searched with, above its results: played from this page's own copy (an object URL, nothing
+  // fetched), and a text's score over it on demand (POST /api/timeline: the server keeps nothing of it).
+  const media = $("upload-player");
+  if (media.src) URL.revokeObjectURL(media.src);
+  uploaded = file;
+  media.src = URL.createObjectURL(file);
+  $("upload-name").textContent = file.name;
+  $("upload-q").value = $("q").value.trim();
+  $("upload-timeline").hidden = true;
+  $("upload-timeline").replaceChildren();
+  $("upload-view").hidden = false;
+}
+
+function hideUpload() {
+  const media = $("upload-player");
+  media.pause();
+  if (media.src) URL.revokeObjectURL(media.src);
+  media.removeAttribute("src");
+  uploaded = null;
+  $("upload-view").hidden = true;
+}
+
+async function uploadTimeline(event) {
+  event.preventDefault();
+  const text = $("upload-q").value.trim();
+  const box = $("upload-timeline");
+  if (!text || !uploaded) return;
+  const button = $("upload-timeline-go");
+  button.disabled = true;
+  box.hidden = false;
+  box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
+  const params = new URLSearchParams({ q: text, name: uploaded.name });
+  if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
+  try {
+    const response = await fetch(`/api/timeline?${params}`, {
+      method: "POST", body: uploaded, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
+    });
+    drawTimeline(box, await answerOf(response), $("upload-player"));
+  } catch (err) {
+    box.replaceChildren(el("div", "timeline-note error", err.message));
+  } finally {
+    button.disabled = false;
+  }
 }
 
 function card(hit, best) {
@@ -272,6 +319,7 @@ async function searchText(event) {
   if (!text) return;
   const label = `\u201c${text}\u201d${$("label").value ? ` labelled ${$("label").value}` : ""}`;
   currentText = text;
+  hideUpload();
   busy(label);
   const params = options();
   params.set("q", text);
@@ -298,6 +346,8 @@ async function searchFile(kind, input) {
     return;
   }
   currentText = "";
+  if (kind === "audio") showUpload(file);
+  else hideUpload();
   busy(label);
   const params = options();
   params.set("kind", kind);
@@ -343,6 +393,7 @@ async function labels() {
 
 $("search-form").addEventListener("submit", searchText);
 $("more").addEventListener("click", more);
+$("upload-timeline-form").addEventListener("submit", uploadTimeline);
 $("audio-file").addEventListener("change", () => searchFile("audio", $("audio-file")));
 $("image-file").addEventListener("change", () => searchFile("image", $("image-file")));
 stats();
