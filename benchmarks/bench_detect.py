@@ -176,8 +176,8 @@ def event_f1(args, folder: Path) -> list[tuple[str, dict]]:
             (tree / label / Path(path).name).symlink_to(Path(path).resolve())
     report = fit(model, tree, folder / "head", n_folds=min(5, per_label), plot=False)
     head = load_head(folder / "head")
-    log(f"head fitted on {per_label} clips per label (threshold {head.threshold:.3f}"
-        f"{'; ' + '; '.join(report.problems) if report.problems else ''})")
+    log(f"head fitted on {per_label} clips per label"
+        f"{' (' + '; '.join(report.problems) + ')' if report.problems else ''}")
     found = detect(model, list(reference), head=head, median_filter=1.0, min_duration=0.5, merge_gap=0.5)
     rows.append((f"head from audioclip fit ({per_label} clips per class of folds 1-3)",
                  score_events(reference, {f.path: f.events for f in found.files}, labels)))

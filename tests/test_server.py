@@ -557,7 +557,7 @@ def test_bodies_in_flight_are_capped_in_number_and_bytes(served):
 
 def test_uploads_past_the_decoding_cap_get_503_busy(served, monkeypatch):
     """Slots are taken by uploads being decoded or embedded: past max_uploads, 503 "busy" at once."""
-    from audioclip.index import server as serving
+    from audioclip.index import received as serving  # where uploads are decoded for every route
 
     release = threading.Event()
     decode = serving.decode_upload
@@ -1077,7 +1077,7 @@ def test_a_stalled_body_gets_408_when_wait_for_raises_asyncio_timeout_error(serv
     import asyncio
     import types
 
-    from audioclip.index import server as serving
+    from audioclip.index import received as serving  # where upload bodies are received
 
     class Py310TimeoutError(Exception):
         pass
@@ -1177,12 +1177,12 @@ def test_serve_returns_1_when_uvicorn_dies_starting(served, monkeypatch, capsys)
 def test_uploads_use_the_index_public_methods(served):
     import inspect
 
-    from audioclip.index import server, uploads
+    from audioclip.index import received, server, uploads
 
     index = served["index"]
     assert index.model_lock is index.model_lock and hasattr(index.model_lock, "acquire")
     assert index.precision == "fp32" and index.decode_options() == index._options()
-    for module in (uploads, server):
+    for module in (uploads, server, received):
         source = inspect.getsource(module)
         assert "index._" not in source and "from ..inference import DecodeOptions" not in source
 

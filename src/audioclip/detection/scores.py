@@ -258,6 +258,8 @@ def frame_scores(
 
 
 def _blocks_of(audio: np.ndarray | torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """``(channels, size)`` float32 tensors of ``audio`` in order (a memory map is read piece by piece)."""
+    """``(channels, size)`` float32 tensors of ``audio`` in order: copies (a memory map is read piece by piece,
+    and a read-only one is never handed to torch)."""
+    audio = audio.numpy() if isinstance(audio, torch.Tensor) else audio
     for start in range(0, audio.shape[-1], size):
-        yield torch.as_tensor(np.ascontiguousarray(audio[..., start: start + size]), dtype=torch.float32)
+        yield torch.from_numpy(np.array(audio[..., start: start + size], dtype=np.float32))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -120,6 +121,10 @@ class UploadGate:
     async def decode(self, path: str, name: str, *, audio: bool = False) -> DecodedUpload:
         """The received file decoded in a worker (``audio``: its whole sound in one array, for a timeline)."""
         options = self._options or await run_in_threadpool(self._upload_options)
+        if audio:
+            # every channel, as a timeline of an indexed file scores them (detection.query_scores), within the
+            # query's channel cap, whether or not the index averages them for its vectors
+            options = query_options(dataclasses.replace(options, mono=False), self.max_query_seconds)
         return await run_in_threadpool(decode_upload, path, name, options, self.decode_timeout,
                                        self._decoded_bytes(options), audio)
 

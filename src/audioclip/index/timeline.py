@@ -79,17 +79,23 @@ class Timeline:
         query = query_of(request)
         text, threshold = self._asked(query)
         name = upload_name(query)
+        self._check_slot()  # busy now: 503 before the body is sent and decoded for nothing
         async with self.gate.received(request, name, length) as path:
             decoded = await self.gate.decode(path, name, audio=True)
-            found = await run_in_threadpool(self._scored, name, text, threshold, decoded.audio)
-            del decoded  # its memory map, before the folder goes
+            try:
+                found = await run_in_threadpool(self._scored, name, text, threshold, decoded.audio)
+            finally:
+                del decoded  # its memory map, before the folder goes
         return json_answer(200, {"name": name, "query": text, "threshold": threshold, **found})
+
+    def _check_slot(self) -> None:
+        if self._slot.locked():
+            raise _busy()
 
     def _scored(self, name: str, text: str, threshold: float, audio) -> dict:
         """The timeline of the decoded upload ``audio``, one timeline at a time."""
         if not self._slot.acquire(blocking=False):
-            raise Refused(503, "busy: another timeline is being drawn; try again in a moment",
-                           headers={"Retry-After": "5"})
+            raise _busy()
         try:
             with store_errors():
                 model = self.index.model
@@ -120,8 +126,7 @@ class Timeline:
             raise Refused(413, f"the recording is too long for a timeline ({record.duration:.0f} s; at most "
                            f"{self.max_seconds:g} s)")
         if not self._slot.acquire(blocking=False):
-            raise Refused(503, "busy: another timeline is being drawn; try again in a moment",
-                           headers={"Retry-After": "5"})
+            raise _busy()
         try:
             fd = open_indexed(record)
             if fd is None:
@@ -141,3 +146,7 @@ class Timeline:
         finally:
             self._slot.release()
         return json_answer(200, {"id": file_id, "query": text, "threshold": threshold, **found})
+
+
+def _busy() -> Refused:
+    return Refused(503, "busy: another timeline is being drawn; try again in a moment", headers={"Retry-After": "5"})

@@ -21,7 +21,9 @@ libraries. So the server never decodes one itself:
    be none to read); the worker's ``RLIMIT_FSIZE`` stops any single file a
    little past it; and its ``RLIMIT_DATA`` caps its memory at
    :data:`WORKER_MEMORY` beyond what it holds when it starts (a decoder
-   that needs more fails, and the upload with it).
+   that needs more fails, and the upload with it). For a timeline
+   (``POST /api/timeline``) the worker writes the whole sound as one array
+   instead (``decode_upload(..., audio=True)``), under the same bounds.
 2. :func:`embed_upload` embeds the windows here (the model lives here),
    taking ``index.model_lock`` for one batch at a time, so that text
    searches, which take the same lock, are answered between two batches of

@@ -151,8 +151,10 @@ function hideUpload() {
   media.pause();
   if (media.src) URL.revokeObjectURL(media.src);
   media.removeAttribute("src");
+  media.load(); // lets go of the file's data
   uploaded = null;
   $("upload-view").hidden = true;
+  $("upload-timeline-go").disabled = false;
 }
 
 async function uploadTimeline(event) {
@@ -164,17 +166,19 @@ async function uploadTimeline(event) {
   button.disabled = true;
   box.hidden = false;
   box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
-  const params = new URLSearchParams({ q: text, name: uploaded.name });
+  const file = uploaded; // an answer that comes after another file was picked is not drawn
+  const params = new URLSearchParams({ q: text, name: file.name });
   if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
   try {
     const response = await fetch(`/api/timeline?${params}`, {
-      method: "POST", body: uploaded, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
+      method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
     });
-    drawTimeline(box, await answerOf(response), $("upload-player"));
+    const answer = await answerOf(response);
+    if (uploaded === file) drawTimeline(box, answer, $("upload-player"));
   } catch (err) {
-    box.replaceChildren(el("div", "timeline-note error", err.message));
+    if (uploaded === file) box.replaceChildren(el("div", "timeline-note error", err.message));
   } finally {
-    button.disabled = false;
+    if (uploaded === file) button.disabled = false;
   }
 }
 
@@ -341,6 +345,7 @@ async function searchFile(kind, input) {
   if (!file) return;
   const label = `the ${kind === "audio" ? "sound" : "picture"} \u201c${file.name}\u201d`;
   if (maxUpload && file.size > maxUpload) {
+    hideUpload();
     failed(`${file.name} is too large (${(file.size / 1e6).toFixed(1)} MB; at most ${(maxUpload / 1e6).toFixed(1)} MB)`);
     input.value = "";
     return;
@@ -363,6 +368,7 @@ async function searchFile(kind, input) {
   try {
     show(await fetchPage(0), label, fetchPage);
   } catch (err) {
+    if (uploaded === file) hideUpload(); // a file the server cannot search with has no timeline either
     failed(err.message);
   } finally {
     input.value = "";
