@@ -340,3 +340,88 @@ def test_audio_waiting_when_listening_begins_counts_from_when_it_was_sent():
     Listener(source(), embed, scorer, ["loud", "quiet"], window=1.0, hop=0.5, on_frame=frames.extend).run()
     latency = [f["emitted_s"] - f["end_s"] for f in frames]
     assert latency and min(latency) >= 0  # no score before its audio was sent
+
+
+# -- a network stream that stalls is reopened --------------------------------------------------------
+
+
+class _Stream:
+    """An HTTP server on 127.0.0.1 playing a WAV: connections listed in ``plan`` ("stall": the header and 1 s,
+    then nothing; "whole": the header and 2 s, then the end), the last entry repeated."""
+
+    def __init__(self, plan: list[str]):
+        import http.server
+        import io
+
+        self.plan, self.served, self.release = plan, [], threading.Event()
+        rng = np.random.default_rng(3)
+        buffer = io.BytesIO()
+        sf.write(buffer, (0.1 * rng.standard_normal(10 * RATE)).astype(np.float32), RATE, format="WAV",
+                 subtype="PCM_16")
+        wav = buffer.getvalue()
+        header, data = wav[:44], wav[44:]
+        stream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                kind = stream.plan[min(len(stream.served), len(stream.plan) - 1)]
+                stream.served.append(kind)
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                seconds = 1 if kind == "stall" else 2
+                body = header + data[: seconds * RATE * 2]
+                if kind == "whole":
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                if kind == "stall":
+                    stream.release.wait(30)  # holds the connection open, sending nothing
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/live.wav"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_network_stream_that_stalls_is_reopened_with_back_off(capsys):
+    from audioclip.live.sources import AVSource
+
+    stream = _Stream(["stall", "stall", "whole"])
+    waits = []
+    try:
+        source = AVSource(stream.url, retry=3, timeout_s=1.0, sleep=waits.append)
+        samples = sum(block.shape[-1] for block in source)
+    finally:
+        stream.close()
+    assert stream.served == ["stall", "stall", "whole"]
+    assert waits == [1.0, 2.0]  # the wait doubles at each try
+    # what each connection sent was played: 1 s, 1 s, then 2 s to the end (no more: the stream ended)
+    assert 3.9 * RATE <= samples <= 4.0 * RATE
+    lines = [line for line in capsys.readouterr().err.splitlines() if "stream lost" in line]
+    assert lines == [f"audioclip listen: {stream.url}: stream lost; retry 1/3 in 1 s",
+                     f"audioclip listen: {stream.url}: stream lost; retry 2/3 in 2 s"]
+
+
+def test_a_network_stream_that_keeps_stalling_ends_in_one_line_after_its_retries():
+    from audioclip.live.sources import AVSource
+
+    stream = _Stream(["stall"])
+    try:
+        source = AVSource(stream.url, retry=2, timeout_s=1.0, sleep=lambda s: None)
+        with pytest.raises(SourceError) as caught:
+            for _ in source:
+                pass
+    finally:
+        stream.close()
+    assert len(stream.served) == 3  # the first try and two more
+    message = str(caught.value)
+    assert message.startswith(stream.url) and "\n" not in message

@@ -439,7 +439,8 @@ def test_the_timeline_of_an_uploaded_recording_in_a_real_browser(site, tmp_path)
             page = browser.new_page()
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            failed = []  # answers of 400 and more, by address
+            page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
             page.goto(f"http://127.0.0.1:{site['port']}/?threshold={cut}")
             assert page.locator("#upload-view").is_hidden()
             page.fill("#q", QUERY)
@@ -476,6 +477,8 @@ def test_the_timeline_of_an_uploaded_recording_in_a_real_browser(site, tmp_path)
             assert page.locator("#upload-view").is_hidden()
             if os.environ.get("AUDIOCLIP_SCREENSHOT_UPLOAD_TIMELINE"):
                 page.screenshot(path=os.environ["AUDIOCLIP_SCREENSHOT_UPLOAD_TIMELINE"])
-            assert [e for e in errors if "413" not in e and "400" not in e] == []
+            assert errors == []
+            assert failed == [(400, f"http://127.0.0.1:{site['port']}/api/timeline?q={'x' * (MAX_QUERY_CHARS + 1)}"
+                                    f"&name=long.wav&threshold={cut}")], failed
         finally:
             browser.close()

@@ -144,7 +144,8 @@ class _Site:
 
     def stats(self, request: Request) -> Response:
         with store_errors():
-            return json_answer(200, {**self.index.stats(), "max_upload": self.max_upload})
+            return json_answer(200, {**self.index.stats(), "max_upload": self.max_upload,
+                                     "live": self.live is not None})  # whether /api/live has a feed
 
     # -- searching --
 

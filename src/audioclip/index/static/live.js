@@ -1,6 +1,6 @@
 // audioclip search page: the live timeline of `audioclip serve --listen SOURCE`.
 // The scores of the last SPAN seconds, one lane per label, with the events marked; drawn in SVG from the
-// server-sent events of /api/live. Without --listen that address is 404 and nothing is shown.
+// server-sent events of /api/live. Without --listen ("live": false in /api/stats) nothing is asked or shown.
 "use strict";
 
 (() => {
@@ -167,8 +167,13 @@
     schedule();
   }
 
-  function start() {
+  async function start() {
     if (typeof EventSource === "undefined") return;
+    try { // only a server started with --listen has a feed (/api/stats says so): no request for nothing
+      if (!(await (await fetch("/api/stats")).json()).live) return;
+    } catch (err) {
+      return;
+    }
     const source = new EventSource("/api/live");
     source.addEventListener("hello", (message) => {
       hello = JSON.parse(message.data);
