@@ -73,10 +73,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(samples: np.ndarray, *, window: float, hop: float, checkpoint: str, labels: str, device: str) -> dict:
+def run(samples: np.ndarray, *, window: float, hop: float, checkpoint: str, labels: str, device: str,
+        max_delay: float) -> dict:
     cmd = [sys.executable, "-m", "audioclip", "listen", "-", "--format", "s16le", "--rate", str(RATE),
            "--labels", labels, "--window", str(window), "--hop", str(hop), "--checkpoint", checkpoint,
-           "--device", device, "--frames", "-", "-v"]
+           "--device", device, "--max-delay", str(max_delay), "--frames", "-", "-v"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     ready = threading.Event()
@@ -149,6 +150,8 @@ def main() -> int:
                         help="default: the full architecture, random weights (the compute of 'full')")
     parser.add_argument("--labels", default="dog,rain,siren,crying baby,chainsaw,helicopter,rooster,crackling fire")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-delay", type=float, default=1.0,
+                        help="listen's --max-delay: how long windows may wait before being dropped (default: 1)")
     parser.add_argument("--smoke", action="store_true", help="20 s into the tiny architecture")
     args = parser.parse_args()
     if args.smoke:
@@ -156,8 +159,9 @@ def main() -> int:
     samples, kind = recording(args.minutes * 60)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = [run(samples, window=args.window, hop=float(h), checkpoint=args.checkpoint, labels=args.labels,
-                   device=args.device) for h in args.hops.split(",")]
+                   device=args.device, max_delay=args.max_delay) for h in args.hops.split(",")]
     print(f"\naudioclip listen at real time: {kind}, {args.minutes:g} min, --window {args.window:g}, "
+          f"--max-delay {args.max_delay:g}, "
           f"{args.checkpoint} on {args.device}, {os.cpu_count()} CPUs, load average {load:.1f} at the start\n")
     print("| hop (s) | minutes | windows scored | dropped | latency p50 (s) | latency p99 (s) | "
           "compute / hop (median, p99) | RSS start -> end (MB) | RSS max (MB) |")

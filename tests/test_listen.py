@@ -167,7 +167,8 @@ def _slow_run(seconds: float) -> tuple:
         return scorer(x)
 
     tracemalloc.start()
-    listener = Listener(_paced(seconds, 20.0, block_s=0.05), embed, slow, ["loud", "quiet"], window=1.0, hop=0.1)
+    listener = Listener(_paced(seconds, 20.0, block_s=0.05), embed, slow, ["loud", "quiet"], window=1.0, hop=0.1,
+                        max_delay=0.0)
     report = listener.run()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -183,6 +184,42 @@ def test_a_slow_scorer_drops_windows_counts_them_and_memory_stays_bounded():
         assert report.windows + report.dropped == grid
     assert short_ring == long_ring  # the ring is sized by the window, not by how far behind the model is
     assert long_peak < short_peak * 1.5 + 1_000_000
+
+
+def _spiky_run(max_delay: float, slow_s: float = 0.8) -> tuple:
+    """8 s at real time, --window 1 --hop 0.25; the fifth model call takes ``slow_s`` (another process took the
+    CPU). Returns the report and the frames."""
+    embed, scorer = _loud_scorer()
+    calls, frames = [], []
+
+    def spiky(x):
+        calls.append(len(x))
+        if len(calls) == 5:
+            time.sleep(slow_s)
+        return scorer(x)
+
+    listener = Listener(_paced(8.0, 1.0), embed, spiky, ["loud", "quiet"], window=1.0, hop=0.25,
+                        max_delay=max_delay, on_frame=frames.extend)
+    return listener.run(), frames
+
+
+def test_a_moment_of_slowness_delays_windows_instead_of_dropping_them():
+    report, frames = _spiky_run(max_delay=1.0)
+    grid = int((8.0 - 1.0) / 0.25) + 1
+    assert report.dropped == 0 and report.windows == grid  # the windows that waited were scored afterwards
+    latency = {f["start_s"]: f["emitted_s"] - f["end_s"] for f in frames}
+    assert 0.5 < max(latency.values()) < 1.0 + 0.3  # late by the slow call, never more than max_delay behind
+    assert sorted(latency.values())[len(latency) // 2] < 0.2  # and on time again once it caught up
+    report, _ = _spiky_run(max_delay=0.0)  # only the newest window: those that waited are lost
+    assert report.dropped >= 2 and report.windows + report.dropped == grid
+
+
+def test_windows_that_would_wait_longer_than_max_delay_are_dropped():
+    report, frames = _spiky_run(max_delay=0.5, slow_s=2.0)
+    grid = int((8.0 - 1.0) / 0.25) + 1
+    assert report.dropped >= 4 and report.windows + report.dropped == grid
+    latency = [f["emitted_s"] - f["end_s"] for f in frames]
+    assert max(latency) < 2.0 + 0.5 + 0.3  # the slow call, and at most max_delay of waiting before it
 
 
 # -- the log ---------------------------------------------------------------------------------------

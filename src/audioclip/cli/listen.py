@@ -134,7 +134,8 @@ def make_listener(args: argparse.Namespace, model, source, labels, templates, he
     # a recording read from a regular file (not paced) waits for the model instead of being dropped
     drop = not (args.no_drop or (getattr(source, "regular_file", False) and not args.realtime))
     listener = Listener.from_model(model, source, scorer, labels, window=args.window, hop=args.hop, postprocess=post,
-                                   emit=args.emit, drop=drop, batch_size=args.batch_size, **callbacks)
+                                   emit=args.emit, drop=drop, max_delay=args.max_delay, batch_size=args.batch_size,
+                                   **callbacks)
     return listener, labels
 
 
@@ -253,6 +254,10 @@ def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) ->
     time.add_argument("--hop", type=seconds, default=0.5, help="seconds between windows (default: 0.5)")
     time.add_argument("--batch-size", type=positive_int, default=8,
                       help="windows per model call when several are waiting without being dropped (default: 8)")
+    time.add_argument("--max-delay", type=number_in(float, 0, 3600, "0 to 3600 seconds"), default=1.0,
+                      metavar="SECONDS",
+                      help="windows may wait this long behind the newest for the model before the oldest are "
+                      "dropped (default: 1; 0: only the newest window is scored)")
     time.add_argument("--no-drop", action="store_true",
                       help="wait for the model instead of dropping windows (a recording piped faster than it "
                       "plays; a live source then falls behind)")
@@ -268,7 +273,8 @@ def register_listen(subparsers: argparse._SubParsersAction) -> None:
         description="Listen to a source and report events as they happen: one JSON line per event on standard "
         "output (label, start and end as wall-clock ISO 8601 and seconds since listening began, peak score). "
         "Windows, scores and post-processing are those of 'detect --method windows'. When the model is slower "
-        "than the audio, the oldest pending windows are dropped and counted, never queued. See "
+        "than the audio for longer than --max-delay, the oldest pending windows are dropped and counted, never "
+        "queued without bound. See "
         "docs/listening.md.", epilog=STATUS_EPILOG + " 130: interrupted (Ctrl-C), the log flushed.")
     parser.add_argument("source", metavar="SOURCE",
                         help="'mic' (the default input device), '-' (raw PCM or WAV on standard input) or a file or "

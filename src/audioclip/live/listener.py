@@ -7,12 +7,16 @@
                                                                        frames stream    events: stdout, log
 
 Windows lie on a fixed grid (``window`` s long, every ``hop`` s from the first sample), the
-grid ``detect --method windows`` cuts a file on. When inference is slower than the audio,
-the pending windows but the newest are dropped: each drop is counted (a field of every frame
-line, a line on standard error at most once a second, the total at exit), and the ring buffer
-holds a fixed number of samples, so a slow machine falls behind by at most one window and
-memory stays flat. With ``drop=False`` (a recording read faster than it plays) the capture
-thread waits for room instead, and every window is scored.
+grid ``detect --method windows`` cuts a file on. Complete windows may wait for the model up to
+``max_delay`` seconds behind the newest one (``1 + max_delay / hop`` windows, scored together
+in one batch when the model is free): one slow call (another process taking the CPU for a
+moment) delays a few windows instead of losing them. When inference stays slower than the
+audio, the oldest pending windows beyond that are dropped: each drop is counted (a field of
+every frame line, a line on standard error at most once a second, the total at exit), and the
+ring buffer holds a fixed number of samples, so a slow machine falls behind by at most
+``max_delay`` and a window, and memory stays flat. ``max_delay=0``: only the newest window is
+ever scored. With ``drop=False`` (a recording read faster than it plays) the capture thread
+waits for room instead, and every window is scored.
 
 Times are seconds since listening began (the first sample) and wall-clock times: the wall
 time of the first sample plus the seconds. For a live source (``drop=True``) the first sample's
@@ -117,7 +121,7 @@ class Listener:
     def __init__(self, source: Iterable[np.ndarray], embed: Callable[[torch.Tensor], torch.Tensor],
                  scorer: Callable[[torch.Tensor], torch.Tensor], labels: Sequence[str], *, window: float = 2.0,
                  hop: float = 0.5, postprocess: PostProcessing = PostProcessing(), emit: str = "end",
-                 drop: bool = True, batch_size: int = 8, ring_seconds: float | None = None,
+                 drop: bool = True, max_delay: float = 1.0, batch_size: int = 8, ring_seconds: float | None = None,
                  on_event: Callable[[dict], None] | None = None, on_frame: Callable[[list[dict]], None] | None = None,
                  on_drop: Callable[[int, int], None] | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
@@ -127,8 +131,12 @@ class Listener:
         self.window, self.hop = window, hop
         self.tracker = EventTracker(self.labels, postprocess, hop, emit)
         self.emit, self.drop, self.batch_size = emit, drop, batch_size
-        # the window, a backlog of hops, and room for a source's block (up to ~4 s)
-        self.ring_seconds = ring_seconds or window + max(8 * hop, 4.0) + 4.0
+        if max_delay < 0:
+            raise ValueError(f"max_delay must be 0 or more seconds, got {max_delay}")
+        # complete windows that may wait: the newest and those at most max_delay older
+        self.backlog = 1 + int(max_delay / hop + 1e-9)
+        # the window, the backlog (or 8 hops), and room for a source's block (up to ~4 s)
+        self.ring_seconds = ring_seconds or window + max(8 * hop, 4.0, max_delay + hop) + 4.0
         self.on_event, self.on_frame, self.on_drop = on_event, on_frame, on_drop
         self.clock, self.wall = clock, wall
         self.report = ListenReport()
@@ -194,11 +202,11 @@ class Listener:
                     if ring.written < next_start + self.size:  # the source ended
                         break
                     ready = (ring.written - self.size - next_start) // self.step + 1  # complete windows pending
-                    skipped = ready - 1 if self.drop else 0
+                    skipped = max(0, ready - self.backlog) if self.drop else 0
                     if skipped:
                         self.report.dropped += skipped
                         next_start += skipped * self.step
-                        ready = 1
+                        ready = self.backlog
                     count = min(ready, self.batch_size)
                     starts = [next_start + i * self.step for i in range(count)]
                     batch = torch.from_numpy(np.stack([ring.read(s, self.size) for s in starts]))
