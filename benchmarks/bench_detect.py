@@ -23,9 +23,10 @@
 2. Event F1 on synthetic soundscapes (``audioclip.detection.synthetic``): ESC-10 clips mixed
    over noise at 0-12 dB SNR, scored by sed_eval (event-based, 200 ms collar; segment-based,
    1 s), for the ESC-10 labels zero-shot and for a head fitted by ``audioclip.fit`` (what
-   ``audioclip fit`` runs). Each class's clips are split in two halves by file name: the head
-   is fitted on the first (at most ``--train-clips`` per class, at least 2), the soundscapes
-   are made of the second: the same classes, other clips. With random weights (the default:
+   ``audioclip fit`` runs). Each class's clips are split in two halves by recording (the takes
+   of one ESC-50 recording on one side): the head is fitted on the first (at most
+   ``--train-clips`` per class, at least 2), the soundscapes are made of the second: the same
+   classes, other recordings. With random weights (the default:
    the published checkpoint is a download) the F1 measures the mechanics only.
 
 Weights: ``--checkpoint`` (default ``AudioCLIP-RN50``: the full-size architecture with its
@@ -141,6 +142,18 @@ def agreement(windows: dict, columns: dict) -> dict:
 # -- event F1 ------------------------------------------------------------------------------------------------
 
 
+def halves_by_recording(paths: list[str]) -> tuple[list[str], list[str]]:
+    """``paths`` in two parts of about half each, whole recordings (ESC-50's ``fold-ID-take-class``) in each."""
+    by_recording: dict[str, list[str]] = {}
+    for path in sorted(paths):
+        by_recording.setdefault(Path(path).stem.split("-")[1], []).append(path)
+    first: list[str] = []
+    groups = [by_recording[key] for key in sorted(by_recording)]
+    while groups and len(first) + len(groups[0]) <= len(paths) / 2:
+        first += groups.pop(0)
+    return first, [p for group in groups for p in group]
+
+
 def event_f1(args, folder: Path) -> list[tuple[str, dict]]:
     from audioclip.detection import detect
     from audioclip.detection.synthetic import esc50_clips, make_soundscapes
@@ -156,12 +169,14 @@ def event_f1(args, folder: Path) -> list[tuple[str, dict]]:
     if importlib.util.find_spec("sed_eval") is None:
         log("event F1 skipped: sed_eval is not installed (pip install 'audioclip[eval]')")
         return []
-    # each class's clips in two halves, by file name: the head is fitted on the first (at most --train-clips
-    # of them), the soundscapes are made of the second; the same classes, never the same clips
-    clips = esc50_clips(ESC50)
+    # each class's clips in two halves by recording (the takes A, B, ... of one ESC-50 recording stay on one
+    # side): the head is fitted on the first (at most --train-clips clips), the soundscapes are made of the
+    # second; the same classes, never the same recordings
     per_label = 2 if args.smoke else args.train_clips  # a class needs two clips to be fitted
-    train_clips = {label: sorted(paths)[: len(paths) // 2][:per_label] for label, paths in clips.items()}
-    test_clips = {label: sorted(paths)[len(paths) // 2:] for label, paths in clips.items()}
+    train_clips, test_clips = {}, {}
+    for label, paths in esc50_clips(ESC50).items():
+        first, second = halves_by_recording(paths)
+        train_clips[label], test_clips[label] = first[:per_label], second
     count, duration = (1, 15.0) if args.smoke else (args.soundscapes, 30.0)
     made = make_soundscapes(folder / "scapes", test_clips, count=count, duration_s=duration, seed=1)
     labels = sorted(test_clips)
@@ -183,7 +198,7 @@ def event_f1(args, folder: Path) -> list[tuple[str, dict]]:
     log(f"head fitted on {fitted_on}+ clips per label"
         f"{' (' + '; '.join(report.problems) + ')' if report.problems else ''}")
     found = detect(model, list(reference), head=head, median_filter=1.0, min_duration=0.5, merge_gap=0.5)
-    rows.append((f"head from audioclip fit ({fitted_on}+ clips per class, not in the soundscapes)",
+    rows.append((f"head from audioclip fit ({fitted_on}+ clips per class; recordings not in the soundscapes)",
                  score_events(reference, {f.path: f.events for f in found.files}, labels)))
     return rows
 
@@ -198,7 +213,7 @@ def main() -> None:
     parser.add_argument("--soundscapes", type=int, default=20, help="synthetic soundscapes for F1 (default: 20)")
     parser.add_argument("--train-clips", type=int, default=8,
                         help="clips per label the head is fitted on, at most (default: 8; at least 2): from "
-                        "the first half of each class's clips, the soundscapes being made of the second")
+                        "the first half of each class's recordings, the soundscapes being made of the second")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)

@@ -186,9 +186,10 @@ def test_a_slow_scorer_drops_windows_counts_them_and_memory_stays_bounded():
     assert long_peak < short_peak * 1.5 + 1_000_000
 
 
-def _spiky_run(max_delay: float, slow_s: float = 0.8) -> tuple:
-    """8 s at real time, --window 1 --hop 0.25; the fifth model call takes ``slow_s`` (another process took the
-    CPU). Returns the report and the frames."""
+def _spiky_run(max_delay: float, slow_s: float = 0.9, batch_size: int = 8) -> tuple:
+    """8 s at real time, --window 1 --hop 0.25; the fifth model call (the window ending at 2 s) takes
+    ``slow_s`` (another process took the CPU). Returns the report, the frames and the windows per call. The
+    slow times end midway between two windows' completions, so that what is pending then is certain."""
     embed, scorer = _loud_scorer()
     calls, frames = [], []
 
@@ -199,27 +200,37 @@ def _spiky_run(max_delay: float, slow_s: float = 0.8) -> tuple:
         return scorer(x)
 
     listener = Listener(_paced(8.0, 1.0), embed, spiky, ["loud", "quiet"], window=1.0, hop=0.25,
-                        max_delay=max_delay, on_frame=frames.extend)
-    return listener.run(), frames
+                        max_delay=max_delay, batch_size=batch_size, on_frame=frames.extend)
+    return listener.run(), frames, calls
+
+
+GRID = int((8.0 - 1.0) / 0.25) + 1  # windows of 1 s every 0.25 s in 8 s
 
 
 def test_a_moment_of_slowness_delays_windows_instead_of_dropping_them():
-    report, frames = _spiky_run(max_delay=1.0)
-    grid = int((8.0 - 1.0) / 0.25) + 1
-    assert report.dropped == 0 and report.windows == grid  # the windows that waited were scored afterwards
+    report, frames, calls = _spiky_run(max_delay=1.0)
+    assert report.dropped == 0 and report.windows == GRID  # the windows that waited were scored afterwards
+    assert calls[5] == 3  # together, in one batch: those completed at 2.25, 2.5 and 2.75 s
     latency = {f["start_s"]: f["emitted_s"] - f["end_s"] for f in frames}
     assert 0.5 < max(latency.values()) < 1.0 + 0.3  # late by the slow call, never more than max_delay behind
     assert sorted(latency.values())[len(latency) // 2] < 0.2  # and on time again once it caught up
-    report, _ = _spiky_run(max_delay=0.0)  # only the newest window: those that waited are lost
-    assert report.dropped >= 2 and report.windows + report.dropped == grid
+    assert {f["dropped"] for f in frames} == {0}
+    # fewer windows per call than are waiting: the rest in the next call, still none dropped
+    report, _, calls = _spiky_run(max_delay=1.0, batch_size=2)
+    assert report.dropped == 0 and report.windows == GRID and calls[5:7] == [2, 1]
+    # only the newest window: those that waited are lost
+    report, frames, calls = _spiky_run(max_delay=0.0)
+    assert report.dropped == 2 and report.windows + report.dropped == GRID and calls[5] == 1
+    assert {f["dropped"] for f in frames if f["end_s"] <= 2.0} == {0}
+    assert {f["dropped"] for f in frames if f["end_s"] > 2.75} == {2}
 
 
 def test_windows_that_would_wait_longer_than_max_delay_are_dropped():
-    report, frames = _spiky_run(max_delay=0.5, slow_s=2.0)
-    grid = int((8.0 - 1.0) / 0.25) + 1
-    assert report.dropped >= 4 and report.windows + report.dropped == grid
-    latency = [f["emitted_s"] - f["end_s"] for f in frames]
-    assert max(latency) < 2.0 + 0.5 + 0.3  # the slow call, and at most max_delay of waiting before it
+    # 1.9 s: the windows completed at 2.25 ... 3.75 s are waiting (7); at most 1 + 0.5 / 0.25 = 3 may wait
+    report, frames, calls = _spiky_run(max_delay=0.5, slow_s=1.9)
+    assert calls[5] == 3 and report.dropped == 4 and report.windows + report.dropped == GRID
+    after = [f["emitted_s"] - f["end_s"] for f in frames if 3.0 < f["end_s"] <= 3.75]
+    assert after and 0.1 < max(after) < 0.75 + 0.25  # those kept waited at most max_delay and a hop
 
 
 # -- the log ---------------------------------------------------------------------------------------
@@ -435,7 +446,7 @@ def test_a_network_stream_that_stalls_is_reopened_with_back_off(capsys):
     stream = _Stream(["stall", "stall", "whole"])
     waits = []
     try:
-        source = AVSource(stream.url, retry=3, timeout_s=1.0, sleep=waits.append)
+        source = AVSource(stream.url, retry=3, timeout_s=2.0, sleep=waits.append)
         samples = sum(block.shape[-1] for block in source)
     finally:
         stream.close()
@@ -453,7 +464,7 @@ def test_a_network_stream_that_keeps_stalling_ends_in_one_line_after_its_retries
 
     stream = _Stream(["stall"])
     try:
-        source = AVSource(stream.url, retry=2, timeout_s=1.0, sleep=lambda s: None)
+        source = AVSource(stream.url, retry=2, timeout_s=2.0, sleep=lambda s: None)
         with pytest.raises(SourceError) as caught:
             for _ in source:
                 pass

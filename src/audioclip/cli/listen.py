@@ -254,10 +254,11 @@ def add_listening_options(parser: argparse.ArgumentParser, head: bool = True) ->
     time.add_argument("--hop", type=seconds, default=0.5, help="seconds between windows (default: 0.5)")
     time.add_argument("--batch-size", type=positive_int, default=8,
                       help="windows per model call when several are waiting without being dropped (default: 8)")
-    time.add_argument("--max-delay", type=number_in(float, 0, 3600, "0 to 3600 seconds"), default=1.0,
+    time.add_argument("--max-delay", type=number_in(float, 0, 60, "0 to 60 seconds"), default=1.0,
                       metavar="SECONDS",
                       help="windows may wait this long behind the newest for the model before the oldest are "
-                      "dropped (default: 1; 0: only the newest window is scored)")
+                      "dropped (default: 1; 0: only the newest window is scored, the lowest latency on a machine "
+                      "that cannot keep up; without effect where nothing is dropped: --no-drop, a file)")
     time.add_argument("--no-drop", action="store_true",
                       help="wait for the model instead of dropping windows (a recording piped faster than it "
                       "plays; a live source then falls behind)")

@@ -1,8 +1,8 @@
-"""The live loop: audio on a capture thread into a bounded ring buffer, inference on the newest complete window.
+"""The live loop: audio on a capture thread into a bounded ring buffer, inference on the complete windows.
 
 ::
 
-    source --(capture thread)--> RingBuffer --(Listener.run: newest window)--> scorer --> EventTracker
+    source --(capture thread)--> RingBuffer --(Listener.run: windows due)--> scorer --> EventTracker
                                                                                  |            |
                                                                        frames stream    events: stdout, log
 
@@ -13,10 +13,12 @@ in one batch when the model is free): one slow call (another process taking the 
 moment) delays a few windows instead of losing them. When inference stays slower than the
 audio, the oldest pending windows beyond that are dropped: each drop is counted (a field of
 every frame line, a line on standard error at most once a second, the total at exit), and the
-ring buffer holds a fixed number of samples, so a slow machine falls behind by at most
-``max_delay`` and a window, and memory stays flat. ``max_delay=0``: only the newest window is
-ever scored. With ``drop=False`` (a recording read faster than it plays) the capture thread
-waits for room instead, and every window is scored.
+ring buffer holds a fixed number of samples, so memory stays flat and a window's scores come at
+most ``max_delay`` and a hop after its audio, plus the model's time for one batch of the windows
+waiting (up to ``min(1 + max_delay / hop, batch_size)`` of them). On a machine that cannot keep
+up at all, ``max_delay=0`` (only the newest window is ever scored) gives the lowest latency.
+With ``drop=False`` (a recording read faster than it plays) the capture thread waits for room
+instead, and every window is scored.
 
 Times are seconds since listening began (the first sample) and wall-clock times: the wall
 time of the first sample plus the seconds. For a live source (``drop=True``) the first sample's
@@ -186,7 +188,8 @@ class Listener:
         # the first block's samples were captured over the block's duration, before it arrived
         self.t0 = arrived - first.shape[1] / SAMPLE_RATE
         self.wall0 = self.wall() - first.shape[1] / SAMPLE_RATE
-        self._ring = ring = RingBuffer(first.shape[0], max(self.size + self.step,
+        # at least the windows that may wait, and one more hop being written
+        self._ring = ring = RingBuffer(first.shape[0], max(self.size + self.backlog * self.step,
                                                            int(self.ring_seconds * SAMPLE_RATE)))
         thread = threading.Thread(target=self._capture, args=(first, blocks), name="audioclip-capture", daemon=True)
         thread.start()
