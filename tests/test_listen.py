@@ -473,3 +473,55 @@ def test_a_network_stream_that_keeps_stalling_ends_in_one_line_after_its_retries
     assert len(stream.served) == 3  # the first try and two more
     message = str(caught.value)
     assert message.startswith(stream.url) and "\n" not in message
+
+
+# -- the microphone, through a stand-in for sounddevice ----------------------------------------------
+
+
+class _FakeInputStream:
+    """sounddevice.InputStream's public shape: calls ``callback`` from its own thread with ``blocks`` blocks of
+    ``blocksize`` frames, then stops (``active`` False: the device was unplugged)."""
+
+    blocks = 5
+    opened: list = []
+
+    def __init__(self, *, samplerate, channels, dtype, device, blocksize, callback):
+        if device == "nonesuch":
+            raise ValueError("No input device matching 'nonesuch'")
+        assert dtype == "float32" and samplerate == RATE
+        self.channels, self.blocksize, self.callback, self.active = channels, blocksize, callback, False
+        _FakeInputStream.opened.append(self)
+
+    def __enter__(self):
+        self.active = True
+
+        def feed():
+            for i in range(self.blocks):
+                self.callback(np.full((self.blocksize, self.channels), 0.01 * (i + 1), np.float32), self.blocksize,
+                              None, None)
+                time.sleep(0.01)
+            self.active = False
+
+        threading.Thread(target=feed, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+
+def test_the_microphone_delivers_its_blocks_and_a_device_that_disappears_is_one_line(monkeypatch):
+    import types
+
+    from audioclip.live.sources import MicSource
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(InputStream=_FakeInputStream))
+    got = []
+    with pytest.raises(SourceError) as caught:
+        for block in MicSource(None, channels=2, mono=True):
+            got.append(block)
+    assert len(got) == 5 and all(b.shape == (1, int(0.1 * RATE)) for b in got)  # down-mixed, in order
+    assert [float(b[0, 0]) for b in got] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])
+    assert str(caught.value) == "microphone: the input device stopped (unplugged?)"
+    with pytest.raises(SourceError) as caught:
+        next(iter(MicSource("nonesuch")))
+    assert str(caught.value) == "microphone nonesuch: No input device matching 'nonesuch'"
