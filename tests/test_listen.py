@@ -347,6 +347,8 @@ def test_a_broken_pipe_on_stdout_ends_quietly(tmp_path):
     (["{tmp}/missing.wav"], "no such file"),
     (["-", "--threshold", "0.3", "--threshold-low", "0.6"], "is above --threshold"),
     (["-", "--threshold-low", "0.7"], "above the threshold in use (0.5)"),
+    (["-", "--max-delay", "-1"], "--max-delay: must be 0 to 60 seconds, got -1"),
+    (["-", "--max-delay", "61"], "--max-delay: must be 0 to 60 seconds, got 61"),
 ])
 def test_bad_input_is_one_line_exit_2_before_the_model_loads(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

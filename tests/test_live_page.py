@@ -25,7 +25,7 @@ from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
 from audioclip.index.live_feed import LiveFeed
 from audioclip.index.server import ConnectionLimits, make_server
-from browser import CHROMIUM, browser_or_skip
+from browser import browser_or_skip, launch
 
 SR = 44100
 # deadlines far shorter than the stream is kept open in the tests
@@ -201,6 +201,7 @@ def test_live_pages_are_capped_and_without_listen_there_is_no_live_address(index
     (["--hop", "1"], "--hop"),  # options with a default of their own, too
     (["--emit", "onset"], "--emit"),
     (["--no-drop"], "--no-drop"),
+    (["--max-delay", "2"], "--max-delay"),
     (["--format", "s16le"], "--format"),  # even at its default value
 ])
 def test_listening_options_without_listen_are_a_usage_error(index, given, option):
@@ -295,8 +296,7 @@ def test_the_live_timeline_in_a_real_browser(index, tmp_path):
             pytest.fail(f"serve --listen did not start: {''.join(lines)}")
         threading.Thread(target=server.stderr.read, daemon=True).start()  # the rest, so that it never blocks
         with sync_playwright() as p:
-            browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                           headless=True, args=["--no-sandbox"])
+            browser = launch(p, tmp_path / "profile")
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
