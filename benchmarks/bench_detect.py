@@ -143,10 +143,14 @@ def agreement(windows: dict, columns: dict) -> dict:
 
 
 def halves_by_recording(paths: list[str]) -> tuple[list[str], list[str]]:
-    """``paths`` in two parts of about half each, whole recordings (ESC-50's ``fold-ID-take-class``) in each."""
+    """``paths`` in two parts of about half each, whole recordings in each (the recording of a clip as
+    ``audioclip fit`` groups its folds: :func:`audioclip.fit.folds.group_of`)."""
+    from audioclip.fit.data import Example
+    from audioclip.fit.folds import group_of
+
     by_recording: dict[str, list[str]] = {}
     for path in sorted(paths):
-        by_recording.setdefault(Path(path).stem.split("-")[1], []).append(path)
+        by_recording.setdefault(group_of(Example(path, ())), []).append(path)
     first: list[str] = []
     groups = [by_recording[key] for key in sorted(by_recording)]
     while groups and len(first) + len(groups[0]) <= len(paths) / 2:

@@ -18,3 +18,14 @@ def browser_or_skip():
     except ImportError:
         pytest.skip("the playwright Python package is not installed (pip install playwright)")
     return sync_playwright
+
+
+#: flags for a quiet, offline, headless Chromium that plays media without a click
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+
+
+def launch(playwright, profile, width: int = 1100, height: int = 760):
+    """Chromium with a fresh profile folder (Playwright passes it as ``--user-data-dir``), ``width`` x ``height``."""
+    return playwright.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                         args=ARGS, viewport={"width": width, "height": height})

@@ -28,7 +28,7 @@ from audioclip.heads import Head
 from audioclip.index import Index
 from audioclip.index.server import make_server
 from audioclip.index.web import MAX_QUERY_CHARS
-from browser import CHROMIUM, browser_or_skip
+from browser import browser_or_skip, launch
 
 SR = 44100
 QUERY = "a dog barking"
@@ -369,12 +369,8 @@ def test_label_filter_and_timeline_in_a_real_browser(site, tmp_path):
     expected = get(site["port"], f"/api/timeline?id={file_id}&q={urllib.parse.quote(QUERY)}&threshold={cut}")[1]
     assert expected["events"]
     url = f"http://127.0.0.1:{site['port']}/"
-    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--autoplay-policy=no-user-gesture-required"]
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       headless=True, args=args,
-                                                       viewport={"width": 1100, "height": 760})
+        browser = launch(p, tmp_path / "profile")
         try:
             page = browser.new_page()
             errors = []
@@ -429,12 +425,8 @@ def test_the_timeline_of_an_uploaded_recording_in_a_real_browser(site, tmp_path)
     cut = f"{float(np.median(scores)):.4f}"
     expected = post_timeline(site["port"], body, f"q={q}&threshold={cut}")[1]
     assert expected["events"]
-    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--autoplay-policy=no-user-gesture-required"]
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       headless=True, args=args,
-                                                       viewport={"width": 1100, "height": 760})
+        browser = launch(p, tmp_path / "profile")
         try:
             page = browser.new_page()
             errors = []

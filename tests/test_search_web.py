@@ -25,7 +25,7 @@ from audioclip import AudioCLIP, save_model
 from audioclip.index import Index
 from audioclip.index.served_files import parse_range as _parse_range
 from audioclip.index.server import make_server
-from browser import CHROMIUM, browser_or_skip
+from browser import browser_or_skip, launch
 
 SR = 44100
 QUERY = "a dog barking"
@@ -247,13 +247,8 @@ def test_requests_for_another_host_are_refused(site):
 def test_search_page_in_a_real_browser(site, tmp_path):
     sync_playwright = browser_or_skip()
     url = f"http://127.0.0.1:{site['port']}/"
-    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
     with sync_playwright() as p:
-        # a fresh --user-data-dir (Playwright passes it for a persistent context)
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       headless=True, args=args,
-                                                       viewport={"width": 1100, "height": 760})
+        browser = launch(p, tmp_path / "profile")
         try:
             page = browser.new_page()
             errors = []
@@ -339,9 +334,7 @@ def test_the_page_fits_a_narrow_screen(site, tmp_path):
     sync_playwright = browser_or_skip()
     url = f"http://127.0.0.1:{site['port']}/?q={QUERY.replace(' ', '+')}&k=4"
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       headless=True, args=["--no-sandbox", "--disable-gpu"],
-                                                       viewport={"width": 400, "height": 760})
+        browser = launch(p, tmp_path / "profile", width=400)
         try:
             page = browser.new_page()
             page.goto(url)

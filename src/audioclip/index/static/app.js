@@ -110,6 +110,34 @@ function drawTimeline(box, answer, media) {
     + " \u00b7 click to play from there"));
 }
 
+async function loadTimeline(box, request, media, current = () => true) {
+  // Draw the timeline the server answers to ``request`` (a promise of the response) into ``box``, or its error;
+  // nothing once ``current()`` is false (the page has moved on). Resolves to whether it was drawn.
+  box.hidden = false;
+  box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
+  try {
+    const answer = await answerOf(await request);
+    if (current()) drawTimeline(box, answer, media);
+    return true;
+  } catch (err) {
+    if (current()) box.replaceChildren(el("div", "timeline-note error", err.message));
+    return false;
+  }
+}
+
+function postFile(address, file) {
+  // an uploaded file as the request body; the header is what a page of another site cannot send unasked
+  return fetch(address, {
+    method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
+  });
+}
+
+function timelineParams(text, more = {}) {
+  const params = new URLSearchParams({ q: text, ...more });
+  if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
+  return params;
+}
+
 function timelineButton(hit, media, box) {
   const button = el("button", "timeline-button", "timeline");
   button.type = "button";
@@ -117,17 +145,8 @@ function timelineButton(hit, media, box) {
   const text = currentText;
   button.addEventListener("click", async () => {
     button.disabled = true;
-    box.hidden = false;
-    box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
     // the address the server gave (ids are 64-bit: a JavaScript number would round them)
-    const params = new URLSearchParams({ q: text });
-    if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
-    try {
-      drawTimeline(box, await answerOf(await fetch(`${hit.timeline}&${params}`)), media);
-    } catch (err) {
-      box.replaceChildren(el("div", "timeline-note error", err.message));
-      button.disabled = false;
-    }
+    if (!(await loadTimeline(box, fetch(`${hit.timeline}&${timelineParams(text)}`), media))) button.disabled = false;
   });
   return button;
 }
@@ -164,22 +183,10 @@ async function uploadTimeline(event) {
   if (!text || !uploaded) return;
   const button = $("upload-timeline-go");
   button.disabled = true;
-  box.hidden = false;
-  box.replaceChildren(el("div", "timeline-note", "drawing the timeline\u2026"));
   const file = uploaded; // an answer that comes after another file was picked is not drawn
-  const params = new URLSearchParams({ q: text, name: file.name });
-  if (timelineThreshold !== null) params.set("threshold", timelineThreshold);
-  try {
-    const response = await fetch(`/api/timeline?${params}`, {
-      method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
-    });
-    const answer = await answerOf(response);
-    if (uploaded === file) drawTimeline(box, answer, $("upload-player"));
-  } catch (err) {
-    if (uploaded === file) box.replaceChildren(el("div", "timeline-note error", err.message));
-  } finally {
-    if (uploaded === file) button.disabled = false;
-  }
+  const params = timelineParams(text, { name: file.name });
+  await loadTimeline(box, postFile(`/api/timeline?${params}`, file), $("upload-player"), () => uploaded === file);
+  if (uploaded === file) button.disabled = false;
 }
 
 function card(hit, best) {
@@ -360,10 +367,7 @@ async function searchFile(kind, input) {
   const fetchPage = async (offset) => {
     const page = new URLSearchParams(params);
     if (offset) page.set("offset", String(offset));
-    const response = await fetch(`/api/search?${page}`, {
-      method: "POST", body: file, headers: { "X-Audioclip": "1", "Content-Type": "application/octet-stream" },
-    });
-    return answerOf(response);
+    return answerOf(await postFile(`/api/search?${page}`, file));
   };
   try {
     show(await fetchPage(0), label, fetchPage);
